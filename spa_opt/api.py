@@ -1,0 +1,142 @@
+"""The Python API: one call runs a pipeline and returns the model and its report.
+
+Example::
+
+    import spa_opt
+
+    model, report = spa_opt.optimize("model.onnx", "fold-constants,dce", verify=4)
+    spa_opt.save_model(model, "out.onnx")
+    print(report.to_dict()["verify"])
+
+The passes themselves are ``onnx_ir`` passes; see :mod:`spa_opt.passes` to compose
+them with other onnx_ir passes directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+from spa_opt.errors import InputError, VerificationError
+from spa_opt.ir.cost import count_cost
+from spa_opt.ir.io import ModelSource, load_model
+from spa_opt.ort import quiet_session_options, session_from_model
+from spa_opt.passes.base import SpaPass
+from spa_opt.passes.context import PipelineContext, Targets
+from spa_opt.passes.manager import Instrument, PassManager
+from spa_opt.passes.pipeline import PassSpec, format_pipeline, parse_pipeline
+from spa_opt.report import Report
+from spa_opt.verify import compare, random_inputs, run_all
+
+Pipeline = str | Sequence[SpaPass | PassSpec]
+
+
+def resolve_pipeline(pipeline: Pipeline) -> tuple[list[SpaPass], str]:
+    """Passes to run and their canonical text, from text, specs or pass instances."""
+    items = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    if not items:
+        raise InputError("the pipeline is empty")
+    passes = [item.build() if isinstance(item, PassSpec) else item for item in items]
+    return passes, format_pipeline([PassSpec.of(p) for p in passes])
+
+
+def check_ignore_patterns(model: ir.Model, patterns: Sequence[str]) -> None:
+    """Refuse ``--ignore`` globs that match no node: a typo would silently prune a layer."""
+    names = [node.name or "" for node in model.graph.all_nodes()]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise InputError(f"--ignore '{pattern}' matches no node name")
+
+
+def _reference_session(source: ModelSource, model: ir.Model) -> ort.InferenceSession:
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return ort.InferenceSession(str(source), quiet_session_options(),
+                                        providers=["CPUExecutionProvider"])
+        return session_from_model(model, quiet_session_options())
+    except Exception as error:  # onnxruntime raises its own untyped failures
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"the input model does not run in onnxruntime: {first}") from None
+
+
+def optimize(
+    model: ModelSource,
+    pipeline: Pipeline,
+    *,
+    ratio: float | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    scope: Literal["local", "global"] = "local",
+    round_to: int = 1,
+    ignore: Sequence[str] = (),
+    seed: int = 0,
+    verify: int = 0,
+    instruments: Sequence[Instrument] = (),
+    show_progress: bool = False,
+    base_dir: str | os.PathLike | None = None,
+) -> tuple[ir.Model, Report]:
+    """Run ``pipeline`` on ``model``.
+
+    Args:
+        model: A path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``. Files are
+            never modified; an ``onnx_ir.Model`` is transformed in place and returned.
+        pipeline: Pipeline text (``"fold-constants,dce"``), or pass instances / specs.
+        ratio: Fraction of prunable channels to remove.
+        target_flops: Fraction of the original FLOPs to keep.
+        target_params: Fraction of the original parameters to keep.
+        scope: Rank channels per group (``local``) or across groups (``global``).
+        round_to: Keep channel counts multiples of this.
+        ignore: Glob patterns of node names never pruned; each must match a node.
+        seed: Seed of every random choice.
+        verify: Compare outputs before and after on this many random inputs.
+        instruments: Pass-manager instruments (timing, printing, checking).
+        show_progress: Let long passes draw progress bars on stderr.
+        base_dir: Folder of external data, for bytes and protos.
+
+    Returns:
+        The transformed model and the :class:`~spa_opt.report.Report` of the run.
+
+    Raises:
+        InputError: Bad input or options (the CLI exits 2).
+        VerificationError: A pass left a model onnxruntime cannot run.
+    """
+    passes, canonical = resolve_pipeline(pipeline)
+    targets = Targets(ratio, target_flops, target_params, scope, round_to, tuple(ignore), seed)
+    loaded = load_model(model, base_dir=base_dir)
+    check_ignore_patterns(loaded, targets.ignore)
+    context = PipelineContext(targets=targets, show_progress=show_progress).attach(loaded)
+    before = count_cost(loaded)
+
+    feeds, reference = [], []
+    if verify > 0:
+        feeds = random_inputs(loaded, verify, seed)
+        reference = run_all(_reference_session(model, loaded), feeds)
+
+    manager = PassManager(passes, instruments)
+    manager(loaded)
+    after = count_cost(loaded)
+
+    verified = None
+    if verify > 0:
+        try:
+            result = run_all(session_from_model(loaded, quiet_session_options()), feeds)
+        except Exception as error:  # the result must run; anything else is our bug
+            raise VerificationError(f"the result does not run in onnxruntime: {error}") from error
+        verified = compare(reference, result)
+
+    report = Report(canonical, _targets_dict(targets), manager.records, before, after,
+                    verified, dict(context.report))
+    return loaded, report
+
+
+def _targets_dict(targets: Targets) -> dict:
+    import dataclasses
+
+    values = dataclasses.asdict(targets)
+    values["ignore"] = list(values["ignore"])
+    return values

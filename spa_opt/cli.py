@@ -1,0 +1,232 @@
+"""``spa-opt``: run a pass pipeline on an ONNX file, in the manner of LLVM's ``opt``.
+
+Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, nothing
+written); 1 internal error (a bug: one line, the traceback with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spa_opt.errors import InputError, SpaOptError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(message)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = _Parser(
+        prog="spa-opt",
+        description="Structured pruning as compiler passes over ONNX graphs.",
+        epilog="Example: spa-opt -p fold-constants,dce --verify 4 in.onnx out.onnx",
+    )
+    parser.add_argument("input", nargs="?", help="input .onnx model (never modified)")
+    parser.add_argument("output", nargs="?", help="output .onnx model (written atomically)")
+    parser.add_argument("-p", "--passes", metavar="PIPELINE",
+                        help="pipeline text: name,name<key=value;key=value>,...")
+    info = parser.add_argument_group("information")
+    info.add_argument("--list-passes", action="store_true",
+                      help="list every pass with its options and exit")
+    info.add_argument("--print-pipeline", action="store_true",
+                      help="print the canonical pipeline (all defaults filled in) and exit")
+    info.add_argument("--version", action="store_true", help="print the version and exit")
+    targets = parser.add_argument_group("pruning targets (read by the selection passes)")
+    targets.add_argument("--ratio", type=_fraction, help="fraction of prunable channels to remove")
+    targets.add_argument("--target-flops", type=_fraction, metavar="F",
+                         help="fraction of the original FLOPs to keep")
+    targets.add_argument("--target-params", type=_fraction, metavar="P",
+                         help="fraction of the original parameters to keep")
+    targets.add_argument("--scope", choices=("local", "global"), default="local",
+                         help="rank channels within each group or across all (default: local)")
+    targets.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
+                         help="keep channel counts multiples of N (default: 1)")
+    targets.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                         help="node names never pruned (repeatable; must match a node)")
+    targets.add_argument("--seed", type=int, default=0, help="seed of random choices")
+    debug = parser.add_argument_group("instrumentation")
+    debug.add_argument("--time-passes", action="store_true", help="print seconds per pass")
+    debug.add_argument("--stats", action="store_true", help="print per-pass counters")
+    debug.add_argument("--verify-each", action="store_true",
+                       help="check the model after every pass that changed it")
+    debug.add_argument("--print-ir-after", action="append", default=[], metavar="PASS|all",
+                       help="print the model as text after PASS (repeatable) or every pass")
+    debug.add_argument("--verify", type=_positive_int, metavar="N",
+                       help="compare outputs before/after in onnxruntime on N random inputs")
+    debug.add_argument("--report", metavar="FILE.json", help="write the run report as JSON")
+    debug.add_argument("--external-data", action="store_true",
+                       help="save weights to OUTPUT.data (automatic past 2 GB)")
+    debug.add_argument("--no-progress", action="store_true", help="never draw progress bars")
+    debug.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def list_passes() -> str:
+    """The text of ``--list-passes``."""
+    from spa_opt.passes import all_passes
+
+    lines = []
+    for name, pass_cls in all_passes().items():
+        lines.append(f"{name}: {pass_cls.summary()}")
+        for key, info in pass_cls.option_infos().items():
+            default = info.format(info.default)
+            lines.append(f"    {key}: {info.type_name} = {default}  -- {info.doc}")
+    return "\n".join(lines)
+
+
+def _instruments(args: argparse.Namespace) -> list[Any]:
+    from spa_opt.passes import all_passes
+    from spa_opt.passes.instruments import (
+        PrintIRAfterInstrument,
+        ProgressInstrument,
+        StatsInstrument,
+        TimingInstrument,
+        VerifyEachInstrument,
+    )
+    from spa_opt.passes.registry import did_you_mean
+
+    for name in args.print_ir_after:
+        if name != "all" and name not in all_passes():
+            raise InputError(f"--print-ir-after: unknown pass '{name}'"
+                             f"{did_you_mean(name, all_passes())}")
+    instruments: list[Any] = [ProgressInstrument(False if args.no_progress else None)]
+    if args.verify_each:
+        instruments.append(VerifyEachInstrument())
+    if args.print_ir_after:
+        instruments.append(PrintIRAfterInstrument(args.print_ir_after))
+    if args.time_passes:
+        instruments.append(TimingInstrument())
+    if args.stats:
+        instruments.append(StatsInstrument())
+    return instruments
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    if not args.input or not args.output:
+        raise InputError("give an input and an output model: spa-opt -p PIPELINE IN.onnx OUT.onnx")
+    source, destination = Path(args.input), Path(args.output)
+    if not source.is_file():
+        raise InputError(f"cannot read '{source}': no such file")
+    if destination.exists() and destination.resolve() == source.resolve():
+        raise InputError(f"refused to write '{destination}': it is the input model")
+    if not destination.parent.resolve().is_dir():
+        raise InputError(f"cannot write '{destination}': no folder '{destination.parent}'")
+    if args.report and not Path(args.report).parent.resolve().is_dir():
+        raise InputError(f"cannot write report '{args.report}': no such folder")
+    return source, destination
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2)
+            stream.write("\n")
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run; returns the exit code instead of exiting."""
+    args = build_parser().parse_args(argv)
+    if args.version:
+        from spa_opt import __version__
+
+        print(f"spa-opt {__version__}")
+        return EXIT_OK
+    if args.list_passes:
+        print(list_passes())
+        return EXIT_OK
+    if not args.passes:
+        raise InputError("no pipeline: give passes with -p, e.g. -p fold-constants,dce")
+
+    from spa_opt.api import resolve_pipeline
+
+    passes, canonical = resolve_pipeline(args.passes)
+    if args.print_pipeline:
+        print(canonical)
+        return EXIT_OK
+    source, destination = _check_paths(args)
+    instruments = _instruments(args)
+
+    from spa_opt.api import optimize
+    from spa_opt.ir.io import save_model
+
+    model, report = optimize(
+        source, passes, ratio=args.ratio, target_flops=args.target_flops,
+        target_params=args.target_params, scope=args.scope, round_to=args.round_to,
+        ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
+        instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    save_model(model, destination, external_data=True if args.external_data else None,
+               protected=[source])
+    summary = report.to_dict()
+    if args.report:
+        _write_json_atomically(Path(args.report), summary)
+    if report.verify is not None:
+        print(f"verify: {report.verify.inputs} inputs, max abs err "
+              f"{report.verify.max_abs_err:.3g}, rel err {report.verify.rel_err:.3g}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: map errors to exit codes and one-line messages."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except InputError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"spa-opt: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("spa-opt: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except (SpaOptError, Exception) as error:
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"spa-opt: internal error: {message} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

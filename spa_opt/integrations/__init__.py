@@ -1,0 +1,1 @@
+"""Bridges to other graph tools (onnx-graphsurgeon)."""

@@ -1,0 +1,164 @@
+"""Parameter and FLOPs counting over ONNX operators.
+
+Conventions, chosen to match what pruning papers and Torch-Pruning report:
+
+- ``params``: elements of floating-point weights: initializers, ``Constant``
+  nodes and ``ConstantOfShape`` nodes with a constant shape (the model-zoo graphs
+  store their weights that way). Integer tensors (shapes, indices) are not params.
+- ``macs``: multiply-accumulates of contractions:
+  - Conv: ``|Y| * C_in/group * prod(kernel)`` = ``|Y| * prod(W.shape[1:])``
+  - ConvTranspose: ``|X| * C_out/group * prod(kernel)`` = ``|X| * prod(W.shape[1:])``
+  - Gemm: ``M * N * K``; MatMul (any batch, weight or activation on either side,
+    so attention's ``Q·Kᵀ`` and ``A·V`` count): ``|Y| * K``
+- ``flops``: ``2 * macs`` plus one operation per output element of bias adds,
+  elementwise ops and pooling windows, and a small constant per element for
+  normalizations and softmax (listed in :data:`PER_ELEMENT_FLOPS`).
+
+Symbolic dimensions count as 1 (batch size one), so numbers are per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+#: Operations per output element of ops that are not contractions.
+PER_ELEMENT_FLOPS: dict[str, int] = {
+    **dict.fromkeys(
+        [
+            "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "PRelu", "Relu",
+            "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
+            "Gelu", "Softplus", "Mish", "Elu", "Selu", "Exp", "Log", "Sqrt", "Neg", "Abs",
+            "Reciprocal", "Sum", "Mean", "Sign", "Floor", "Ceil", "Round", "Swish",
+        ],
+        1,
+    ),
+    "BatchNormalization": 2,
+    "LayerNormalization": 5,
+    "InstanceNormalization": 5,
+    "GroupNormalization": 5,
+    "RMSNormalization": 4,
+    "Softmax": 3,
+    "LogSoftmax": 3,
+}
+
+_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
+               "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp", "GlobalAveragePool",
+               "GlobalMaxPool")
+
+
+@dataclasses.dataclass
+class Cost:
+    """Totals for a model or one node."""
+
+    params: int = 0
+    macs: int = 0
+    flops: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.macs + other.macs, self.flops + other.flops)
+
+
+def _numel(value: ir.Value | None) -> int | None:
+    if value is None or value.shape is None:
+        return None
+    return math.prod(d if isinstance(d, int) else 1 for d in value.shape)
+
+
+def _dims(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.shape is None:
+        return None
+    return [d if isinstance(d, int) else 1 for d in value.shape]
+
+
+def _is_float(dtype: ir.DataType | None) -> bool:
+    return dtype is not None and dtype.is_floating_point()
+
+
+def _node_macs(node: ir.Node) -> int:
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose"):
+        weight = _dims(node.inputs[1])
+        seen = _numel(node.outputs[0] if op == "Conv" else node.inputs[0])
+        return seen * math.prod(weight[1:]) if weight and seen is not None else 0
+    if op == "Gemm":
+        a, y = _dims(node.inputs[0]), _numel(node.outputs[0])
+        if not a or y is None:
+            return 0
+        k = a[0] if node.attributes.get_int("transA", 0) else a[-1]
+        return y * k
+    if op == "MatMul":
+        a, y = _dims(node.inputs[0]), _numel(node.outputs[0])
+        return y * a[-1] if a and y is not None else 0
+    return 0
+
+
+def _node_flops(node: ir.Node, macs: int) -> int:
+    op = node.op_type
+    output = _numel(node.outputs[0]) if node.outputs else None
+    if output is None:
+        return 2 * macs
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    if op in ("Conv", "ConvTranspose", "Gemm"):
+        return 2 * macs + (output if has_bias else 0)
+    if op in ("MaxPool", "AveragePool", "LpPool"):
+        kernel = node.attributes.get_ints("kernel_shape", ())
+        return output * math.prod(kernel)
+    if op in _REDUCTIONS:
+        return _numel(node.inputs[0]) or 0
+    return 2 * macs + output * PER_ELEMENT_FLOPS.get(op, 0)
+
+
+def _node_params(node: ir.Node) -> int:
+    if node.op_type == "Constant":
+        value = node.outputs[0]
+        return (_numel(value) or 0) if _is_float(value.dtype) else 0
+    if node.op_type == "ConstantOfShape":
+        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] else None
+        if shape is None or not _is_float(node.outputs[0].dtype or ir.DataType.FLOAT):
+            return 0
+        return math.prod(int(d) for d in shape.numpy().reshape(-1))
+    return 0
+
+
+def node_cost(node: ir.Node) -> Cost:
+    """Cost of one node; its weights are counted by :func:`count_cost`, not here."""
+    macs = _node_macs(node)
+    return Cost(params=_node_params(node), macs=macs, flops=_node_flops(node, macs))
+
+
+def count_cost(model: ir.Model, infer_shapes: bool = True) -> Cost:
+    """Count params, MACs and FLOPs of ``model``'s main graph and its subgraphs.
+
+    Args:
+        model: The model; it is left exactly as it was.
+        infer_shapes: Infer intermediate shapes for the count, then restore the
+            shapes the model had, so counting never adds value_info to an output.
+            Without it, nodes whose shapes are unknown count as zero.
+    """
+    if not infer_shapes:
+        return _count(model)
+    values = [v for node in model.graph.all_nodes() for v in node.outputs]
+    saved = [(v, v.shape, v.type) for v in values]
+    try:
+        ShapeInferencePass(strict_mode=False)(model)
+        return _count(model)
+    finally:
+        for value, shape, type_ in saved:
+            value.type = type_
+            value.shape = shape
+
+
+def _count(model: ir.Model) -> Cost:
+    total = Cost()
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None and _is_float(tensor.dtype):
+                total.params += math.prod(tensor.shape.numpy())
+        for node in graph:
+            total += node_cost(node)
+    return total

@@ -1,0 +1,210 @@
+"""Loading and saving models without surprises.
+
+Rules this module enforces, because users feed us files they did not write:
+
+- A model can come as a path, bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model``.
+- External data is memory-mapped by onnx_ir, never read eagerly. Every external
+  location is checked up front: an absolute path, a path that leaves the model's
+  folder (``..`` or a symlink), a missing file or a range past the end of the file
+  is refused with one clear :class:`~spa_opt.errors.InputError`, not at the first
+  weight access deep inside a pass.
+- Saving never touches the input: the output and its external data are written in
+  a temporary folder beside the destination and renamed into place, so a failed
+  run leaves neither a partial file nor a half-replaced one. An output that would
+  overwrite the input model or a data file it maps is refused.
+- Past the 2 GB protobuf limit, external data is chosen automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from spa_opt.errors import InputError
+
+#: Serialized protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+_AUTO_EXTERNAL_BYTES = int(PROTOBUF_LIMIT_BYTES * 0.9)
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
+
+
+def load_model(source: ModelSource, *, base_dir: str | os.PathLike | None = None) -> ir.Model:
+    """Load a model from any supported source into onnx_ir.
+
+    Args:
+        source: A path, serialized bytes, an ``onnx.ModelProto`` or an ``ir.Model``
+            (returned as is).
+        base_dir: Folder that external data locations are relative to, for bytes and
+            protos. Paths use their own folder.
+
+    Returns:
+        The model, with external tensors memory-mapped lazily.
+
+    Raises:
+        InputError: The source is unreadable, not ONNX, or its external data is unsafe.
+    """
+    if isinstance(source, ir.Model):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        proto = _read_proto(path)
+        base_dir = path.parent
+        label = str(path)
+    elif isinstance(source, bytes):
+        proto = _parse_proto(source, "the given bytes")
+        label = "the given bytes"
+    elif isinstance(source, onnx.ModelProto):
+        proto = source
+        label = "the given ModelProto"
+    else:
+        raise InputError(f"cannot load a model from a {type(source).__name__}")
+    _require_model(proto, label)
+    model = ir.from_proto(proto)
+    if base_dir is not None:
+        ir.external_data.set_base_dir(model.graph, str(base_dir))
+    check_external_data(model, base_dir)
+    return model
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise InputError(f"cannot read '{path}': no such file")
+    if not path.is_file():
+        raise InputError(f"cannot read '{path}': not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read '{path}': {error.strerror or error}") from None
+    return _parse_proto(data, f"'{path}'")
+
+
+def _parse_proto(data: bytes, label: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as error:
+        raise InputError(f"{label} is not an ONNX model ({error})") from None
+    return proto
+
+
+def _require_model(proto: onnx.ModelProto, label: str) -> None:
+    # Protobuf happily parses many non-ONNX byte strings into an empty message.
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise InputError(f"{label} is not an ONNX model (no IR version or no graph)")
+
+
+def iter_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    """Yield every tensor the model stores: initializers and tensor attributes, in all graphs."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR:
+                    yield attr.value
+                elif attr.type == ir.AttributeType.TENSORS:
+                    yield from attr.value
+
+
+def external_data_files(model: ir.Model) -> set[Path]:
+    """Resolved paths of every external data file the model reads."""
+    return {
+        Path(tensor.path).resolve()
+        for tensor in iter_tensors(model)
+        if isinstance(tensor, ir.ExternalTensor)
+    }
+
+
+def check_external_data(model: ir.Model, base_dir: str | os.PathLike | None) -> None:
+    """Refuse external data that is outside the model's folder, missing or too short.
+
+    onnx_ir checks containment only when a weight is first mapped, deep inside a
+    pass; checking here turns that into one clear error before any work starts.
+    """
+    root = Path(base_dir).resolve() if base_dir is not None else None
+    for tensor in iter_tensors(model):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        location = str(tensor.location)
+        where = f"external data '{location}' of tensor '{tensor.name}'"
+        if os.path.isabs(location):
+            raise InputError(f"refused {where}: absolute paths are not allowed")
+        if root is None:
+            raise InputError(f"{where} needs a base folder: load the model from its path")
+        path = (root / location).resolve()
+        if os.path.normpath(location).startswith("..") or not path.is_relative_to(root):
+            raise InputError(f"refused {where}: it points outside the model's folder")
+        if not path.is_file():
+            raise InputError(f"{where} is missing: no file '{path}'")
+        if tensor.offset is not None or tensor.length is not None:
+            end = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
+            if end > path.stat().st_size:
+                raise InputError(f"{where} is truncated: needs {end} bytes, file has fewer")
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Bytes of tensor data the model holds (what its protobuf would carry inline)."""
+    return sum(tensor.nbytes for tensor in iter_tensors(model))
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    protected: Iterable[str | os.PathLike] = (),
+) -> None:
+    """Write ``model`` to ``path`` atomically.
+
+    Args:
+        model: The model to save; it is not modified.
+        path: Destination ``.onnx`` file. Its external data, if any, goes beside it
+            as ``<name>.data``.
+        external_data: Force (True) or forbid (False) external data; None chooses it
+            when the tensors would not fit in one protobuf message.
+        protected: Files that must not be overwritten (the input model).
+
+    Raises:
+        InputError: The destination is unusable or would overwrite a protected file,
+            or the model cannot be saved without external data.
+    """
+    destination = Path(path)
+    folder = destination.parent.resolve()
+    if not folder.is_dir():
+        raise InputError(f"cannot write '{destination}': no folder '{destination.parent}'")
+    size = tensor_bytes(model)
+    if external_data is None:
+        external_data = size > _AUTO_EXTERNAL_BYTES
+    elif not external_data and size > _AUTO_EXTERNAL_BYTES:
+        raise InputError(
+            f"the model holds {size / 2**30:.2f} GiB of tensors, over protobuf's 2 GiB limit: "
+            "save it with external data"
+        )
+    data_name = destination.name + ".data"
+    written = [folder / destination.name] + ([folder / data_name] if external_data else [])
+    forbidden = {Path(p).resolve() for p in protected} | external_data_files(model)
+    for target in written:
+        if target.resolve() in forbidden:
+            raise InputError(f"refused to write '{target}': it would overwrite the input")
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=folder))
+    try:
+        staged_model = staging / destination.name
+        ir.save(model, staged_model, external_data=data_name if external_data else None)
+        # Data first: a model file that exists always finds its data complete.
+        if external_data:
+            os.replace(staging / data_name, folder / data_name)
+        os.replace(staged_model, folder / destination.name)
+    except OSError as error:
+        raise InputError(f"cannot write '{destination}': {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

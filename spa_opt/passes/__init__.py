@@ -1,0 +1,41 @@
+"""spa-opt passes: one per module, registered by name, composable with onnx_ir passes.
+
+Importing this package registers every pass. Build pipelines from text with
+:func:`build_pipeline`, or instantiate pass classes directly.
+"""
+
+from spa_opt.passes.base import NoOptions, OptionInfo, SpaPass, option
+from spa_opt.passes.check import CheckPass, check_model
+from spa_opt.passes.context import PipelineContext, Targets
+from spa_opt.passes.dce import DeadCodeEliminationPass
+from spa_opt.passes.fold_constants import FoldConstantsPass
+from spa_opt.passes.manager import Instrument, PassManager, PassRecord
+from spa_opt.passes.pipeline import PassSpec, build_pipeline, format_pipeline, parse_pipeline
+from spa_opt.passes.registry import all_passes, get_pass, register
+from spa_opt.passes.shape_infer import ShapeInferPass
+from spa_opt.passes.topo_sort import TopoSortPass
+
+__all__ = [
+    "CheckPass",
+    "DeadCodeEliminationPass",
+    "FoldConstantsPass",
+    "Instrument",
+    "NoOptions",
+    "OptionInfo",
+    "PassManager",
+    "PassRecord",
+    "PassSpec",
+    "PipelineContext",
+    "ShapeInferPass",
+    "SpaPass",
+    "Targets",
+    "TopoSortPass",
+    "all_passes",
+    "build_pipeline",
+    "check_model",
+    "format_pipeline",
+    "get_pass",
+    "option",
+    "parse_pipeline",
+    "register",
+]

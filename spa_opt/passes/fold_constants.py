@@ -1,0 +1,131 @@
+"""Fold constant subgraphs and turn every constant weight into an initializer.
+
+Pruning reads weights from initializers, but real graphs hide them behind nodes.
+Rules, applied in order:
+
+1. Initializers that are also graph inputs (the IR < 4 convention) become plain
+   initializers: every exporter of that era meant them as weights, and a value
+   that may be overridden at run time can never be folded or pruned. The IR
+   version is raised to 4, the first that allows initializers outside the inputs.
+2. ``ConstantOfShape`` with a constant shape becomes an initializer, computed
+   lazily so a large filled weight costs no memory until saved. onnxscript skips
+   this op by design; the model-zoo graphs in the onnx package store every
+   weight this way.
+3. onnxscript's constant folder folds the remaining constant subgraphs. Layout
+   ops on weights (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Identity,
+   Cast) are folded whatever their size when nothing else reads their input:
+   that moves a weight without duplicating it (model-zoo graphs reshape their
+   classifier weight that way).
+4. ``Constant`` nodes become initializers (onnx_ir's lifting pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+import onnxscript.optimizer
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
+
+from spa_opt.passes.base import SpaPass, option
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.registry import register
+
+_LAYOUT_OPS = frozenset(
+    ["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"]
+)
+
+
+def _fold_weight_layout(node: ir.Node) -> bool | None:
+    """Onnxscript's should_fold hook: True forces folding past the size limits."""
+    if node.domain != "" or node.op_type not in _LAYOUT_OPS:
+        return None
+    data = node.inputs[0] if node.inputs else None
+    if data is None or len(data.uses()) != 1:
+        return None
+    return True
+
+
+@register
+class FoldConstantsPass(SpaPass):
+    """Fold constant subgraphs and lift Constant/ConstantOfShape weights to initializers."""
+
+    name = "fold-constants"
+
+    @dataclasses.dataclass
+    class Options:
+        """Options of fold-constants."""
+
+        input_size_limit: int = option(
+            8192, "largest input (elements) a folded node may read; bigger ones stay"
+        )
+        output_size_limit: int = option(
+            2**24, "largest result (elements) folding may create"
+        )
+        lift_size_limit: int = option(
+            1, "smallest Constant (elements) lifted to an initializer"
+        )
+        initializer_inputs: bool = option(
+            True, "treat initializers also listed as graph inputs (IR < 4) as weights"
+        )
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Apply the four rules of the module docstring."""
+        modified = False
+        if self.options.initializer_inputs:
+            modified |= self._lift_initializer_inputs(model)
+        for graph in model.graphs():
+            for node in list(graph):
+                modified |= self._materialize_constant_of_shape(graph, node)
+        before = sum(1 for _ in model.graph.all_nodes())
+        folded = onnxscript.optimizer.fold_constants(
+            model,
+            input_size_limit=self.options.input_size_limit,
+            output_size_limit=self.options.output_size_limit,
+            should_fold=_fold_weight_layout,
+        )
+        modified |= folded.modified
+        self.count("nodes-folded", before - sum(1 for _ in model.graph.all_nodes()))
+        lifted = LiftConstantsToInitializersPass(
+            lift_all_constants=True, size_limit=self.options.lift_size_limit
+        )(model)
+        modified |= lifted.modified
+        return ir.passes.PassResult(model, modified)
+
+    def _lift_initializer_inputs(self, model: ir.Model) -> bool:
+        names = set(model.graph.initializers)
+        lifted = sum(1 for value in model.graph.inputs if value.name in names)
+        if not lifted:
+            return False
+        RemoveInitializersFromInputsPass()(model)
+        model.ir_version = max(model.ir_version or 0, 4)
+        self.count("initializer-inputs-lifted", lifted)
+        return True
+
+    def _materialize_constant_of_shape(self, graph: ir.Graph, node: ir.Node) -> bool:
+        if node.op_type != "ConstantOfShape" or node.domain != "":
+            return False
+        shape_value = node.inputs[0]
+        if shape_value is None or shape_value.const_value is None:
+            return False
+        if shape_value.is_graph_input():
+            return False
+        dims = tuple(int(d) for d in shape_value.const_value.numpy().reshape(-1))
+        fill_attr = node.attributes.get("value")
+        fill = fill_attr.value.numpy().reshape(-1) if fill_attr else np.zeros(1, np.float32)
+
+        def make() -> ir.TensorProtocol:
+            return ir.tensor(np.full(dims, fill[0], dtype=fill.dtype))
+
+        output = node.outputs[0]
+        tensor = ir.LazyTensor(
+            make, dtype=ir.DataType.from_numpy(fill.dtype), shape=ir.Shape(dims), name=output.name
+        )
+        weight = ir.Value(name=output.name, shape=ir.Shape(dims), const_value=tensor)
+        weight.dtype = tensor.dtype
+        output.replace_all_uses_with(weight, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        graph.register_initializer(weight)
+        self.count("constant-of-shape-lifted")
+        return True
