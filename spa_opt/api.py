@@ -29,7 +29,7 @@ from spa_opt.ort import quiet_session_options, session_from_model
 from spa_opt.passes.base import SpaPass
 from spa_opt.passes.context import PipelineContext, Targets
 from spa_opt.passes.manager import Instrument, PassManager
-from spa_opt.passes.pipeline import PassSpec, format_pipeline, parse_pipeline
+from spa_opt.passes.pipeline import PassSpec, parse_pipeline
 from spa_opt.report import Report
 from spa_opt.verify import compare, random_inputs, run_all
 
@@ -42,7 +42,7 @@ def resolve_pipeline(pipeline: Pipeline) -> tuple[list[SpaPass], str]:
     if not items:
         raise InputError("the pipeline is empty")
     passes = [item.build() if isinstance(item, PassSpec) else item for item in items]
-    return passes, format_pipeline([PassSpec.of(p) for p in passes])
+    return passes, ",".join(p.pipeline_text() for p in passes)
 
 
 def check_ignore_patterns(model: ir.Model, patterns: Sequence[str]) -> None:

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = _Parser(
         prog="spa-opt",
+        allow_abbrev=False,
         description="Structured pruning as compiler passes over ONNX graphs.",
         epilog="Example: spa-opt -p fold-constants,dce --verify 4 in.onnx out.onnx",
     )
@@ -139,27 +140,57 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     if not args.input or not args.output:
         raise InputError("give an input and an output model: spa-opt -p PIPELINE IN.onnx OUT.onnx")
     source, destination = Path(args.input), Path(args.output)
+    if source.is_dir():
+        raise InputError(f"cannot read '{source}': it is a folder, not a model file")
     if not source.is_file():
         raise InputError(f"cannot read '{source}': no such file")
     if destination.exists() and destination.resolve() == source.resolve():
         raise InputError(f"refused to write '{destination}': it is the input model")
     if not destination.parent.resolve().is_dir():
         raise InputError(f"cannot write '{destination}': no folder '{destination.parent}'")
-    if args.report and not Path(args.report).parent.resolve().is_dir():
-        raise InputError(f"cannot write report '{args.report}': no such folder")
+    if args.report:
+        report = Path(args.report).resolve()
+        if not report.parent.is_dir():
+            raise InputError(f"cannot write report '{args.report}': no such folder")
+        if report.is_dir():
+            raise InputError(f"cannot write report '{args.report}': it is a folder")
+        models = {source.resolve(), destination.resolve(),
+                  destination.resolve().with_name(destination.name + ".data")}
+        if report in models:
+            raise InputError(f"refused to write report '{args.report}': it is a model file")
     return source, destination
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
+def _stage_json(path: Path, data: dict) -> Path:
+    """Write ``data`` beside ``path`` under a temporary name; the caller renames it."""
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
+            json.dump(data, stream, indent=2, allow_nan=False)
             stream.write("\n")
-        os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+    return Path(staging)
+
+
+def _save_outputs(model: Any, destination: Path, report_path: str | None, report: dict,
+                  external_data: bool | None, source: Path) -> None:
+    """Save the model and the report together: either both land or neither does."""
+    from spa_opt.ir.io import save_model
+
+    staged = _stage_json(Path(report_path), report) if report_path else None
+    try:
+        save_model(model, destination, external_data=external_data, protected=[source])
+        if staged is not None:
+            try:
+                os.replace(staged, report_path)
+            except OSError as error:
+                destination.unlink(missing_ok=True)
+                raise InputError(f"cannot write report '{report_path}': {error.strerror}") from None
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +217,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     instruments = _instruments(args)
 
     from spa_opt.api import optimize
-    from spa_opt.ir.io import save_model
 
     model, report = optimize(
         source, passes, ratio=args.ratio, target_flops=args.target_flops,
@@ -194,11 +224,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
     )
-    save_model(model, destination, external_data=True if args.external_data else None,
-               protected=[source])
-    summary = report.to_dict()
-    if args.report:
-        _write_json_atomically(Path(args.report), summary)
+    _save_outputs(model, destination, args.report, report.to_dict(),
+                  True if args.external_data else None, source)
     if report.verify is not None:
         print(f"verify: {report.verify.inputs} inputs, max abs err "
               f"{report.verify.max_abs_err:.3g}, rel err {report.verify.rel_err:.3g}",
@@ -216,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"spa-opt: error: {error}", file=sys.stderr)
         return EXIT_INPUT
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else EXIT_OK
     except KeyboardInterrupt:
         print("spa-opt: interrupted; nothing written", file=sys.stderr)
         return 130

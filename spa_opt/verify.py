@@ -31,8 +31,17 @@ class VerifyResult:
     per_output: dict[str, float]
 
     def to_dict(self) -> dict:
-        """The report's JSON form."""
-        return dataclasses.asdict(self)
+        """The report's JSON form; an output whose shape changed has error ``null``."""
+
+        def finite(x: float) -> float | None:
+            return x if np.isfinite(x) else None
+
+        return {
+            "inputs": self.inputs,
+            "max_abs_err": finite(self.max_abs_err),
+            "rel_err": finite(self.rel_err),
+            "per_output": {name: finite(err) for name, err in self.per_output.items()},
+        }
 
 
 def _index_bound(value: ir.Value) -> int:

@@ -46,3 +46,40 @@ def mlp_proto() -> onnx.ModelProto:
 @pytest.fixture
 def mlp(mlp_proto) -> ir.Model:
     return ir.from_proto(mlp_proto)
+
+
+def write_sparse_big_model(folder: Path, n: int = 16384, m: int = 12288) -> tuple[Path, int]:
+    """A 3-MatMul model whose 2.4 GB of weights live in a sparse (all-zero) data file.
+
+    Creating it writes no data blocks, so tests of the > 2 GB paths cost seconds.
+    Returns the model path and the weight bytes.
+    """
+    size = n * m * 4
+    initializers = []
+    for i, name in enumerate(["w0", "w1", "w2"]):
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT,
+                             dims=[n, m] if i % 2 == 0 else [m, n])
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "big.data"), ("offset", str(i * size)),
+                           ("length", str(size))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        initializers.append(tensor)
+    nodes = [helper.make_node("MatMul", [x, w], [y], name=f"mm{i}")
+             for i, (x, w, y) in enumerate([("x", "w0", "h0"), ("h0", "w1", "h1"),
+                                            ("h1", "w2", "y")])]
+    graph = helper.make_graph(
+        nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m])], initializers)
+    path = folder / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=10), path)
+    with open(folder / "big.data", "wb") as stream:
+        stream.truncate(3 * size)
+    return path, 3 * size
+
+
+@pytest.fixture(scope="session")
+def big_model(tmp_path_factory) -> tuple[Path, int]:
+    """The sparse > 2 GB model, made once per test session."""
+    return write_sparse_big_model(tmp_path_factory.mktemp("big"))

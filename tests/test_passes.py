@@ -149,3 +149,27 @@ def test_golden_model_runs_through_library_passes():
                                      "fold-constants,shape-infer,dce,topo-sort,check", verify=2)
     assert report.verify.max_abs_err <= 1e-5
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
+
+
+def test_check_rejects_a_batchnorm_left_with_old_channel_count():
+    rng = np.random.default_rng(0)
+    params = [numpy_helper.from_array(rng.random(4).astype(np.float32), n)
+              for n in ("s", "b", "m", "v")]
+    model = ir.from_proto(make_model(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], params))
+    CheckPass()(model)
+    set_constant(model.graph.initializers["m"], np.zeros(3, np.float32))
+    with pytest.raises(VerificationError, match="node 'bn'"):
+        CheckPass()(model)
+
+
+def test_verify_result_json_has_no_infinities():
+    import json
+
+    from spa_opt.verify import VerifyResult
+
+    result = VerifyResult(1, float("inf"), float("inf"), {"y": float("inf"), "z": 0.5})
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    assert json.loads(text)["per_output"] == {"y": None, "z": 0.5}

@@ -136,3 +136,10 @@ def test_names_must_be_kebab_case_and_unique():
 
     with pytest.raises(ValueError, match="taken"):
         register(Clash)
+
+
+def test_help_returns_zero(capsys):
+    from spa_opt.cli import main
+
+    assert main(["--help"]) == 0
+    assert "--list-passes" in capsys.readouterr().out

@@ -23,7 +23,8 @@ import dataclasses
 import math
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+
+from spa_opt.ir.shapes import temporary_shapes
 
 #: Operations per output element of ops that are not contractions.
 PER_ELEMENT_FLOPS: dict[str, int] = {
@@ -141,15 +142,8 @@ def count_cost(model: ir.Model, infer_shapes: bool = True) -> Cost:
     """
     if not infer_shapes:
         return _count(model)
-    values = [v for node in model.graph.all_nodes() for v in node.outputs]
-    saved = [(v, v.shape, v.type) for v in values]
-    try:
-        ShapeInferencePass(strict_mode=False)(model)
+    with temporary_shapes(model):
         return _count(model)
-    finally:
-        for value, shape, type_ in saved:
-            value.type = type_
-            value.shape = shape
 
 
 def _count(model: ir.Model) -> Cost:

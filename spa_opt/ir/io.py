@@ -17,6 +17,7 @@ Rules this module enforces, because users feed us files they did not write:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -140,20 +141,91 @@ def check_external_data(model: ir.Model, base_dir: str | os.PathLike | None) -> 
             raise InputError(f"refused {where}: absolute paths are not allowed")
         if root is None:
             raise InputError(f"{where} needs a base folder: load the model from its path")
+        # resolve() removes ".." and follows symlinks, so both escapes are caught here.
         path = (root / location).resolve()
-        if os.path.normpath(location).startswith("..") or not path.is_relative_to(root):
+        if not path.is_relative_to(root):
             raise InputError(f"refused {where}: it points outside the model's folder")
         if not path.is_file():
             raise InputError(f"{where} is missing: no file '{path}'")
-        if tensor.offset is not None or tensor.length is not None:
-            end = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
-            if end > path.stat().st_size:
-                raise InputError(f"{where} is truncated: needs {end} bytes, file has fewer")
+        status = path.stat()
+        if status.st_nlink > 1:
+            # onnx_ir refuses hard links at first read; say so before any work starts.
+            raise InputError(f"refused {where}: the data file has other hard links")
+        # onnx_ir reads the tensor's full size whatever `length` claims.
+        end = (tensor.offset or 0) + max(tensor.length or 0, tensor.nbytes)
+        if end > status.st_size:
+            raise InputError(
+                f"{where} is truncated: needs {end} bytes, the file has {status.st_size}"
+            )
 
 
 def tensor_bytes(model: ir.Model) -> int:
     """Bytes of tensor data the model holds (what its protobuf would carry inline)."""
     return sum(tensor.nbytes for tensor in iter_tensors(model))
+
+
+@contextlib.contextmanager
+def _inline_external_tensors(model: ir.Model, initializers: bool) -> Iterator[None]:
+    """Hold mapped tensors in memory while saving, then restore them.
+
+    onnx_ir writes external references it does not re-home unchanged, and the saved
+    model would point at a data file that is not beside it. Tensor attributes
+    (``Constant`` nodes) are never re-homed, so they are always inlined; initializers
+    only when saving without external data.
+    """
+    swapped_values = [
+        (value, value.const_value)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if initializers and isinstance(value.const_value, ir.ExternalTensor)
+    ]
+    swapped_attrs = [
+        (node, name, attr)
+        for node in model.graph.all_nodes()
+        for name, attr in node.attributes.items()
+        if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor)
+    ]
+    try:
+        for value, tensor in swapped_values:
+            value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+        for node, name, attr in swapped_attrs:
+            node.attributes[name] = ir.AttrTensor(
+                name, ir.Tensor(attr.value.numpy(), name=attr.value.name)
+            )
+        yield
+    finally:
+        for value, tensor in swapped_values:
+            value.const_value = tensor
+        for node, name, attr in swapped_attrs:
+            node.attributes[name] = attr
+
+
+def _replace_pair(staging: Path, folder: Path, model_name: str, data_name: str | None) -> None:
+    """Move the staged model (and data) into place; on failure restore the previous pair.
+
+    The data goes first, so an existing model file never meets a half-written data
+    file; the previous data is kept as a hard link (or copy) until the model is in.
+    """
+    if data_name is None:
+        os.replace(staging / model_name, folder / model_name)
+        return
+    target = folder / data_name
+    backup = staging / f"{data_name}.previous"
+    had_previous = target.exists()
+    if had_previous:
+        try:
+            os.link(target, backup)
+        except OSError:
+            shutil.copy2(target, backup)
+    os.replace(staging / data_name, target)
+    try:
+        os.replace(staging / model_name, folder / model_name)
+    except BaseException:
+        if had_previous:
+            os.replace(backup, target)
+        else:
+            target.unlink(missing_ok=True)
+        raise
 
 
 def save_model(
@@ -170,7 +242,8 @@ def save_model(
         path: Destination ``.onnx`` file. Its external data, if any, goes beside it
             as ``<name>.data``.
         external_data: Force (True) or forbid (False) external data; None chooses it
-            when the tensors would not fit in one protobuf message.
+            when the tensors would not fit in one protobuf message or when the
+            model already reads external data.
         protected: Files that must not be overwritten (the input model).
 
     Raises:
@@ -182,8 +255,10 @@ def save_model(
     if not folder.is_dir():
         raise InputError(f"cannot write '{destination}': no folder '{destination.parent}'")
     size = tensor_bytes(model)
+    mapped = external_data_files(model)
     if external_data is None:
-        external_data = size > _AUTO_EXTERNAL_BYTES
+        # A model that came with external data keeps that layout.
+        external_data = size > _AUTO_EXTERNAL_BYTES or bool(mapped)
     elif not external_data and size > _AUTO_EXTERNAL_BYTES:
         raise InputError(
             f"the model holds {size / 2**30:.2f} GiB of tensors, over protobuf's 2 GiB limit: "
@@ -191,7 +266,7 @@ def save_model(
         )
     data_name = destination.name + ".data"
     written = [folder / destination.name] + ([folder / data_name] if external_data else [])
-    forbidden = {Path(p).resolve() for p in protected} | external_data_files(model)
+    forbidden = {Path(p).resolve() for p in protected} | mapped
     for target in written:
         if target.resolve() in forbidden:
             raise InputError(f"refused to write '{target}': it would overwrite the input")
@@ -199,11 +274,9 @@ def save_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=folder))
     try:
         staged_model = staging / destination.name
-        ir.save(model, staged_model, external_data=data_name if external_data else None)
-        # Data first: a model file that exists always finds its data complete.
-        if external_data:
-            os.replace(staging / data_name, folder / data_name)
-        os.replace(staged_model, folder / destination.name)
+        with _inline_external_tensors(model, initializers=not external_data):
+            ir.save(model, staged_model, external_data=data_name if external_data else None)
+        _replace_pair(staging, folder, destination.name, data_name if external_data else None)
     except OSError as error:
         raise InputError(f"cannot write '{destination}': {error.strerror or error}") from None
     finally:

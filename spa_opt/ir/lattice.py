@@ -35,7 +35,7 @@ class IndexMap:
     extent: int
 
     def __post_init__(self) -> None:
-        positions = np.asarray(self.positions, dtype=np.int64)
+        positions = np.array(self.positions, dtype=np.int64, copy=True)
         if positions.ndim != 2:
             raise ValueError(f"positions must be (units, block), got shape {positions.shape}")
         if positions.size and (positions.min() < 0 or positions.max() >= self.extent):

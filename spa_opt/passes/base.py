@@ -174,7 +174,16 @@ class SpaPass(ir.passes.InPlacePass):
         """Transform or analyse ``model``; subclasses implement this."""
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        from spa_opt.passes.pipeline import PassSpec
+    def pipeline_text(self) -> str:
+        """Canonical pipeline text of this instance, every option written out."""
+        infos = self.option_infos()
+        if not infos:
+            return self.name
+        body = ";".join(
+            f"{key}={info.format(getattr(self.options, info.field))}"
+            for key, info in infos.items()
+        )
+        return f"{self.name}<{body}>"
 
-        return f"<{type(self).__name__} {PassSpec.of(self).text()}>"
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.pipeline_text()}>"

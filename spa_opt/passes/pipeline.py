@@ -47,12 +47,13 @@ class PassSpec:
 
     def text(self, defaults: bool = False) -> str:
         """Pipeline text for this spec; with ``defaults``, the canonical form."""
-        spec = self.canonical() if defaults else self
-        if not spec.options:
-            return spec.name
-        infos = get_pass(spec.name).option_infos()
-        body = ";".join(f"{key}={infos[key].format(value)}" for key, value in spec.options)
-        return f"{spec.name}<{body}>"
+        if defaults:
+            return self.build().pipeline_text()
+        if not self.options:
+            return self.name
+        infos = get_pass(self.name).option_infos()
+        body = ";".join(f"{key}={infos[key].format(value)}" for key, value in self.options)
+        return f"{self.name}<{body}>"
 
 
 def _split_top_level(text: str) -> list[str]:
