@@ -161,7 +161,7 @@ def test_check_rejects_a_batchnorm_left_with_old_channel_count():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], params))
     CheckPass()(model)
     set_constant(model.graph.initializers["m"], np.zeros(3, np.float32))
-    with pytest.raises(VerificationError, match="node 'bn'"):
+    with pytest.raises(VerificationError, match="bn"):
         CheckPass()(model)
 
 
