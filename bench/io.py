@@ -44,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("spa_opt") is None:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the sparse > 2 GB model builder is shared
 
 SPA = "spa-opt"
 ONNX = "onnx"
@@ -57,9 +58,10 @@ RESULT_MARK = "@@bench-io-result "
 # Small model: 500 MatMul (64x64 weight) + 250 Relu + 250 Add = 1,000 nodes.
 SMALL_PAIRS = 500
 SMALL_DIM = 64
-# Big model: three float32 N x N MatMul weights, 3 * 750 MB = 2.25 GB > 2 GiB.
-BIG_DIM = 13696
+# Big model: tests/conftest.py's three MatMul weights (16384 x 12288 float32) in a
+# sparse file, 2.25 GiB > 2 GiB.
 BIG_WEIGHTS = 3
+BIG_BYTES = 3 * 16384 * 12288 * 4
 
 
 # --------------------------------------------------------------------------- models
@@ -104,41 +106,6 @@ def build_small(folder: Path) -> Path:
     onnx.checker.check_model(model)
     path = folder / "small.onnx"
     onnx.save(model, path)
-    return path
-
-
-def build_big(folder: Path) -> Path:
-    """Write the > 2 GB model: external-data references into a sparse file of zeros."""
-    from onnx import TensorProto, helper
-
-    nbytes = BIG_DIM * BIG_DIM * 4
-    path = folder / "big.onnx"
-    data_name = "big.onnx.data"
-    initializers = []
-    nodes = []
-    current = "x"
-    for i in range(BIG_WEIGHTS):
-        tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[BIG_DIM, BIG_DIM])
-        tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", data_name), ("offset", i * nbytes), ("length", nbytes)):
-            entry = tensor.external_data.add()
-            entry.key = key
-            entry.value = str(value)
-        initializers.append(tensor)
-        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"y{i}"], name=f"matmul{i}"))
-        current = f"y{i}"
-    graph = helper.make_graph(
-        nodes,
-        "big3",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, BIG_DIM])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, [1, BIG_DIM])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    with open(folder / data_name, "wb") as data:
-        data.truncate(BIG_WEIGHTS * nbytes)  # sparse: no blocks written
-    path.write_bytes(model.SerializeToString())
     return path
 
 
@@ -332,7 +299,7 @@ def verify(operation: str, scale: str, out_path: Path) -> None:
     else:
         expected_nodes, expected_inits = BIG_WEIGHTS, BIG_WEIGHTS
         data = out_path.with_name(out_path.name + ".data")
-        needed = BIG_WEIGHTS * BIG_DIM * BIG_DIM * 4
+        needed = BIG_BYTES
         if not data.is_file() or data.stat().st_size < needed:
             raise RuntimeError(f"save wrote no complete external data file '{data}'")
         if any(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
@@ -469,11 +436,12 @@ def main(argv: list[str] | None = None) -> int:
             f"best of {SMALL_REPEATS} fresh processes (time: min, memory: max).",
         ]
         if not args.skip_big:
-            big = build_big(inputs)
-            data_bytes = BIG_WEIGHTS * BIG_DIM * BIG_DIM * 4
+            from conftest import write_sparse_big_model
+
+            big, data_bytes = write_sparse_big_model(inputs)
             rows += bench("big", big, work, 1)
             notes.append(
-                f"2.25GB: {BIG_WEIGHTS} MatMul, {BIG_WEIGHTS} float32 {BIG_DIM}x{BIG_DIM} "
+                f"2.25GB: {BIG_WEIGHTS} MatMul, {BIG_WEIGHTS} float32 16384x12288 "
                 f"weights = {data_bytes / 2**30:.2f} GiB ({data_bytes / 1e9:.2f} GB) of external "
                 "data (sparse input file); 1 run. onnx: load(load_external_data=True), "
                 "save_model(save_as_external_data=True, all_tensors_to_one_file=True)."

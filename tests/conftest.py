@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,17 @@ def write_sparse_big_model(folder: Path, n: int = 16384, m: int = 12288) -> tupl
 def big_model(tmp_path_factory) -> tuple[Path, int]:
     """The sparse > 2 GB model, made once per test session."""
     return write_sparse_big_model(tmp_path_factory.mktemp("big"))
+
+
+def run_cli_in(capsys, folder: Path, argv: list[str]) -> tuple[int, str, str]:
+    """Run ``spa_opt.cli.main(argv)`` with ``folder`` as working directory."""
+    from spa_opt.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        code = main(argv)
+    finally:
+        os.chdir(cwd)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -6,10 +6,9 @@ also proves no traceback and no progress bar reaches a user). The subprocess run
 are started together by one module fixture, so they cost one interpreter start-up
 each in parallel rather than in sequence.
 
-Passes that must misbehave on purpose are defined in ``PLUGIN``: a module fixture
-executes it to register them while this module's tests run, and it is written as
-``sitecustomize.py`` on the subprocesses' ``PYTHONPATH`` so the executable
-registers them too.
+Passes that must misbehave on purpose live in ``misbehaving_passes``: a module
+fixture registers them while this module's tests run, and a ``sitecustomize.py``
+on the subprocesses' ``PYTHONPATH`` registers them in the executable too.
 """
 
 from __future__ import annotations
@@ -29,11 +28,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import run_cli_in
+from misbehaving_passes import SITECUSTOMIZE, registered
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 import spa_opt
-from spa_opt.cli import main
-from spa_opt.passes import all_passes, format_pipeline, parse_pipeline, registry
+from spa_opt.passes import all_passes, format_pipeline, parse_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET_TINY = ROOT / "golden_models" / "resnet_tiny.onnx"
@@ -43,70 +43,11 @@ SQUEEZENET = LIGHT / "light_squeezenet.onnx"
 _BESIDE_PYTHON = Path(sys.executable).parent / "spa-opt"
 SPA_OPT = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("spa-opt")
 
-PLUGIN = '''
-import numpy as np
-import onnx_ir as ir
-
-from spa_opt.ir import set_constant
-from spa_opt.passes import SpaPass, all_passes, register
-
-
-def _first_conv_weight(model):
-    conv = next(node for node in model.graph if node.op_type == "Conv")
-    return conv.inputs[1]
-
-
-class ExplodePass(SpaPass):
-    """Raise an unexpected exception (a stand-in for a bug in a pass)."""
-
-    name = "test-explode"
-
-    def run(self, model, context):
-        raise RuntimeError("test-explode went off")
-
-
-class BreakConvOutPass(SpaPass):
-    """Give the first Conv weight more output channels than its consumers take."""
-
-    name = "test-break-conv-out"
-
-    def run(self, model, context):
-        weight = _first_conv_weight(model)
-        out_channels, *rest = weight.shape
-        set_constant(weight, np.zeros((out_channels + 3, *rest), np.float32))
-        return ir.passes.PassResult(model, True)
-
-
-class BreakConvInPass(SpaPass):
-    """Give the first Conv weight more input channels than its input has."""
-
-    name = "test-break-conv-in"
-
-    def run(self, model, context):
-        weight = _first_conv_weight(model)
-        out_channels, in_channels, *kernel = weight.shape
-        set_constant(weight, np.zeros((out_channels, in_channels + 5, *kernel), np.float32))
-        return ir.passes.PassResult(model, True)
-
-
-for _cls in (ExplodePass, BreakConvOutPass, BreakConvInPass):
-    if _cls.name not in all_passes():
-        register(_cls)
-'''
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _plugin_passes():
-    """Register the plugin's passes for this module's tests only.
-
-    pytest imports every test module before running any test, so registering at
-    import time would show these passes to every other module's tests too.
-    """
-    before = set(all_passes())
-    exec(compile(PLUGIN, "<spa-opt test plugin>", "exec"), {"__name__": "spa_opt_test_plugin"})
-    yield
-    for name in set(all_passes()) - before:
-        registry._PASSES.pop(name)  # no public unregister; tests only
+    """Register the misbehaving passes for this module's tests only."""
+    with registered():
+        yield
 
 
 # --------------------------------------------------------------------------- helpers
@@ -153,20 +94,9 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-def run_in_process(capsys, folder: Path, argv: list[str]) -> tuple[int, str, str]:
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        code = main(argv)
-    finally:
-        os.chdir(cwd)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def write_plugin(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(PLUGIN)
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return folder
 
 
@@ -174,7 +104,8 @@ def run_executable(folder: Path, argv: list[str], plugin: Path | None = None
                    ) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if plugin is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin), env.get("PYTHONPATH")]))
+        paths = [str(plugin), str(Path(__file__).parent), env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     return subprocess.run([SPA_OPT, *argv], cwd=folder, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300, check=False)
 
@@ -365,7 +296,7 @@ def test_failure_in_process(name: str, tmp_path: Path, capsys) -> None:
     case = ALL_CASES[name]
     case.setup(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run_in_process(capsys, tmp_path, list(case.argv))
+    code, out, err = run_cli_in(capsys, tmp_path, list(case.argv))
     _check_failure(case, code, err)
     assert out == ""
     assert_untouched_except(before, snapshot(tmp_path))
@@ -383,7 +314,7 @@ def test_failure_executable(name: str, executable_runs) -> None:
 def test_internal_error_with_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
     before = snapshot(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "dce,test-explode", "--debug", *_IO])
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "dce,test-explode", "--debug", *_IO])
     assert code == 1
     assert "Traceback" in err and "RuntimeError: test-explode went off" in err
     assert err.splitlines()[-1].startswith("spa-opt: internal error: test-explode went off")
@@ -402,7 +333,7 @@ def test_internal_error_with_debug_executable(executable_runs) -> None:
 def test_abbreviated_flags_are_refused(tmp_path: Path, capsys) -> None:
     """Abbreviations like ``--deb`` would bypass main()'s own --debug check: refuse them."""
     with_input(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["--deb", "-p", "test-explode", *_IO])
+    code, _, err = run_cli_in(capsys, tmp_path, ["--deb", "-p", "test-explode", *_IO])
     assert code == 2
     assert "unrecognized arguments: --deb" in err
     assert "Traceback" not in err
@@ -410,7 +341,7 @@ def test_abbreviated_flags_are_refused(tmp_path: Path, capsys) -> None:
 
 def test_input_error_names_the_unknown_option_suggestion(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path,
+    code, _, err = run_cli_in(capsys, tmp_path,
                                   ["-p", "fold-constants<input-size=3>", *_IO])
     assert code == 2
     assert "did you mean 'input-size-limit'" in err
@@ -426,7 +357,7 @@ def test_verify_each_catches_a_conv_fed_too_few_channels(tmp_path: Path, capsys)
     """
     with_input(tmp_path)
     before = snapshot(tmp_path)
-    code, _, err = run_in_process(
+    code, _, err = run_cli_in(
         capsys, tmp_path, ["-p", "test-break-conv-in", "--verify-each", *_IO])
     assert code == 1, f"broken model accepted (exit {code}); stderr: {err!r}"
     assert "after pass 'test-break-conv-in'" in one_line(err)
@@ -435,7 +366,7 @@ def test_verify_each_catches_a_conv_fed_too_few_channels(tmp_path: Path, capsys)
 
 def test_verify_each_passes_a_sound_pipeline(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
-    code, _, err = run_in_process(
+    code, _, err = run_cli_in(
         capsys, tmp_path, ["-p", "fold-constants,dce,topo-sort", "--verify-each", *_IO])
     assert code == 0, err
     assert err == ""
@@ -445,7 +376,7 @@ def test_without_verify_each_the_broken_pass_goes_unnoticed_by_design(tmp_path: 
                                                                       capsys) -> None:
     """Checking after each pass is opt-in; ``check`` at the end catches it too."""
     with_input(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "test-break-conv-out,check", *_IO])
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "test-break-conv-out,check", *_IO])
     assert code == 1
     assert "invalid" in one_line(err)
     assert not (tmp_path / "out.onnx").exists()
@@ -468,7 +399,7 @@ def _check_fold_dce_check_output(folder: Path) -> None:
 def test_success_in_process(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce,check", *_IO])
+    code, out, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce,check", *_IO])
     assert (code, out, err) == (0, "", "")
     assert_untouched_except(before, snapshot(tmp_path), {"out.onnx"})
     _check_fold_dce_check_output(tmp_path)
@@ -485,7 +416,7 @@ def test_success_executable(executable_runs) -> None:
 def test_success_on_a_light_model_zoo_graph(tmp_path: Path, capsys) -> None:
     shutil.copy2(SQUEEZENET, tmp_path / "in.onnx")
     before = snapshot(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce,check", *_IO])
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce,check", *_IO])
     assert code == 0, err
     assert_untouched_except(before, snapshot(tmp_path), {"out.onnx"})
     _check_fold_dce_check_output(tmp_path)
@@ -506,7 +437,7 @@ def test_instrumented_executable_run(executable_runs) -> None:
 
 
 def test_version(executable_runs, capsys, tmp_path: Path) -> None:
-    code, out, err = run_in_process(capsys, tmp_path, ["--version"])
+    code, out, err = run_cli_in(capsys, tmp_path, ["--version"])
     assert (code, out, err) == (0, f"spa-opt {spa_opt.__version__}\n", "")
     run = executable_runs["version"]
     assert run.result.returncode == 0
@@ -514,7 +445,7 @@ def test_version(executable_runs, capsys, tmp_path: Path) -> None:
 
 
 def test_list_passes_shows_every_pass_with_option_types_and_defaults(tmp_path, capsys) -> None:
-    code, out, err = run_in_process(capsys, tmp_path, ["--list-passes"])
+    code, out, err = run_cli_in(capsys, tmp_path, ["--list-passes"])
     assert code == 0 and err == ""
     lines = out.splitlines()
     for name, pass_cls in all_passes().items():
@@ -545,7 +476,7 @@ def test_print_pipeline_is_canonical_and_round_trips(text, with_files, tmp_path,
         with_input(tmp_path)
         files = list(_IO)
     before = snapshot(tmp_path)
-    code, out, err = run_in_process(capsys, tmp_path, ["-p", text, "--print-pipeline", *files])
+    code, out, err = run_cli_in(capsys, tmp_path, ["-p", text, "--print-pipeline", *files])
     assert code == 0 and err == ""
     printed = one_line(out)
     assert printed == format_pipeline(parse_pipeline(text))
@@ -564,7 +495,7 @@ def test_print_pipeline_executable(executable_runs) -> None:
 def test_time_passes_prints_every_pass_and_a_total(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
     pipeline = ["fold-constants", "dce", "topo-sort", "dce", "check"]
-    code, out, err = run_in_process(
+    code, out, err = run_cli_in(
         capsys, tmp_path, ["-p", ",".join(pipeline), "--time-passes", *_IO])
     assert code == 0 and out == ""
     rows = [line.split() for line in err.splitlines()
@@ -576,7 +507,7 @@ def test_time_passes_prints_every_pass_and_a_total(tmp_path: Path, capsys) -> No
 
 def test_stats_prints_counters(tmp_path: Path, capsys) -> None:
     shutil.copy2(SQUEEZENET, tmp_path / "in.onnx")
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce,check",
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce,check",
                                                      "--stats", *_IO])
     assert code == 0, err
     lifted = re.search(r"^\s+fold-constants: constant-of-shape-lifted = (\d+)$", err, re.M)
@@ -587,7 +518,7 @@ def test_stats_prints_counters(tmp_path: Path, capsys) -> None:
 
 def test_print_ir_after_one_pass(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce",
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce",
                                                      "--print-ir-after", "dce", *_IO])
     assert code == 0
     headers = re.findall(r"^; \*\*\* IR dump after (\S+) \*\*\*$", err, re.M)
@@ -597,7 +528,7 @@ def test_print_ir_after_one_pass(tmp_path: Path, capsys) -> None:
 
 def test_print_ir_after_all(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce,topo-sort",
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce,topo-sort",
                                                      "--print-ir-after", "all", *_IO])
     assert code == 0
     headers = re.findall(r"^; \*\*\* IR dump after (\S+) \*\*\*$", err, re.M)
@@ -607,7 +538,7 @@ def test_print_ir_after_all(tmp_path: Path, capsys) -> None:
 def test_external_data_writes_a_data_file_that_loads(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
     before = snapshot(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce",
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce",
                                                      "--external-data", *_IO])
     assert code == 0, err
     assert_untouched_except(before, snapshot(tmp_path), {"out.onnx", "out.onnx.data"})
@@ -630,7 +561,7 @@ def test_external_data_writes_a_data_file_that_loads(tmp_path: Path, capsys) -> 
 
 def test_verify_prints_one_verify_line(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
-    code, out, err = run_in_process(capsys, tmp_path, ["-p", "fold-constants,dce",
+    code, out, err = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce",
                                                        "--verify", "3", *_IO])
     assert code == 0 and out == ""
     match = re.fullmatch(r"verify: 3 inputs, max abs err (\S+), rel err (\S+)", one_line(err))
@@ -640,7 +571,7 @@ def test_verify_prints_one_verify_line(tmp_path: Path, capsys) -> None:
 
 def test_verify_zero_is_refused(tmp_path: Path, capsys) -> None:
     with_input(tmp_path)
-    code, _, err = run_in_process(capsys, tmp_path, ["-p", "dce", "--verify", "0", *_IO])
+    code, _, err = run_cli_in(capsys, tmp_path, ["-p", "dce", "--verify", "0", *_IO])
     assert code == 2
     assert "--verify" in one_line(err)
     assert not (tmp_path / "out.onnx").exists()

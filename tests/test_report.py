@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -12,6 +11,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from conftest import run_cli_in
+from misbehaving_passes import ExplodePass, registered
 
 import spa_opt
 import spa_opt.report
@@ -23,11 +24,8 @@ from spa_opt.passes import (
     PipelineContext,
     SpaPass,
     Targets,
-    all_passes,
     format_pipeline,
     parse_pipeline,
-    register,
-    registry,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,15 +43,6 @@ REPORT_KEYS = {
 TARGET_KEYS = {"ratio", "target_flops", "target_params", "scope", "round_to", "ignore", "seed"}
 
 
-class ReportExplodePass(SpaPass):
-    """Raise an unexpected exception after other passes ran."""
-
-    name = "test-report-explode"
-
-    def run(self, model, context):
-        raise RuntimeError("test-report-explode went off")
-
-
 class SeeTargetsPass(SpaPass):
     """Record the targets the pass sees in its context."""
 
@@ -68,23 +57,8 @@ class SeeTargetsPass(SpaPass):
 @pytest.fixture(scope="module", autouse=True)
 def _test_passes():
     """Register this module's passes while its tests run, and only then."""
-    added = [cls for cls in (ReportExplodePass, SeeTargetsPass) if cls.name not in all_passes()]
-    for cls in added:
-        register(cls)
-    yield
-    for cls in added:
-        registry._PASSES.pop(cls.name)  # no public unregister; tests only
-
-
-def run_cli(capsys, folder: Path, argv: list[str]) -> tuple[int, str, str]:
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        code = main(argv)
-    finally:
-        os.chdir(cwd)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    with registered(ExplodePass, SeeTargetsPass):
+        yield
 
 
 def is_int(value) -> bool:
@@ -152,7 +126,7 @@ def test_light_resnet50_params_and_macs_match_torchvision(resnet50_report) -> No
 
 def test_report_with_targets_and_verify(tmp_path: Path, capsys) -> None:
     shutil.copy2(RESNET_TINY, tmp_path / "in.onnx")
-    code, _, err = run_cli(capsys, tmp_path, [
+    code, _, err = run_cli_in(capsys, tmp_path, [
         "-p", "fold-constants<input-size-limit=100>,dce,check", "--ratio", "0.25",
         "--target-flops", "0.5", "--scope", "global", "--round-to", "8", "--ignore", "s0.*",
         "--ignore", "stem.conv", "--seed", "7", "--verify", "2", "--report", "r.json",
@@ -178,7 +152,7 @@ def test_report_with_targets_and_verify(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "code"),
     [
-        (["-p", "fold-constants,dce,test-report-explode"], 1),
+        (["-p", "fold-constants,dce,test-explode"], 1),
         (["-p", "dce", "--ignore", "nothing-matches"], 2),
         (["-p", "dcee"], 2),
         (["-p", "dce", "--ratio", "2"], 2),
@@ -187,14 +161,15 @@ def test_report_with_targets_and_verify(tmp_path: Path, capsys) -> None:
 )
 def test_report_is_not_written_when_the_run_fails(tmp_path: Path, capsys, argv, code) -> None:
     shutil.copy2(RESNET_TINY, tmp_path / "in.onnx")
-    result, _, err = run_cli(capsys, tmp_path, [*argv, "--report", "r.json", "in.onnx", "out.onnx"])
+    argv = [*argv, "--report", "r.json", "in.onnx", "out.onnx"]
+    result, _, err = run_cli_in(capsys, tmp_path, argv)
     assert result == code, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
 
 
 def test_report_is_not_written_when_the_output_folder_is_missing(tmp_path, capsys) -> None:
     shutil.copy2(RESNET_TINY, tmp_path / "in.onnx")
-    code, _, _ = run_cli(capsys, tmp_path, ["-p", "dce", "--report", "r.json", "in.onnx",
+    code, _, _ = run_cli_in(capsys, tmp_path, ["-p", "dce", "--report", "r.json", "in.onnx",
                                             "missing/out.onnx"])
     assert code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
@@ -318,7 +293,7 @@ def test_unregistered_pass_instance_works_as_a_pipeline() -> None:
 
 def test_report_dict_from_api_matches_cli_report(tmp_path: Path, capsys) -> None:
     shutil.copy2(RESNET_TINY, tmp_path / "in.onnx")
-    code, _, _ = run_cli(capsys, tmp_path, ["-p", "fold-constants,dce", "--report", "r.json",
+    code, _, _ = run_cli_in(capsys, tmp_path, ["-p", "fold-constants,dce", "--report", "r.json",
                                             "in.onnx", "out.onnx"])
     assert code == 0
     from_cli = json.loads((tmp_path / "r.json").read_text())
