@@ -2,12 +2,10 @@
 
 from spa_opt.ir.cost import Cost, count_cost, node_cost
 from spa_opt.ir.io import ModelSource, external_data_files, load_model, save_model
-from spa_opt.ir.lattice import BOTTOM, AxisState, IndexMap, PinReason
+from spa_opt.ir.lattice import IndexMap, PinReason
 from spa_opt.ir.tensors import lazy_take, set_constant
 
 __all__ = [
-    "BOTTOM",
-    "AxisState",
     "Cost",
     "IndexMap",
     "ModelSource",

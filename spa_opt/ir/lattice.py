@@ -1,22 +1,19 @@
-"""Channel-space types for the coupling analysis.
+"""Channel-space types shared by the coupling analysis and the passes that read it.
 
-The coupling solver does not propagate one mask per channel. It propagates, for
-every channel axis of every value, *where* the channels of each source land on that
-axis, as an :class:`IndexMap`. Operators transform maps, never channels one by one:
+A group of coupled channels is removed one *unit* at a time (a channel, an attention
+head, a key-value group, a convolution group). Where a group's units sit on one axis
+of one member tensor is an :class:`IndexMap`: a ``(units, block)`` array whose row
+``u`` lists the axis positions of unit ``u``. Typical shapes of maps:
 
-- identity (elementwise ops, normalizations): the map passes through unchanged;
-- offset and slice (Concat, Split, Slice): :meth:`IndexMap.shifted`, :meth:`IndexMap.sliced`;
-- block structure (Reshape into heads, grouped and depthwise Conv): ``block > 1``;
+- identity (a Conv's output channels, a BatchNorm scale): ``block == 1``, in order;
+- offset and slice (a branch inside a Concat, one part of a Split):
+  :meth:`IndexMap.shifted`, :meth:`IndexMap.sliced`;
+- block structure (heads after a Reshape, a GQA key-value group, a depthwise group):
+  ``block > 1``;
 - permutations (channel shuffle, DepthToSpace): :meth:`IndexMap.permuted`.
 
-A map is a ``(units, block)`` array: ``positions[u, j]`` is the axis index of element
-``j`` of unit ``u``, where a unit is what is removed at once (a channel, a head, a
-key-value group). Composition is one numpy gather, so the cost of a propagation step
-grows with the axis length, not with axes x channels.
-
-:class:`AxisState` is the lattice element per axis: ``BOTTOM`` (not reached) below
-any set of ``(source, map)`` pairs below ``PINNED``. Joins only add pairs or pin, and
-the number of sources is finite, so a worklist solver over it terminates.
+Removal slices a member with :meth:`IndexMap.take`. :class:`PinReason` says, in words
+a user can act on, why units cannot be removed.
 """
 
 from __future__ import annotations
@@ -129,40 +126,3 @@ class PinReason:
 
     def __str__(self) -> str:
         return f"{self.detail} at node `{self.node}`" if self.node else self.detail
-
-
-@dataclasses.dataclass(frozen=True)
-class AxisState:
-    """Lattice element of one channel axis: unreached, reached by sources, or pinned."""
-
-    reached: frozenset[tuple[int, IndexMap]] = frozenset()
-    pins: frozenset[PinReason] = frozenset()
-
-    @property
-    def is_bottom(self) -> bool:
-        """Not reached by any source and not pinned."""
-        return not self.reached and not self.pins
-
-    @property
-    def is_pinned(self) -> bool:
-        """At the top: every source reaching this axis must be kept whole."""
-        return bool(self.pins)
-
-    def join(self, other: AxisState) -> AxisState:
-        """Least upper bound: the union of reaching sources and of pin reasons."""
-        return AxisState(self.reached | other.reached, self.pins | other.pins)
-
-    def reach(self, source: int, index_map: IndexMap) -> AxisState:
-        """This state with one more (source, map) pair."""
-        return AxisState(self.reached | {(source, index_map)}, self.pins)
-
-    def pin(self, reason: PinReason) -> AxisState:
-        """This state pinned for ``reason`` (reasons accumulate)."""
-        return AxisState(self.reached, self.pins | {reason})
-
-    def sources(self) -> set[int]:
-        """Ids of the sources whose channels reach this axis."""
-        return {source for source, _ in self.reached}
-
-
-BOTTOM = AxisState()

@@ -29,6 +29,9 @@ def temporary_shapes(model: ir.Model) -> Iterator[ir.Model]:
         for value, shape, type_ in saved:
             value.type = type_
             value.shape = shape
-        if list(model.graph.initializers) != order:
-            for name in order:
-                model.graph.register_initializer(model.graph.initializers.pop(name))
+        current = model.graph.initializers
+        kept = [name for name in order if name in current]
+        if list(current)[: len(kept)] != kept:
+            added = [name for name in current if name not in set(kept)]
+            for name in [*kept, *added]:
+                model.graph.register_initializer(current.pop(name))

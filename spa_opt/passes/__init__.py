@@ -7,8 +7,10 @@ Importing this package registers every pass. Build pipelines from text with
 from spa_opt.passes.base import NoOptions, OptionInfo, SpaPass, option
 from spa_opt.passes.check import CheckPass, check_model
 from spa_opt.passes.context import PipelineContext, Targets
+from spa_opt.passes.couple import CouplePass
 from spa_opt.passes.dce import DeadCodeEliminationPass
 from spa_opt.passes.fold_constants import FoldConstantsPass
+from spa_opt.passes.group import GroupPass
 from spa_opt.passes.manager import Instrument, PassManager, PassRecord
 from spa_opt.passes.pipeline import PassSpec, build_pipeline, format_pipeline, parse_pipeline
 from spa_opt.passes.registry import all_passes, get_pass, register
@@ -17,8 +19,10 @@ from spa_opt.passes.topo_sort import TopoSortPass
 
 __all__ = [
     "CheckPass",
+    "CouplePass",
     "DeadCodeEliminationPass",
     "FoldConstantsPass",
+    "GroupPass",
     "Instrument",
     "NoOptions",
     "OptionInfo",

@@ -28,6 +28,7 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
 
+from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.passes.base import SpaPass, option
 from spa_opt.passes.context import PipelineContext
 from spa_opt.passes.registry import register
@@ -66,6 +67,9 @@ class FoldConstantsPass(SpaPass):
         lift_size_limit: int = option(
             1, "smallest Constant (elements) lifted to an initializer"
         )
+        rounds: int = option(
+            4, "at most this many rounds of whole-graph shape inference and folding"
+        )
         initializer_inputs: bool = option(
             True, "treat initializers also listed as graph inputs (IR < 4) as weights"
         )
@@ -75,22 +79,29 @@ class FoldConstantsPass(SpaPass):
         modified = False
         if self.options.initializer_inputs:
             modified |= self._lift_initializer_inputs(model)
+        lift = LiftConstantsToInitializersPass(
+            lift_all_constants=True, size_limit=self.options.lift_size_limit
+        )
+        modified |= lift(model).modified
         for graph in model.graphs():
             for node in list(graph):
                 modified |= self._materialize_constant_of_shape(graph, node)
         before = sum(1 for _ in model.graph.all_nodes())
-        folded = onnxscript.optimizer.fold_constants(
-            model,
-            input_size_limit=self.options.input_size_limit,
-            output_size_limit=self.options.output_size_limit,
-            should_fold=_fold_weight_layout,
-        )
-        modified |= folded.modified
+        for _ in range(self.options.rounds):
+            # Shapes inferred over the whole graph let Shape -> Gather -> Div chains
+            # fold that the folder's node-local inference leaves alone.
+            with temporary_shapes(model):
+                folded = onnxscript.optimizer.fold_constants(
+                    model,
+                    input_size_limit=self.options.input_size_limit,
+                    output_size_limit=self.options.output_size_limit,
+                    should_fold=_fold_weight_layout,
+                )
+            modified |= folded.modified
+            if not folded.modified:
+                break
         self.count("nodes-folded", before - sum(1 for _ in model.graph.all_nodes()))
-        lifted = LiftConstantsToInitializersPass(
-            lift_all_constants=True, size_limit=self.options.lift_size_limit
-        )(model)
-        modified |= lifted.modified
+        modified |= lift(model).modified
         return ir.passes.PassResult(model, modified)
 
     def _lift_initializer_inputs(self, model: ir.Model) -> bool:

@@ -1,0 +1,74 @@
+"""group: turn coupled channels into groups with members, blocks and pins (analysis).
+
+Rules:
+
+- reads ``couplings`` from the context; when ``couple`` did not run earlier in the
+  pipeline it runs it first with its defaults (an analysis is computed on demand);
+- groups units that occupy the same member axes (see
+  :mod:`spa_opt.passes.coupling.groups`), orders them by their first member in graph
+  order, and stores them in the context as ``groups``;
+- adds every group to the report (``groups``) with its members, index maps, block
+  size, pins in words, and the constants removal will patch, and a ``coupling``
+  summary: how many groups, how many prunable, and the share of weighted output
+  channels that land in a prunable group (coverage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.passes.base import SpaPass
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.couple import couple_model
+from spa_opt.passes.coupling.groups import Group, build_groups
+from spa_opt.passes.registry import register
+
+
+def coverage(groups: list[Group]) -> dict[str, Any]:
+    """Share of producing-weight channels (Conv/Gemm/MatMul outputs) that can be pruned."""
+    total = free = 0
+    for group in groups:
+        for member in group.weights:
+            if "out" not in member.roles or member.index_map.extent <= 1:
+                continue
+            channels = member.index_map.positions.size
+            total += channels
+            if group.prunable:
+                free += int((~group.pinned).sum()) * member.index_map.block
+    return {"channels": total, "prunable": free, "share": free / total if total else 0.0}
+
+
+def summarize(groups: list[Group]) -> dict[str, Any]:
+    """The report's ``coupling`` summary."""
+    return {
+        "groups": len(groups),
+        "prunable": sum(g.prunable for g in groups),
+        "pinned": sum(not g.prunable for g in groups),
+        "coverage": coverage(groups),
+    }
+
+
+@register
+class GroupPass(SpaPass):
+    """Build channel groups from the couplings: members, block sizes, pins (analysis)."""
+
+    name = "group"
+    preserves_analyses = True
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Group and report."""
+        coupling = context.analyses.get("couplings")
+        if coupling is None:
+            coupling = couple_model(model)
+            context.analyses["couplings"] = coupling
+        groups = build_groups(coupling, model.graph)
+        context.analyses["groups"] = groups
+        context.report["groups"] = [g.to_dict() for g in groups]
+        context.report["coupling"] = summarize(groups)
+        self.count("groups", len(groups))
+        self.count("prunable", sum(g.prunable for g in groups))
+        self.count("units", int(np.sum([g.units for g in groups])))
+        return ir.passes.PassResult(model, False)

@@ -1,0 +1,173 @@
+"""Reshape-like operators: channel axes split, merge or move between positions.
+
+A tensor is a flat array; axis ``i`` of size ``d`` with stride ``s`` (the product of
+the sizes after it) is the digit range ``[s, s*d)`` of the flat index. Comparing the
+ranges of an input axis ``i`` and an output axis ``j`` of a Reshape gives every rule:
+
+- equal ranges: the same axis (identity);
+- ``i`` inside ``j`` (a merge, such as ``[c, h, w] -> [c*h*w]`` or heads merged back):
+  output position ``t`` belongs to input channel ``(t*s_j // s_i) % d_i``, so each
+  channel owns a block of positions;
+- ``j`` inside ``i`` (a split, such as ``[h*d] -> [h, d]``): input channel ``c`` falls
+  in output row ``(c*s_i // s_j) % d_j``, so channels go in blocks. A split offers
+  several output axes; the ``heads`` option picks the major one (whole heads) or the
+  minor one (the head dimension across heads). A channel shuffle (split, transpose
+  swapping the two parts, merge) always takes the minor one: a slot in every group,
+  so the group count stays;
+- partly overlapping ranges mix a channel axis with others: pinned.
+
+Going backward through a merge is not allowed to invent channels: an output axis
+built only from axes that carry none pins. Every output axis that carries channels
+must have a shape entry removal can patch (see ``follow_shape_entry``).
+
+DepthToSpace and SpaceToDepth are fixed instances: output channel ``c % C'`` (DCR)
+or ``c // b^2`` (CRD) for DepthToSpace, input channel ``k % C`` for SpaceToDepth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.passes.coupling.node import Dims, NodeCoupling
+from spa_opt.passes.rules import rule
+from spa_opt.passes.rules.layout import follow_shape_entry
+
+
+def _ranges(dims: Dims) -> list[tuple[int, int] | None]:
+    """``(stride, size)`` of every axis, None where a size after it is unknown."""
+    result: list[tuple[int, int] | None] = [None] * len(dims)
+    stride: int | None = 1
+    for axis in range(len(dims) - 1, -1, -1):
+        size = dims[axis]
+        result[axis] = (stride, size) if stride is not None and size is not None else None
+        stride = stride * size if stride is not None and size is not None else None
+    return result
+
+
+def _relation(a: tuple[int, int], b: tuple[int, int]) -> str:
+    """How digit range ``a`` sits against ``b``: same, inside, contains, apart, mixed."""
+    (sa, da), (sb, db) = a, b
+    lo_a, hi_a, lo_b, hi_b = sa, sa * da, sb, sb * db
+    if (lo_a, hi_a) == (lo_b, hi_b):
+        return "same"
+    if hi_a <= lo_b or hi_b <= lo_a:
+        return "apart"
+    if lo_b <= lo_a and hi_a <= hi_b and lo_a % lo_b == 0 and hi_b % hi_a == 0:
+        return "inside"
+    if lo_a <= lo_b and hi_b <= hi_a and lo_b % lo_a == 0 and hi_a % hi_b == 0:
+        return "contains"
+    return "mixed"
+
+
+def couple_reshape(c: NodeCoupling, data: ir.Value | None, out: ir.Value | None) -> None:
+    """Link channel axes of ``data`` and ``out`` as the flat layout dictates."""
+    in_dims, out_dims = c.dims(data), c.dims(out)
+    if data is None or out is None or in_dims is None or out_dims is None:
+        return
+    in_ranges, out_ranges = _ranges(in_dims), _ranges(out_dims)
+    tracked_in, tracked_out = c.tracked(data), c.tracked(out)
+    mixed = "Reshape mixes the channel axis with other axes"
+    for i, in_range in enumerate(in_ranges):
+        if in_range is None or in_range[1] == 1:
+            if i in tracked_in:
+                c.pin(data, i, "reshaped along a channel axis of size 1 or of unknown layout")
+            continue
+        relations = {
+            j: _relation(in_range, r) for j, r in enumerate(out_ranges) if r and r[1] > 1
+        }
+        if "mixed" in relations.values() and (i in tracked_in or tracked_out & set(relations)):
+            c.pin(data, i, mixed)
+            for j, kind in relations.items():
+                if kind == "mixed":
+                    c.pin(out, j, mixed)
+            continue
+        for j, kind in relations.items():
+            if kind == "same":
+                c.identity(data, i, out, j)
+            elif kind == "inside" and (i in tracked_in or j in tracked_out):
+                merge = (np.arange(out_dims[j]) * out_range_stride(out_ranges, j)) // in_range[0]
+                if i in tracked_in:
+                    c.link(out, j, data, i, keys_a=merge % in_range[1])
+        splits = [j for j, kind in relations.items() if kind == "contains"]
+        if splits and not any(kind in ("same", "inside") for kind in relations.values()):
+            chosen = {j for j in splits if j in tracked_out}
+            if i in tracked_in:
+                strides = {j: out_range_stride(out_ranges, j) for j in splits}
+                minor = c.options.heads == "dim" or _is_channel_shuffle(out, splits)
+                pick = min if minor else max
+                chosen.add(pick(splits, key=lambda j: strides[j]))
+            for j in chosen:
+                keys = (np.arange(in_range[1]) * in_range[0] // out_range_stride(out_ranges, j))
+                c.link(data, i, out, j, keys_a=keys % out_dims[j])
+    for j in tracked_out:
+        if not c.is_handled(out, j):
+            c.pin(out, j, "Reshape builds this channel axis from axes that carry no channels")
+
+
+def _is_channel_shuffle(out: ir.Value, split_axes: list[int]) -> bool:
+    """Whether ``out`` is transposed with its split axes swapped, then merged back.
+
+    A channel shuffle (``[c] -> [g, c/g] -> transpose -> [c]``) keeps its group count:
+    it couples through the minor axis, a slot in every group, not whole groups.
+    """
+    users = out.consumers()
+    if len(users) != 1 or users[0].op_type != "Transpose" or len(split_axes) != 2:
+        return False
+    perm_attr = users[0].attributes.get("perm")
+    if perm_attr is None:
+        return False
+    perm = list(perm_attr.value)
+    first, second = sorted(split_axes)
+    swapped = perm.index(second) + 1 == perm.index(first)
+    after = users[0].outputs[0].consumers()
+    return swapped and len(after) == 1 and after[0].op_type == "Reshape"
+
+
+def out_range_stride(ranges: list[tuple[int, int] | None], axis: int) -> int:
+    """Stride of ``axis`` (known: only axes with known ranges are compared)."""
+    found = ranges[axis]
+    assert found is not None
+    return found[0]
+
+
+@rule("Reshape")
+def reshape(c: NodeCoupling) -> None:
+    """Layout-driven coupling; every channel entry of the target shape is patchable."""
+    couple_reshape(c, c.input(0), c.output(0))
+    out = c.output(0)
+    for axis in c.tracked(out):
+        follow_shape_entry(c, c.input(1), axis, out, axis, keep=(0, -1))
+    for axis in c.tracked(c.input(1)):
+        c.consume(c.input(1), axis)
+
+
+@rule("Flatten")
+def flatten(c: NodeCoupling) -> None:
+    """A Reshape to two axes; nothing to patch."""
+    couple_reshape(c, c.input(0), c.output(0))
+
+
+@rule("DepthToSpace")
+def depth_to_space(c: NodeCoupling) -> None:
+    """Input channel ``c`` lands in output channel ``c % C'`` (DCR) or ``c // b^2`` (CRD)."""
+    data, out = c.input(0), c.output(0)
+    dims, out_dims = c.dims(data), c.dims(out)
+    if dims is None or out_dims is None or dims[1] is None or out_dims[1] is None:
+        return
+    c.identity(data, 0, out, 0)
+    block = c.attr("blocksize", 1)
+    channels = np.arange(dims[1])
+    keys = channels // (block * block) if c.attr("mode", "DCR") == "CRD" else channels % out_dims[1]
+    c.link(data, 1, out, 1, keys_a=keys)
+
+
+@rule("SpaceToDepth")
+def space_to_depth(c: NodeCoupling) -> None:
+    """Output channel ``k`` comes from input channel ``k % C``."""
+    data, out = c.input(0), c.output(0)
+    dims, out_dims = c.dims(data), c.dims(out)
+    if dims is None or out_dims is None or dims[1] is None or out_dims[1] is None:
+        return
+    c.identity(data, 0, out, 0)
+    c.link(out, 1, data, 1, keys_a=np.arange(out_dims[1]) % dims[1])
