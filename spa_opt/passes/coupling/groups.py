@@ -109,6 +109,23 @@ class Group:
             reasons.append("no weight produces or consumes these channels")
         return reasons
 
+    def summary(self) -> dict[str, Any]:
+        """A compact, stable description: what golden expectation files record."""
+        return {
+            "id": self.id,
+            "primary": f"{self.primary.name}:{self.primary.axis}",
+            "units": self.units,
+            "block": self.block,
+            "prunable": self.prunable,
+            "pinned_units": int(self.pinned.sum()),
+            "why_not": self.why_not(),
+            "members": [
+                f"{m.name}:{m.axis} block={m.index_map.block} {describe_map(m.index_map)}"
+                + (f" [{','.join(m.roles)}]" if m.roles else "")
+                for m in self.members
+            ],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (the ``groups`` entries of the report)."""
         return {

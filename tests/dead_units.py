@@ -1,0 +1,180 @@
+"""Make chosen units of a group dead, and check where that shows in the model's values.
+
+This is the correctness test of coupling: an index map with a wrong offset or
+permutation, or a group that misses a producer, shows up as a channel that should be
+input-independent but is not, or as a channel that changed although it should not
+(checked up to the first node that consumes or normalizes the group's channels:
+after it every channel may legitimately change).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import helper
+
+from spa_opt.ort import quiet_session_options
+from spa_opt.passes.coupling.groups import Group
+from spa_opt.passes.coupling.solver import Coupling
+
+KEEP_ROLES = {"in", "param"}
+"""Weights that consume channels, or statistics such as a BatchNorm's mean: kept."""
+
+
+def randomize_weights(model: ir.Model, seed: int = 0) -> None:
+    """Seeded random float weights: constant-filled zoo weights would hide wrong maps."""
+    rng = np.random.default_rng(seed)
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+            continue
+        shape = tuple(tensor.shape)
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[1:]))
+            data = rng.standard_normal(shape) / np.sqrt(fan_in)
+        else:
+            data = rng.uniform(0.5, 1.5, shape)
+        value.const_value = ir.tensor(data.astype(tensor.dtype.numpy()), name=value.name)
+
+
+def kill(model: ir.Model, group: Group, units: np.ndarray) -> onnx.ModelProto:
+    """A copy of ``model`` whose producers of ``units`` are zero."""
+    zeroed: dict[str, np.ndarray] = {}
+    for member in group.weights:
+        if set(member.roles) & KEEP_ROLES:
+            continue
+        value = member.value
+        data = zeroed.get(value.name) if value.name in zeroed else value.const_value.numpy().copy()
+        index = [slice(None)] * data.ndim
+        index[member.axis] = member.index_map.take(units)
+        data[tuple(index)] = 0
+        zeroed[value.name] = data
+    proto = ir.serde.serialize_model(model)
+    for initializer in proto.graph.initializer:
+        if initializer.name in zeroed:
+            initializer.CopyFrom(onnx.numpy_helper.from_array(zeroed[initializer.name],
+                                                              initializer.name))
+    return proto
+
+
+def expose(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model with ``names`` added as graph outputs (typed by shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    infos = {vi.name: vi for vi in inferred.graph.value_info}
+    present = {o.name for o in proto.graph.output}
+    result = onnx.ModelProto()
+    result.CopyFrom(proto)
+    for name in names:
+        if name in present:
+            continue
+        info = infos.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        result.graph.output.append(info)
+    return result
+
+
+def run(proto: onnx.ModelProto, feeds: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Every output of the model for every feed."""
+    session = ort.InferenceSession(proto.SerializeToString(), quiet_session_options(),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]
+
+
+def downstream_of_consumers(coupling: Coupling, group: Group) -> set[str]:
+    """Names of values computed after the group's channels were consumed or normalized.
+
+    A consumer is a node that reads a member of the group and writes none (a Conv
+    taking the channels in, a contraction): its outputs mix every channel, so killing
+    units legitimately changes them. Normalizations over the channel axis do too.
+    """
+    members = {m.name for m in group.members}
+    axes = {(id(m.value), m.axis) for m in group.members}
+    graph = group.members[0].value.graph or group.members[0].value.consumers()[0].graph
+    starts = [
+        node for node in graph
+        if any(v is not None and v.name in members for v in node.inputs)
+        and not any(v.name in members for v in node.outputs)
+    ]
+    starts += [
+        node for node_name, value, axis in coupling.normalizers
+        if (id(value), axis) in axes
+        for node in value.consumers() if node.name == node_name
+    ]
+    seen: set[str] = set()
+    queue = collections.deque(starts)
+    while queue:
+        node = queue.popleft()
+        for out in node.outputs:
+            if out.name in seen:
+                continue
+            seen.add(out.name)
+            queue.extend(out.consumers())
+    return seen
+
+
+def broadcast_mixed(group: Group) -> set[str]:
+    """Values computed after a member met a run-time operand broadcast over its channels.
+
+    ``scores + mask`` (the mask is the same for every head) or ``x - mean(x)``: a dead
+    unit there takes the other operand's value, which depends on the input. A missing
+    branch would be a full-width operand, so it is not excused.
+    """
+    by_value = {m.name: m for m in group.members}
+    graph = group.members[0].value.graph or group.members[0].value.consumers()[0].graph
+    starts = []
+    for node in graph:
+        member_in = [by_value[v.name] for v in node.inputs if v is not None and v.name in by_value]
+        if not member_in or not any(v.name in by_value for v in node.outputs):
+            continue
+        rank = max(len(v.shape) for v in node.inputs if v is not None and v.shape is not None)
+        for other in node.inputs:
+            if other is None or other.name in by_value or other.const_value is not None:
+                continue
+            if other.shape is None:
+                continue
+            axis = member_in[0].axis - (rank - len(other.shape))
+            if 0 <= axis < len(other.shape) and other.shape[axis] == 1:
+                starts.append(node)
+    seen: set[str] = set()
+    queue = collections.deque(starts)
+    while queue:
+        node = queue.popleft()
+        for out in node.outputs:
+            if out.name not in seen:
+                seen.add(out.name)
+                queue.extend(out.consumers())
+    return seen
+
+
+def check_dead_units(
+    model: ir.Model, coupling: Coupling, group: Group, units: np.ndarray,
+    feeds: list[dict], reference: list[dict[str, np.ndarray]],
+) -> list[str]:
+    """Problems found when ``units`` of ``group`` are dead (empty list: correct)."""
+    activations = [m for m in group.members if m.kind in ("value", "output")]
+    names = sorted({m.name for m in activations})
+    dead = run(expose(kill(model, group, units), names), feeds)
+    after_norm = downstream_of_consumers(coupling, group)
+    mixed = broadcast_mixed(group)
+    problems = []
+    for member in activations:
+        positions = member.index_map.take(units)
+        others = np.setdiff1d(np.arange(member.index_map.extent), positions)
+        first, second = (np.take(run_[member.name], positions, axis=member.axis) for run_ in dead)
+        if member.name not in mixed and not np.allclose(first, second, rtol=1e-5, atol=1e-5):
+            problems.append(f"{member.name}:{member.axis} units {units.tolist()} are not "
+                            "input-independent")
+        if member.name in after_norm:
+            continue
+        for run_, ref in zip(dead, reference, strict=True):
+            got = np.take(run_[member.name], others, axis=member.axis)
+            want = np.take(ref[member.name], others, axis=member.axis)
+            scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+            if not np.allclose(got, want, rtol=1e-4, atol=1e-5 * scale):
+                problems.append(f"{member.name}:{member.axis} other channels changed")
+                break
+    return problems
