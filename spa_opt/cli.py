@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the model as text after PASS (repeatable) or every pass")
     debug.add_argument("--verify", type=_positive_int, metavar="N",
                        help="compare outputs before/after in onnxruntime on N random inputs")
+    debug.add_argument("--print-groups", action="store_true",
+                       help="print the channel groups as a table (needs the group pass)")
     debug.add_argument("--report", metavar="FILE.json", help="write the run report as JSON")
     debug.add_argument("--external-data", action="store_true",
                        help="save weights to OUTPUT.data (automatic past 2 GB)")
@@ -213,6 +215,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.print_pipeline:
         print(canonical)
         return EXIT_OK
+    if args.print_groups and "group" not in {p.name for p in passes}:
+        raise InputError("--print-groups needs the group pass in the pipeline (-p couple,group)")
     source, destination = _check_paths(args)
     instruments = _instruments(args)
 
@@ -226,6 +230,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     )
     _save_outputs(model, destination, args.report, report.to_dict(),
                   True if args.external_data else None, source)
+    if args.print_groups:
+        from spa_opt.passes.group import format_groups
+
+        data = report.to_dict()
+        print(format_groups(data.get("groups") or [], data.get("coupling")))
     if report.verify is not None:
         print(f"verify: {report.verify.inputs} inputs, max abs err "
               f"{report.verify.max_abs_err:.3g}, rel err {report.verify.rel_err:.3g}",

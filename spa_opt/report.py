@@ -11,13 +11,20 @@ Schema (every key always present; ``null`` until a pass provides it)::
       "params": {"before": 25557032, "after": 12000000},
       "macs":   {"before": ..., "after": ...},
       "flops":  {"before": ..., "after": ...},
-      "groups":   {"total": N, "prunable": N, "pinned": N} | null,
+      "coupling": {"groups": N, "prunable": N, "pinned": N,
+                   "coverage": {"channels": N, "prunable": N, "share": x}} | null,
+      "groups":   [{"id": "g0", "primary": "conv.weight:0", "units": N, "block": N,
+                    "channels": N, "prunable": bool, "pinned_units": N,
+                    "reasons": [...], "why_not": [...],
+                    "members": [{"name", "axis", "kind", "roles", "extent",
+                                 "block", "map", "first_unit"}],
+                    "patches": [{"node", "kind", "detail"}]}] | null,
       "channels": {"total": N, "removed": N} | null,
       "verify":   {"inputs": N, "max_abs_err": x, "rel_err": x,
                    "per_output": {"name": x}} | null
     }
 
-``groups`` and ``channels`` come from the grouping and pruning passes through
+``coupling`` and ``groups`` come from the ``group`` pass, ``channels`` from pruning, through
 ``PipelineContext.report``; passes may add further keys there, which appear at
 the top level of the report.
 """
@@ -60,8 +67,9 @@ class Report:
             "params": pair("params"),
             "macs": pair("macs"),
             "flops": pair("flops"),
+            "coupling": self.extra.get("coupling"),
             "groups": self.extra.get("groups"),
             "channels": self.extra.get("channels"),
             "verify": self.verify.to_dict() if self.verify else None,
-            **{k: v for k, v in self.extra.items() if k not in ("groups", "channels")},
+            **{k: v for k, v in self.extra.items() if k not in ("coupling", "groups", "channels")},
         }

@@ -38,7 +38,7 @@ TORCHVISION_RESNET50_MACS = 4.09e9
 
 REPORT_KEYS = {
     "spa_opt_version", "pipeline", "targets", "passes", "params", "macs", "flops",
-    "groups", "channels", "verify",
+    "coupling", "groups", "channels", "verify",
 }
 TARGET_KEYS = {"ratio", "target_flops", "target_params", "scope", "round_to", "ignore", "seed"}
 
@@ -81,7 +81,7 @@ def check_report_schema(data: dict, pipeline: list[str]) -> None:
         assert set(data[key]) == {"before", "after"}
         assert is_int(data[key]["before"]) and is_int(data[key]["after"])
         assert data[key]["before"] > 0 and data[key]["after"] > 0
-    assert data["groups"] is None
+    assert data["groups"] is None and data["coupling"] is None
     assert data["channels"] is None
 
 
