@@ -35,11 +35,13 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +377,8 @@ class Result:
     prunable: int = 0
     share: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)
+    pinned: Counter[str] = field(default_factory=Counter)
+    """Groups that cannot be pruned, by reason (names generalized)."""
 
     def best(self, stage: str) -> float:
         """Fastest run of one stage."""
@@ -389,6 +393,11 @@ class Result:
     def reference(self) -> float:
         """Best onnx.load + best infer_shapes."""
         return sum(self.best(stage) for stage in REFERENCE)
+
+
+def _generalize(text: str) -> str:
+    """A reason with backticked names replaced, so alike reasons count together."""
+    return re.sub(r"`[^`]*`", "<name>", text)
 
 
 def _timed(result: Result, stage: str, function: Callable[[], Any]) -> Any:
@@ -424,6 +433,12 @@ def measure(case: Case, repeats: int) -> Result:
         result.groups = summary["groups"]
         result.prunable = summary["prunable"]
         result.share = summary["coverage"]["share"]
+        result.pinned = Counter(
+            reason
+            for group in groups
+            if not group.prunable
+            for reason in {_generalize(text) for text in group.why_not()}
+        )
         del model, coupling, groups
     return result
 
@@ -508,6 +523,17 @@ def stats_table(results: list[Result]) -> str:
     return _format(lines)
 
 
+def pin_reasons(results: list[Result]) -> str:
+    """Per model, why its non-prunable groups cannot be pruned (counted)."""
+    lines = []
+    for r in results:
+        blocked = r.groups - r.prunable
+        lines.append(f"{r.case.name}: {blocked} of {r.groups} groups not prunable")
+        for text, count in r.pinned.most_common(4):
+            lines.append(f"    {count:4d} x {text}")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     """One line describing the interpreter, libraries and machine."""
     import onnx_ir
@@ -558,13 +584,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(stats_table(results))
     print()
+    print(pin_reasons(results))
+    print()
     print(
         f"Best of {args.repeats} in-process runs per stage (gc.collect() before each); "
         "sum = load + fold + couple + group. nodes: in the file; folded: after "
         "fold-constants (what couple sees). coverage: share of producing-weight output "
         "channels in a prunable group. c+g = couple + group; ref = onnx.load + "
         "onnx.shape_inference.infer_shapes (no data propagation) on the same file; "
-        f"c+g/0.3s: against the {BUDGET_SECONDS} s analysis budget (ResNet-50 rows)."
+        f"c+g/0.3s: against the {BUDGET_SECONDS} s analysis budget (ResNet-50 rows). "
+        "The reference grows with the weight bytes (infer_shapes copies the whole proto), "
+        "the analysis does not: the light zoo files hold no weights (ConstantOfShape)."
     )
     for case in found:
         if case.note:

@@ -167,8 +167,8 @@ def table(rows: list[Row]) -> str:
         if row.error:
             lines.append((row.key, *("-" * 1 for _ in header[1:-1]), f"FAILED: {row.error}"))
             continue
-        expected = "-" if row.expected is None else f"{row.expected:.1%}"
-        if row.expected is not None and abs(row.expected - row.share) > 5e-5:
+        expected = "-" if row.expected is None else f"{row.expected:.2%}"
+        if row.expected is not None and row.expected != round(row.share, 4):
             expected += " !"
         top = ", ".join(f"{code} x{count}" for code, count in row.codes.most_common(3))
         lines.append(
@@ -180,7 +180,7 @@ def table(rows: list[Row]) -> str:
                 str(row.partly),
                 str(row.channels),
                 str(row.free),
-                f"{row.share:.1%}",
+                f"{row.share:.2%}",
                 expected,
                 f"{row.seconds:.2f}",
                 top or "-",
@@ -198,7 +198,7 @@ def table(rows: list[Row]) -> str:
             str(sum(row.partly for row in done)),
             str(channels),
             str(free),
-            f"{free / channels:.1%}" if channels else "-",
+            f"{free / channels:.2%}" if channels else "-",
             "",
             f"{sum(row.seconds for row in done):.2f}",
             "",
@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "groups with some units pinned. channels: output channels of producing weights "
         "(Conv/Gemm/MatMul, extent > 1); in prunable: those in a prunable group's free "
         "units; share = in prunable / channels (spa_opt.passes.group.coverage). expected: "
-        "the share in golden_models/expected/ ('!' when it differs). Pin codes count "
+        "the share in golden_models/expected/ ('!' when it differs after rounding to 4 "
+        "decimals). Pin codes count "
         "groups that cannot be pruned at all, once per code per group (single-unit and "
         "no-weight are group.why_not() reasons, not pins). seconds: load + fold + couple + "
         "group, one run."

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -120,10 +119,6 @@ def summaries(groups: list[Group]) -> list[dict]:
     return result
 
 
-def canonical(groups: list[Group]) -> list[str]:
-    """Order-independent description of the groups, for comparisons."""
-    return sorted(re.sub(r"\s+", " ", repr(s)) for s in summaries(groups))
-
 
 def rms_norm(prefix: str, x: str, weight: str, out: str) -> list[onnx.NodeProto]:
     """RMSNorm over the last axis as exporters write it (initializers ``two``/``eps``/``last``)."""
@@ -152,7 +147,7 @@ def qwen3_attention(heads: int = 4, kv_heads: int = 2, dim: int = 2, seq: int = 
     """
     rep = heads // kv_heads
     nodes = []
-    for name, count in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
+    for name in ("q", "k", "v"):
         nodes += [
             node("MatMul", ["x", f"W{name}"], f"{name}_p"),
             node("Reshape", [f"{name}_p", f"{name}_shape"], f"{name}_4"),
@@ -240,3 +235,69 @@ def structure(groups: list[Group]) -> list[tuple]:
                        tuple(sorted(members)), tuple(pinned),
                        tuple(sorted((p.node, p.kind, p.detail) for p in group.patches))))
     return sorted(result)
+
+
+def col(n: int, start: int = 0, step: int = 1) -> list[list[int]]:
+    """Positions of ``n`` one-position units: ``[[start], [start + step], ...]``."""
+    return [[start + k * step] for k in range(n)]
+
+
+def blocks(units: int, block: int) -> list[list[int]]:
+    """Contiguous blocks: ``[[0..block-1], [block..2*block-1], ...]``."""
+    return [list(range(u * block, (u + 1) * block)) for u in range(units)]
+
+
+def assert_free(group: Group, units: int, block: int = 1) -> None:
+    """The group has ``units`` units of ``block`` positions, none pinned."""
+    assert (group.units, group.block) == (units, block), group.summary()
+    assert group.prunable and not group.pinned.any(), group.summary()
+
+
+def head_split(heads_mode: str):
+    """``[1,5,6] -> [1,5,2,3]`` (2 heads of 3) -> transposes -> merged back -> MatMul."""
+    return groups_of(
+        [node("MatMul", ["x", "Wq"], "q"), node("Reshape", ["q", "s4"], "q4"),
+         node("Transpose", ["q4"], "qt", perm=[0, 2, 1, 3]),
+         node("Transpose", ["qt"], "qb", perm=[0, 2, 1, 3]),
+         node("Reshape", ["qb", "s3"], "q3"), node("MatMul", ["q3", "Wo"], "y")],
+        [vi("x", 1, 5, 8)], [vi("y", 1, 5, 4)],
+        [w("Wq", 8, 6), i64("s4", [1, 5, 2, 3]), i64("s3", [1, 5, 6]), w("Wo", 6, 4)],
+        heads=heads_mode,
+    )
+
+
+def torchscript_heads(head_entry: list, inits: list, check: bool = True, value_info=()):
+    """``q [2,6]`` reshaped to ``[b, H, 3]`` by a target built from ``Shape`` and constants."""
+    nodes = [
+        node("MatMul", ["x", "W1"], "q"), node("Shape", ["q"], "sh"),
+        node("Gather", ["sh", "zero"], "b"), node("Unsqueeze", ["b", "ax0"], "b1"),
+        *head_entry,
+        node("Concat", ["b1", "H", "D"], "target", axis=0), node("Reshape", ["q", "target"], "q3"),
+        node("Relu", ["q3"], "r"),
+        node("Concat", ["b1", "minus1"], "merge", axis=0), node("Reshape", ["r", "merge"], "q2"),
+        node("MatMul", ["q2", "W2"], "y"),
+    ]
+    inits = [w("W1", 8, 6), w("W2", 6, 4), i64("zero", 0), i64("ax0", [0]), i64("D", [3]),
+             i64("minus1", [-1]), *inits]
+    return groups_of(nodes, [vi("x", 2, 8)], [vi("y", 2, 4)], inits, check=check,
+                     value_info=value_info)
+
+
+def attention_groups(heads_mode: str = "whole", qk_norm: bool = True, order_seed=None):
+    """Model, coupling and groups of :func:`qwen3_attention` (nodes shuffled by a seed)."""
+    nodes, inputs, outputs, inits = qwen3_attention(qk_norm=qk_norm)
+    if order_seed is not None:
+        nodes = shuffled(nodes, order_seed)
+    model = build(nodes, inputs, outputs, inits, opset=18)
+    return model, *analyse(model, heads_mode)
+
+
+def summaries_by_members(groups) -> dict:
+    """``summary()`` of every group without its id, keyed by its set of member axes."""
+    result = {}
+    for group in groups:
+        summary = group.summary()
+        del summary["id"]
+        summary["members"] = sorted(summary["members"])
+        result[frozenset(names(group))] = summary
+    return result

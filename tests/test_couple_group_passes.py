@@ -33,7 +33,8 @@ def test_couple_then_group_fills_context_and_report() -> None:
 
 def test_group_alone_computes_couplings_on_demand() -> None:
     model, report = optimize(str(RESNET), "group")
-    assert report.to_dict()["coupling"]["groups"] == len(PipelineContext.of(model).analyses["groups"])
+    groups = PipelineContext.of(model).analyses["groups"]
+    assert report.to_dict()["coupling"]["groups"] == len(groups)
 
 
 def test_analyses_leave_the_model_unchanged(tmp_path: Path) -> None:

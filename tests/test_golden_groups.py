@@ -82,3 +82,26 @@ def test_dead_units_appear_exactly_where_the_index_maps_say(key: str) -> None:
         found = check_dead_units(model, coupling, group, units, feeds, reference)
         problems.extend(f"{group.id} ({group.primary.name}): {p}" for p in found)
     assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["torch/vit.dynamo", "torch/gpt2.dynamo", "torch/llama.torchscript", "torch/qwen3.dynamo"],
+)
+def test_head_dimension_mode_passes_the_dead_unit_test(key: str) -> None:
+    """``couple<heads=dim>``: units are one head-dimension position across heads."""
+    model = load_model(MODELS[key])
+    FoldConstantsPass()(model)
+    coupling = couple_model(model, heads="dim")
+    ShapeInferencePass(strict_mode=False)(model)
+    groups = [g for g in build_groups(coupling, model.graph) if g.prunable]
+    whole = [g for g in analysed(key)[2] if g.prunable]
+    assert len(groups) > len(whole)  # q/k and v/o separate; units per head dimension
+    assert any(g.units > u.units for g in groups for u in whole if u.block > 1)
+    feeds = random_inputs(model, 2, seed=1)
+    names = sorted({m.name for g in groups for m in g.members if m.kind in ("value", "output")})
+    reference = run(expose(ir.serde.serialize_model(model), names), feeds)
+    problems = []
+    for group in groups:
+        problems += check_dead_units(model, coupling, group, np.array([0, 1]), feeds, reference)
+    assert not problems, "\n".join(problems[:20])

@@ -102,7 +102,21 @@ class FoldConstantsPass(SpaPass):
                 break
         self.count("nodes-folded", before - sum(1 for _ in model.graph.all_nodes()))
         modified |= lift(model).modified
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                self._sync_shape(value)
         return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _sync_shape(value: ir.Value) -> None:
+        """A folded value keeps the shape inferred before folding, which may be stale."""
+        tensor = value.const_value
+        if tensor is None:
+            return
+        if value.shape is None or tuple(value.shape) != tuple(tensor.shape):
+            value.shape = ir.Shape(tensor.shape)
+        if value.dtype != tensor.dtype:
+            value.dtype = tensor.dtype
 
     def _lift_initializer_inputs(self, model: ir.Model) -> bool:
         names = set(model.graph.initializers)

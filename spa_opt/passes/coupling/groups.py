@@ -77,11 +77,17 @@ class Group:
 
     @property
     def primary(self) -> Member:
-        """The member that best names the group: its first producing weight."""
-        for member in self.members:
-            if "out" in member.roles:
-                return member
-        return self.members[0]
+        """The member that best names the group, whatever the node order.
+
+        Its producing weight with the largest block (a query projection rather than a
+        key projection under GQA), then the highest rank (a weight before its bias),
+        then by name and axis; without one, the same order over all members.
+        """
+        producers = [m for m in self.members if "out" in m.roles] or self.members
+        return min(
+            producers,
+            key=lambda m: (-m.index_map.block, -len(m.value.shape or ()), m.name, m.axis),
+        )
 
     @property
     def channels(self) -> int:

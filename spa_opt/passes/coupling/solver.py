@@ -44,6 +44,10 @@ from spa_opt.passes.coupling.shapetrace import Entry, trace_entries
 from spa_opt.passes.rules import get_rule
 
 _SMALL_CONSTANT = 1 << 16
+_SAME_SHAPE = frozenset(
+    {"GroupNormalization", "LayerNormalization", "RMSNormalization", "BatchNormalization",
+     "InstanceNormalization", "LRN", "Relu", "Sigmoid", "Tanh", "Gelu", "Identity", "Dropout"}
+)
 
 
 @dataclasses.dataclass
@@ -146,6 +150,10 @@ def _dims_of(value: ir.Value) -> tuple[int | None, ...] | None:
         if data is not None:
             return tuple(data.shape)
     if value.shape is None:
+        # onnx infers no shape for some ops (GroupNormalization); these keep their input's.
+        if producer is not None and producer.op_type in _SAME_SHAPE and producer.inputs:
+            source = producer.inputs[0]
+            return _dims_of(source) if source is not None and source is not value else None
         return None
     return tuple(d if isinstance(d, int) else None for d in value.shape)
 
@@ -393,12 +401,27 @@ def _pin_boundaries(builder: _Builder, state: _State, graph: ir.Graph) -> None:
         for axis in state.tracked_axes(value):
             detail = f"reaches graph output `{value.name}`"
             builder.pin((value, axis), PinReason("graph-output", detail))
+    owners = {
+        id(sub): node.name
+        for node in graph
+        for attribute in node.attributes.values()
+        for sub in _subgraphs(attribute)
+    }
     for info in list(builder.axes):
         for user in info.value.consumers():
             if user.graph is not graph:
-                detail = f"`{info.value.name}` is used inside a subgraph (node `{user.name}`)"
-                builder.pin((info.value, info.axis), PinReason("subgraph", detail, user.name))
+                owner = owners.get(id(user.graph))
+                detail = f"`{info.value.name}` is read inside a subgraph"
+                builder.pin((info.value, info.axis), PinReason("subgraph", detail, owner))
                 break
+
+
+def _subgraphs(attribute: ir.Attr) -> list[ir.Graph]:
+    if attribute.type == ir.AttributeType.GRAPH:
+        return [attribute.value]
+    if attribute.type == ir.AttributeType.GRAPHS:
+        return list(attribute.value)
+    return []
 
 
 def _pin_ids(info: AxisInfo, positions: np.ndarray | None) -> np.ndarray:

@@ -96,6 +96,9 @@ def pool(c: NodeCoupling) -> None:
     for out in c.node.outputs:
         c.identity(c.input(0), 0, out, 0)
         c.identity(c.input(0), 1, out, 1)
+    indices = c.output(1)  # flat positions count the channels: removal changes them
+    if indices is not None and indices.uses():
+        c.pin(indices, 1, "MaxPool indices encode positions that count the channels")
 
 
 @rule("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
@@ -120,8 +123,11 @@ def resize(c: NodeCoupling) -> None:
     if dims is None or out_dims is None:
         return
     sizes = c.input(3) if c.node.op_type == "Resize" else None
+    listed = c.attr("axes")  # opset 18: sizes and scales list only these axes
+    entry_of = {normalized(a, len(dims)): i for i, a in enumerate(listed)} if listed else None
     for axis, (size, out_size) in enumerate(zip(dims, out_dims, strict=False)):
         if size is not None and size == out_size:
             c.identity(data, axis, out, axis)
-            if sizes is not None and axis in c.tracked(out):
-                follow_shape_entry(c, sizes, axis, out, axis)
+            entry = axis if entry_of is None else entry_of.get(axis)
+            if sizes is not None and entry is not None and axis in c.tracked(out):
+                follow_shape_entry(c, sizes, entry, out, axis)
