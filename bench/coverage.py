@@ -30,29 +30,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
-
 ROOT = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("spa_opt") is None:
     sys.path.insert(0, str(ROOT))
 
 GOLDEN = ROOT / "golden_models"
 EXPECTED = GOLDEN / "expected"
-LIGHT = Path(onnx.__path__[0]) / "backend" / "test" / "data" / "light"
 TOP_REASONS = 12
 SINGLE_UNIT = "a single unit: removing it would empty the layer"
 NO_WEIGHT = "no weight produces or consumes these channels"
 
 
 def golden_models() -> dict[str, Path]:
-    """Every golden model by key: its path under golden_models/ or ``light/<name>``."""
-    models = {
-        str(path.relative_to(GOLDEN).with_suffix("")): path
-        for path in sorted(GOLDEN.rglob("*.onnx"))
-    }
-    for path in sorted(LIGHT.glob("light_*.onnx")):
-        models[f"light/{path.stem.removeprefix('light_')}"] = path
-    return models
+    """Every golden model by key, as ``golden_models/scripts/update_expected.py`` lists them."""
+    spec = importlib.util.spec_from_file_location(
+        "update_expected", GOLDEN / "scripts" / "update_expected.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.golden_models()
 
 
 def generalize(text: str) -> str:

@@ -211,6 +211,26 @@ def test_reshape_into_heads_removes_whole_heads():
     assert sorted(p.detail for p in g.patches) == ["entry 2 of `s3`", "entry 2 of `s4`"]
 
 
+def test_fused_qkv_unbound_along_the_three_axis_keeps_heads_as_units():
+    """timm-style ``qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)``."""
+    attention = [
+        node("MatMul", ["x", "Wqkv"], "qkv"), node("Reshape", ["qkv", "s5"], "qkv5"),
+        node("Transpose", ["qkv5"], "qkvt", perm=[2, 0, 3, 1, 4]),
+        node("Gather", ["qkvt", "i0"], "q", axis=0), node("Gather", ["qkvt", "i1"], "k", axis=0),
+        node("Gather", ["qkvt", "i2"], "v", axis=0),
+        node("Transpose", ["k"], "kt", perm=[0, 1, 3, 2]), node("MatMul", ["q", "kt"], "s"),
+        node("Softmax", ["s"], "p", axis=-1), node("MatMul", ["p", "v"], "o"),
+        node("Transpose", ["o"], "ot", perm=[0, 2, 1, 3]), node("Reshape", ["ot", "s3"], "o3"),
+        node("MatMul", ["o3", "Wo"], "y"),
+    ]
+    inits = [w("Wqkv", 8, 18), i64("s5", [1, 5, 3, 2, 3]), i64("i0", 0), i64("i1", 1),
+             i64("i2", 2), i64("s3", [1, 5, 6]), w("Wo", 6, 8)]
+    g = find(groups_of(attention, [vi("x", 1, 5, 8)], [vi("y", 1, 5, 8)], inits), "Wqkv", 1)
+    assert_free(g, 2, 9)  # 2 heads; each unit is its q, k and v rows (3 x head dim 3)
+    assert pos(g, "Wqkv", 1) == [[0, 1, 2, 6, 7, 8, 12, 13, 14], [3, 4, 5, 9, 10, 11, 15, 16, 17]]
+    assert pos(g, "Wo", 0) == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_reshape_into_heads_with_heads_dim_prunes_the_head_dimension():
     g = find(head_split("dim"), "Wq", 1)
     assert names(g) == {"Wq:1", "q:2", "q4:3", "qt:3", "qb:3", "q3:2", "Wo:0"}

@@ -28,11 +28,16 @@ from spa_opt.passes.registry import register
 
 
 def coverage(groups: list[Group]) -> dict[str, Any]:
-    """Share of producing-weight channels (Conv/Gemm/MatMul outputs) that can be pruned."""
+    """Share of produced channels that land in a prunable group.
+
+    Produced channels are the output channels of Conv/Gemm/MatMul weights and of
+    embedding tables; biases are not counted again.
+    """
     total = free = 0
     for group in groups:
         for member in group.weights:
-            if "out" not in member.roles or member.index_map.extent <= 1:
+            rank = len(member.value.shape or ())
+            if "out" not in member.roles or member.index_map.extent <= 1 or rank < 2:
                 continue
             channels = member.index_map.positions.size
             total += channels

@@ -11,7 +11,9 @@ ranges of an input axis ``i`` and an output axis ``j`` of a Reshape gives every 
 - ``j`` inside ``i`` (a split, such as ``[h*d] -> [h, d]``): input channel ``c`` falls
   in output row ``(c*s_i // s_j) % d_j``, so channels go in blocks. A split offers
   several output axes; the ``heads`` option picks the major one (whole heads) or the
-  minor one (the head dimension across heads). A channel shuffle (split, transpose
+  minor one (the head dimension across heads). An axis that is taken apart downstream
+  (a fused qkv projection reshaped to ``[b, n, 3, h, d]`` and unbound along the 3)
+  is skipped: heads stay the units. A channel shuffle (split, transpose
   swapping the two parts, merge) always takes the minor one: a slot in every group,
   so the group count stays;
 - partly overlapping ranges mix a channel axis with others: pinned.
@@ -93,16 +95,58 @@ def couple_reshape(c: NodeCoupling, data: ir.Value | None, out: ir.Value | None)
         if splits and not any(kind in ("same", "inside") for kind in relations.values()):
             chosen = {j for j in splits if j in tracked_out}
             if i in tracked_in:
-                strides = {j: out_range_stride(out_ranges, j) for j in splits}
-                minor = c.options.heads == "dim" or _is_channel_shuffle(out, splits)
-                pick = min if minor else max
-                chosen.add(pick(splits, key=lambda j: strides[j]))
+                chosen.add(_split_axis(c, out, splits, out_ranges))
             for j in chosen:
                 keys = (np.arange(in_range[1]) * in_range[0] // out_range_stride(out_ranges, j))
                 c.link(data, i, out, j, keys_a=keys % out_dims[j])
     for j in tracked_out:
         if not c.is_handled(out, j):
             c.pin(out, j, "Reshape builds this channel axis from axes that carry no channels")
+
+
+def _split_axis(
+    c: NodeCoupling, out: ir.Value, splits: list[int], ranges: list[tuple[int, int] | None]
+) -> int:
+    """The output axis a split couples through (see the module docstring)."""
+    by_stride = sorted(splits, key=lambda j: -out_range_stride(ranges, j))
+    if c.options.heads == "dim" or _is_channel_shuffle(out, splits):
+        return by_stride[-1]
+    for axis in by_stride:
+        if not _taken_apart(out, axis):
+            return axis
+    return by_stride[0]
+
+
+_TAKE_APART = {"Gather": "axis", "Split": "axis"}
+
+
+def _taken_apart(value: ir.Value, axis: int, depth: int = 4) -> bool:
+    """Whether ``value[axis]`` is split into separate tensors downstream (q, k, v).
+
+    A fused projection reshaped to ``[b, n, 3, heads, dim]`` and unbound along the
+    ``3`` axis: that axis separates q, k and v, so heads, not it, are the units.
+    """
+    for user in value.consumers():
+        op = user.op_type
+        if op == "Transpose" and depth:
+            perm = list(user.attributes["perm"].value) if "perm" in user.attributes else None
+            if perm is not None and axis in perm and _taken_apart(
+                user.outputs[0], perm.index(axis), depth - 1
+            ):
+                return True
+        elif op in _TAKE_APART:
+            attribute = user.attributes.get(_TAKE_APART[op])
+            rank = len(value.shape) if value.shape is not None else 0
+            picked = attribute.value if attribute is not None else 0
+            if rank and picked % rank == axis:
+                return True
+        elif op in ("Slice", "Squeeze") and len(user.inputs) > 1 and user.inputs[1] is not None:
+            axes = user.inputs[3 if op == "Slice" else 1]
+            data = axes.const_value.numpy().reshape(-1) if axes and axes.const_value else None
+            rank = len(value.shape) if value.shape is not None else 0
+            if data is not None and rank and axis in {int(a) % rank for a in data}:
+                return True
+    return False
 
 
 def _is_channel_shuffle(out: ir.Value, split_axes: list[int]) -> bool:
