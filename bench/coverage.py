@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import shlex
 import sys
 import time
@@ -33,6 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("spa_opt") is None:
     sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import format_table, generalize  # noqa: E402
 
 GOLDEN = ROOT / "golden_models"
 EXPECTED = GOLDEN / "expected"
@@ -50,12 +53,6 @@ def golden_models() -> dict[str, Path]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.golden_models()
-
-
-def generalize(text: str) -> str:
-    """A reason in words with names (backticked) and numbers replaced, to count alike ones."""
-    text = re.sub(r"`[^`]*`", "<name>", text)
-    return re.sub(r"\b\d+\b", "<n>", text)
 
 
 @dataclass
@@ -126,22 +123,8 @@ def analyse(key: str, path: Path) -> Row:
         if NO_WEIGHT in why:
             codes.add("no-weight")
         row.codes.update(codes)
-        row.words.update({generalize(reason) for reason in why})
+        row.words.update({generalize(reason, numbers=True) for reason in why})
     return row
-
-
-def _format(lines: list[tuple[str, ...]], left: set[int]) -> str:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for index, line in enumerate(lines):
-        cells = [
-            cell.ljust(width) if i in left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-        if index == 0:
-            out.append("  ".join("-" * width for width in widths))
-    return "\n".join(out)
 
 
 def table(rows: list[Row]) -> str:
@@ -201,7 +184,7 @@ def table(rows: list[Row]) -> str:
             "",
         )
     )
-    return _format(lines, {0, len(header) - 1})
+    return format_table(lines, {0, len(header) - 1})
 
 
 def reasons(rows: list[Row]) -> str:
@@ -218,12 +201,12 @@ def reasons(rows: list[Row]) -> str:
     lines: list[tuple[str, ...]] = [("pin code", "pinned groups", "models", "partly pinned groups")]
     for code in sorted(set(codes) | set(partly), key=lambda c: (-codes[c], -partly[c], c)):
         lines.append((code, str(codes[code]), str(models_with[code]), str(partly[code])))
-    out = [_format(lines, {0})]
+    out = [format_table(lines, {0})]
     out.append("")
     lines = [("pinned groups", "reason (names as <name>, numbers as <n>)")]
     for text, count in words.most_common(TOP_REASONS):
         lines.append((str(count), text))
-    out.append(_format(lines, {1}))
+    out.append(format_table(lines, {1}))
     return "\n".join(out)
 
 

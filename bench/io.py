@@ -29,7 +29,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -45,6 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("spa_opt") is None:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the sparse > 2 GB model builder is shared
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import format_table, machine  # noqa: E402
 
 SPA = "spa-opt"
 ONNX = "onnx"
@@ -376,30 +378,7 @@ def table(rows: list[Row], labels: dict[str, str]) -> str:
                     _ratio(spa.anon_mib, plain.anon_mib, 1.0),
                 )
             )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for index, line in enumerate(lines):
-        cells = [
-            cell.ljust(width) if i < 3 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-        if index == 0:
-            out.append("  ".join("-" * width for width in widths))
-    return "\n".join(out)
-
-
-def machine() -> str:
-    """One line describing the interpreter, libraries and machine."""
-    import onnx
-    import onnx_ir
-
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"python {platform.python_version()}, onnx {onnx.__version__}, "
-        f"onnx-ir {onnx_ir.__version__}, {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {memory:.0f} GiB RAM"
-    )
+    return format_table(lines, {0, 1, 2})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,19 @@ def run(proto: onnx.ModelProto, feeds: list[dict]) -> list[dict[str, np.ndarray]
     return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]
 
 
+def descendants(starts: list[ir.Node]) -> set[str]:
+    """Names of every value computed by ``starts`` or after them."""
+    seen: set[str] = set()
+    queue = collections.deque(starts)
+    while queue:
+        node = queue.popleft()
+        for out in node.outputs:
+            if out.name not in seen:
+                seen.add(out.name)
+                queue.extend(out.consumers())
+    return seen
+
+
 def downstream_of_consumers(coupling: Coupling, group: Group) -> set[str]:
     """Names of values computed after the group's channels were consumed or normalized.
 
@@ -104,16 +117,7 @@ def downstream_of_consumers(coupling: Coupling, group: Group) -> set[str]:
         if (id(value), axis) in axes
         for node in value.consumers() if node.name == node_name
     ]
-    seen: set[str] = set()
-    queue = collections.deque(starts)
-    while queue:
-        node = queue.popleft()
-        for out in node.outputs:
-            if out.name in seen:
-                continue
-            seen.add(out.name)
-            queue.extend(out.consumers())
-    return seen
+    return descendants(starts)
 
 
 def broadcast_mixed(group: Group) -> set[str]:
@@ -139,15 +143,7 @@ def broadcast_mixed(group: Group) -> set[str]:
             axis = member_in[0].axis - (rank - len(other.shape))
             if 0 <= axis < len(other.shape) and other.shape[axis] == 1:
                 starts.append(node)
-    seen: set[str] = set()
-    queue = collections.deque(starts)
-    while queue:
-        node = queue.popleft()
-        for out in node.outputs:
-            if out.name not in seen:
-                seen.add(out.name)
-                queue.extend(out.consumers())
-    return seen
+    return descendants(starts)
 
 
 def check_dead_units(

@@ -297,6 +297,29 @@ def test_unary_ops_pass_channels_through():
     assert not tracked(groups, "mask")  # an unused Dropout mask needs no care
 
 
+ISSUE_UNARY = [  # the issue's list, each one tested
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu",
+    "Softplus", "Mish", "Elu", "Selu", "Exp", "Log", "Sqrt", "Neg", "Abs", "Identity",
+]
+ISSUE_BINARY = ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"]
+
+
+@pytest.mark.parametrize("op", ISSUE_UNARY)
+def test_every_named_unary_op_passes_channels_through(op):
+    opset = 20 if op == "Gelu" else 18
+    g = find(conv_chain([node(op, ["h"], "a")], "a", opset=opset), "W1", 0)
+    assert names(g) == {"W1:0", "h:1", "a:1", "W2:1"}
+    assert_free(g, 8)
+
+
+@pytest.mark.parametrize("op", ISSUE_BINARY)
+def test_every_named_binary_op_broadcasts_a_per_channel_constant(op):
+    g = find(conv_chain([node(op, ["h", "c"], "a")], "a", [w("c", 8, 1, 1)]), "W1", 0)
+    assert names(g) == {"W1:0", "h:1", "c:0", "a:1", "W2:1"}
+    assert pos(g, "c", 0) == col(8)
+    assert_free(g, 8)
+
+
 def test_residual_add_joins_two_producers_into_one_group():
     groups = groups_of(
         [node("Conv", ["x", "W1"], "h1"), node("Conv", ["x", "W2"], "h2"),

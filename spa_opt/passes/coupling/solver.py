@@ -89,13 +89,6 @@ class Coupling:
     normalizers: list[tuple[str, ir.Value, int]]
     stats: dict[str, int]
 
-    def axis(self, value: ir.Value, axis: int) -> AxisInfo | None:
-        """The tracked axis ``value[axis]``, None if it carries no channels."""
-        for info in self.axes:
-            if info.value is value and info.axis == axis:
-                return info
-        return None
-
 
 class _State:
     """Solver state the rules read through :class:`NodeCoupling`."""

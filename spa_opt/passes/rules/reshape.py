@@ -192,26 +192,30 @@ def flatten(c: NodeCoupling) -> None:
     couple_reshape(c, c.input(0), c.output(0))
 
 
+def _block_rearrangement(c: NodeCoupling) -> tuple[int, int] | None:
+    """Input and output channel counts of DepthToSpace/SpaceToDepth; links the batch axis."""
+    dims, out_dims = c.dims(c.input(0)), c.dims(c.output(0))
+    if dims is None or out_dims is None or dims[1] is None or out_dims[1] is None:
+        return None
+    c.identity(c.input(0), 0, c.output(0), 0)
+    return dims[1], out_dims[1]
+
+
 @rule("DepthToSpace")
 def depth_to_space(c: NodeCoupling) -> None:
     """Input channel ``c`` lands in output channel ``c % C'`` (DCR) or ``c // b^2`` (CRD)."""
-    data, out = c.input(0), c.output(0)
-    dims, out_dims = c.dims(data), c.dims(out)
-    if dims is None or out_dims is None or dims[1] is None or out_dims[1] is None:
+    counts = _block_rearrangement(c)
+    if counts is None:
         return
-    c.identity(data, 0, out, 0)
     block = c.attr("blocksize", 1)
-    channels = np.arange(dims[1])
-    keys = channels // (block * block) if c.attr("mode", "DCR") == "CRD" else channels % out_dims[1]
-    c.link(data, 1, out, 1, keys_a=keys)
+    channels = np.arange(counts[0])
+    keys = channels // (block * block) if c.attr("mode", "DCR") == "CRD" else channels % counts[1]
+    c.link(c.input(0), 1, c.output(0), 1, keys_a=keys)
 
 
 @rule("SpaceToDepth")
 def space_to_depth(c: NodeCoupling) -> None:
     """Output channel ``k`` comes from input channel ``k % C``."""
-    data, out = c.input(0), c.output(0)
-    dims, out_dims = c.dims(data), c.dims(out)
-    if dims is None or out_dims is None or dims[1] is None or out_dims[1] is None:
-        return
-    c.identity(data, 0, out, 0)
-    c.link(out, 1, data, 1, keys_a=np.arange(out_dims[1]) % dims[1])
+    counts = _block_rearrangement(c)
+    if counts is not None:
+        c.link(c.output(0), 1, c.input(0), 1, keys_a=np.arange(counts[1]) % counts[0])
