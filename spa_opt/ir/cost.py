@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import onnx_ir as ir
 
@@ -63,43 +64,47 @@ class Cost:
         return Cost(self.params + other.params, self.macs + other.macs, self.flops + other.flops)
 
 
-def _numel(value: ir.Value | None) -> int | None:
-    if value is None or value.shape is None:
-        return None
-    return math.prod(d if isinstance(d, int) else 1 for d in value.shape)
+DimsOf = Callable[["ir.Value | None"], "list[int] | None"]
+"""How a count reads a value's dimensions: from the IR, or as they would be after pruning."""
 
 
-def _dims(value: ir.Value | None) -> list[int] | None:
+def value_dims(value: ir.Value | None) -> list[int] | None:
+    """The value's dimensions with symbolic ones counted as 1 (None if unknown)."""
     if value is None or value.shape is None:
         return None
     return [d if isinstance(d, int) else 1 for d in value.shape]
+
+
+def _numel(value: ir.Value | None, dims_of: DimsOf) -> int | None:
+    dims = dims_of(value)
+    return None if dims is None else math.prod(dims)
 
 
 def _is_float(dtype: ir.DataType | None) -> bool:
     return dtype is not None and dtype.is_floating_point()
 
 
-def _node_macs(node: ir.Node) -> int:
+def _node_macs(node: ir.Node, dims_of: DimsOf) -> int:
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):
-        weight = _dims(node.inputs[1])
-        seen = _numel(node.outputs[0] if op == "Conv" else node.inputs[0])
+        weight = dims_of(node.inputs[1])
+        seen = _numel(node.outputs[0] if op == "Conv" else node.inputs[0], dims_of)
         return seen * math.prod(weight[1:]) if weight and seen is not None else 0
     if op == "Gemm":
-        a, y = _dims(node.inputs[0]), _numel(node.outputs[0])
+        a, y = dims_of(node.inputs[0]), _numel(node.outputs[0], dims_of)
         if not a or y is None:
             return 0
         k = a[0] if node.attributes.get_int("transA", 0) else a[-1]
         return y * k
     if op == "MatMul":
-        a, y = _dims(node.inputs[0]), _numel(node.outputs[0])
+        a, y = dims_of(node.inputs[0]), _numel(node.outputs[0], dims_of)
         return y * a[-1] if a and y is not None else 0
     return 0
 
 
-def _node_flops(node: ir.Node, macs: int) -> int:
+def _node_flops(node: ir.Node, macs: int, dims_of: DimsOf) -> int:
     op = node.op_type
-    output = _numel(node.outputs[0]) if node.outputs else None
+    output = _numel(node.outputs[0], dims_of) if node.outputs else None
     if output is None:
         return 2 * macs
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
@@ -109,26 +114,46 @@ def _node_flops(node: ir.Node, macs: int) -> int:
         kernel = node.attributes.get_ints("kernel_shape", ())
         return output * math.prod(kernel)
     if op in _REDUCTIONS:
-        return _numel(node.inputs[0]) or 0
+        return _numel(node.inputs[0], dims_of) or 0
     return 2 * macs + output * PER_ELEMENT_FLOPS.get(op, 0)
 
 
-def _node_params(node: ir.Node) -> int:
+def _node_params(node: ir.Node, dims_of: DimsOf) -> int:
     if node.op_type == "Constant":
         value = node.outputs[0]
-        return (_numel(value) or 0) if _is_float(value.dtype) else 0
+        return (_numel(value, dims_of) or 0) if _is_float(value.dtype) else 0
     if node.op_type == "ConstantOfShape":
-        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] else None
-        if shape is None or not _is_float(node.outputs[0].dtype or ir.DataType.FLOAT):
+        if not _is_float(node.outputs[0].dtype or ir.DataType.FLOAT):
             return 0
-        return math.prod(int(d) for d in shape.numpy().reshape(-1))
+        known = _numel(node.outputs[0], dims_of)
+        if known is not None:
+            return known
+        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] else None
+        return 0 if shape is None else math.prod(int(d) for d in shape.numpy().reshape(-1))
     return 0
 
 
-def node_cost(node: ir.Node) -> Cost:
-    """Cost of one node; its weights are counted by :func:`count_cost`, not here."""
-    macs = _node_macs(node)
-    return Cost(params=_node_params(node), macs=macs, flops=_node_flops(node, macs))
+def node_cost(node: ir.Node, dims_of: DimsOf = value_dims) -> Cost:
+    """Cost of one node; its weights are counted by :func:`count_cost`, not here.
+
+    Args:
+        node: The node.
+        dims_of: Where dimensions come from; the pruning planner passes the
+            dimensions a selection would leave, to cost it without editing the graph.
+    """
+    macs = _node_macs(node, dims_of)
+    return Cost(params=_node_params(node, dims_of), macs=macs,
+                flops=_node_flops(node, macs, dims_of))
+
+
+def initializer_params(graph: ir.Graph, dims_of: DimsOf = value_dims) -> int:
+    """Floating-point initializer elements of one graph."""
+    total = 0
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and _is_float(tensor.dtype):
+            total += math.prod(dims_of(value) or tensor.shape.numpy())
+    return total
 
 
 def count_cost(model: ir.Model, infer_shapes: bool = True) -> Cost:
@@ -149,10 +174,7 @@ def count_cost(model: ir.Model, infer_shapes: bool = True) -> Cost:
 def _count(model: ir.Model) -> Cost:
     total = Cost()
     for graph in model.graphs():
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if tensor is not None and _is_float(tensor.dtype):
-                total.params += math.prod(tensor.shape.numpy())
+        total.params += initializer_params(graph)
         for node in graph:
             total += node_cost(node)
     return total

@@ -60,3 +60,68 @@ def lazy_take(tensor: ir.TensorProtocol, indices: Sequence[int], axis: int) -> i
         return ir.tensor(np.take(tensor.numpy(), index, axis=axis), name=tensor.name)
 
     return ir.LazyTensor(take, dtype=tensor.dtype, shape=ir.Shape(dims), name=tensor.name)
+
+
+def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor behind an initializer or a ``Constant`` node's ``value``, else None."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain == "":
+        attribute = producer.attributes.get("value")
+        if attribute is not None:
+            return attribute.value
+    return None
+
+
+class NameAllocator:
+    """Fresh value names for one graph edit: never a name the graph already uses."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self._graph = graph
+        self._taken = {v.name for v in graph.inputs} | set(graph.initializers)
+        self._taken |= {v.name for node in graph.all_nodes() for v in node.outputs}
+
+    def __call__(self, hint: str) -> str:
+        """``hint``, or ``hint_N`` with the first free N."""
+        name, number = hint, 0
+        while name in self._taken:
+            number += 1
+            name = f"{hint}_{number}"
+        self._taken.add(name)
+        return name
+
+    def initializer(self, data: np.ndarray, hint: str) -> ir.Value:
+        """Register ``data`` as a new initializer under a fresh name."""
+        name = self(hint)
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(data.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(data.dtype)),
+            const_value=ir.tensor(data, name=name),
+        )
+        self._graph.register_initializer(value)
+        return value
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """A constant's data as an array: initializer, ``Constant``, or ``ConstantOfShape``.
+
+    The model-zoo graphs store weights as ``ConstantOfShape`` nodes with a constant
+    shape; reading those here lets criteria and analyses treat them as the weights
+    they are. Returns None for anything computed at run time.
+    """
+    tensor = constant_tensor(value)
+    if tensor is not None:
+        return np.asarray(tensor.numpy())
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "ConstantOfShape" or producer.domain != "":
+        return None
+    shape = constant_tensor(producer.inputs[0]) if producer.inputs else None
+    if shape is None:
+        return None
+    fill = producer.attributes.get("value")
+    first = fill.value.numpy().reshape(-1)[0] if fill is not None else np.float32(0)
+    return np.full(tuple(int(d) for d in shape.numpy().reshape(-1)), first)

@@ -4,15 +4,18 @@ Importing this package registers every pass. Build pipelines from text with
 :func:`build_pipeline`, or instantiate pass classes directly.
 """
 
+import spa_opt.passes.criteria  # noqa: F401  (registers the criteria)
 from spa_opt.passes.base import NoOptions, OptionInfo, SpaPass, option
 from spa_opt.passes.check import CheckPass, check_model
 from spa_opt.passes.context import PipelineContext, Targets
 from spa_opt.passes.couple import CouplePass
 from spa_opt.passes.dce import DeadCodeEliminationPass
+from spa_opt.passes.dead import DeadPass
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.passes.group import GroupPass
 from spa_opt.passes.manager import Instrument, PassManager, PassRecord
 from spa_opt.passes.pipeline import PassSpec, build_pipeline, format_pipeline, parse_pipeline
+from spa_opt.passes.prune import PrunePass
 from spa_opt.passes.registry import all_passes, get_pass, register
 from spa_opt.passes.shape_infer import ShapeInferPass
 from spa_opt.passes.topo_sort import TopoSortPass
@@ -21,6 +24,7 @@ __all__ = [
     "CheckPass",
     "CouplePass",
     "DeadCodeEliminationPass",
+    "DeadPass",
     "FoldConstantsPass",
     "GroupPass",
     "Instrument",
@@ -30,6 +34,7 @@ __all__ = [
     "PassRecord",
     "PassSpec",
     "PipelineContext",
+    "PrunePass",
     "ShapeInferPass",
     "SpaPass",
     "Targets",

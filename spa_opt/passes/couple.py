@@ -53,6 +53,8 @@ class CouplePass(SpaPass):
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Solve and store the couplings in the context."""
         coupling = couple_model(model, self.options.heads)
+        for stale in ("groups", "scores", "dead", "selection"):  # built on older couplings
+            context.analyses.pop(stale, None)
         context.analyses["couplings"] = coupling
         for key, value in coupling.stats.items():
             self.count(key, value)

@@ -85,6 +85,25 @@ def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None =
     return "\n".join(lines)
 
 
+def groups_of(model: ir.Model, context: PipelineContext, *, rebuild: bool = False) -> list[Group]:
+    """The context's ``groups``, computed on demand (the way ``group`` computes them).
+
+    When ``groups`` is absent (or ``rebuild``), groups the context's ``couplings``,
+    running the coupling analysis with its defaults first when those are absent too,
+    and stores both in ``context.analyses``. Reports nothing: that is ``group``'s job.
+    """
+    groups = context.analyses.get("groups")
+    if groups is not None and not rebuild:
+        return groups
+    coupling = context.analyses.get("couplings")
+    if coupling is None:
+        coupling = couple_model(model)
+        context.analyses["couplings"] = coupling
+    groups = build_groups(coupling, model.graph)
+    context.analyses["groups"] = groups
+    return groups
+
+
 @register
 class GroupPass(SpaPass):
     """Build channel groups from the couplings: members, block sizes, pins (analysis)."""
@@ -94,12 +113,7 @@ class GroupPass(SpaPass):
 
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Group and report."""
-        coupling = context.analyses.get("couplings")
-        if coupling is None:
-            coupling = couple_model(model)
-            context.analyses["couplings"] = coupling
-        groups = build_groups(coupling, model.graph)
-        context.analyses["groups"] = groups
+        groups = groups_of(model, context, rebuild=True)
         context.report["groups"] = [g.to_dict() for g in groups]
         context.report["coupling"] = summarize(groups)
         self.count("groups", len(groups))

@@ -61,6 +61,11 @@ class Patch:
     kind: str
     detail: str
     axis: tuple[ir.Value, int] | None = None
+    """The channel axis whose new size the patch writes."""
+    entry: tuple[int, int] | None = None
+    """For shape entries: which input of the node holds the shape, and which entry."""
+    owner: ir.Node | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The node itself (names are optional in ONNX and may repeat)."""
 
 
 class NodeCoupling:
@@ -204,11 +209,16 @@ class NodeCoupling:
             self.pin(value, axis, detail, code)
 
     def patch(
-        self, kind: str, detail: str, value: ir.Value | None = None, axis: int | None = None
+        self,
+        kind: str,
+        detail: str,
+        value: ir.Value | None = None,
+        axis: int | None = None,
+        entry: tuple[int, int] | None = None,
     ) -> None:
         """Record a constant or attribute that removal must rewrite."""
         where = None if value is None or axis is None else (value, axis)
-        self.patches.append(Patch(self.node.name or "", kind, detail, where))
+        self.patches.append(Patch(self.node.name or "", kind, detail, where, entry, self.node))
 
     def is_handled(self, value: ir.Value, axis: int) -> bool:
         """Whether a rule said something about this axis."""

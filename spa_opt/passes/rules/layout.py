@@ -65,7 +65,9 @@ def follow_shape_entry(
     entry = entries[index]
     if entry.kind == "const":
         if entry.number not in keep:
-            c.patch("shape-entry", f"entry {entry.index} of `{entry.source}`", out, axis)
+            holder = next(i for i, v in enumerate(c.node.inputs) if v is shape_value)
+            c.patch("shape-entry", f"entry {entry.index} of `{entry.source}`", out, axis,
+                    entry=(holder, index))
     elif entry.kind == "dim" and entry.dim is not None:
         c.identity(entry.dim[0], entry.dim[1], out, axis)
     else:

@@ -1,0 +1,172 @@
+"""The base of group-level importance criteria: score every unit of every prunable group.
+
+A criterion is an analysis. For each prunable group it reads every weight member that
+has a role (``out``, ``in``, ``scale``, ``shift``, ``param``), moves the member's axis
+to the front, and asks the subclass for one score per group unit
+(:meth:`CriterionPass.member_scores`; a unit's score on a member is usually the sum
+over its block positions of per-position scores). Then:
+
+- ``agg`` combines a group's member scores unit by unit: ``sum``, ``mean``, ``max``,
+  ``prod`` (product), or ``first``: the scores of the group's primary member
+  (:attr:`Group.primary`), or of the first scored member when the primary did not score;
+- ``norm`` rescales the combined scores: ``none``; ``mean``, ``max`` or ``sum``: divide by
+  that statistic; ``minmax``: ``(s - min) / (max - min)``. A zero denominator leaves the
+  scores as they are (``minmax`` then gives zeros).
+
+The defaults, ``agg=mean`` and ``norm=mean``, follow Torch-Pruning's ``group_reduction``
+and ``normalizer``. Results go to ``context.analyses["scores"]`` (a new dict each run,
+``{group.id: float64 array of shape (group.units,)}``: the last criterion of a pipeline
+wins) and ``context.analyses["criterion"]`` (its pipeline text). Groups the criterion
+cannot score get no entry and are listed, with why, in the report's ``criterion``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.errors import InputError
+from spa_opt.ir.tensors import constant_array
+from spa_opt.passes.base import SpaPass, option
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.coupling.groups import Group, Member
+from spa_opt.passes.group import groups_of
+from spa_opt.passes.registry import get_pass
+
+
+@dataclasses.dataclass
+class CriterionOptions:
+    """Options shared by every criterion."""
+
+    agg: Literal["sum", "mean", "max", "prod", "first"] = option(
+        "mean",
+        "how a group's member scores combine per unit: sum, mean, max, prod (product), "
+        "or first (the group's primary member)",
+    )
+    norm: Literal["none", "mean", "max", "sum", "minmax"] = option(
+        "mean",
+        "how a group's scores are rescaled: none, divided by their mean, max or sum, "
+        "or minmax to [0, 1]",
+    )
+
+
+def per_unit(per_position: np.ndarray, axis_positions: np.ndarray) -> np.ndarray:
+    """Sum per-position scores over each unit's block positions."""
+    return per_position[axis_positions].sum(axis=1)
+
+
+def unit_slices(tensor: np.ndarray, axis_positions: np.ndarray) -> np.ndarray:
+    """Each unit's whole slice (all its block positions, every other axis), flattened."""
+    return tensor[axis_positions].reshape(axis_positions.shape[0], -1)
+
+
+def combine(scores: list[tuple[Member, np.ndarray]], primary: Member, agg: str) -> np.ndarray:
+    """Combine a group's member scores per unit with ``agg`` (see the module docstring)."""
+    if agg == "first":
+        return next((s for m, s in scores if m is primary), scores[0][1])
+    stacked = np.stack([s for _, s in scores])
+    return {"sum": np.sum, "mean": np.mean, "max": np.max, "prod": np.prod}[agg](stacked, axis=0)
+
+
+def normalize(scores: np.ndarray, norm: str) -> np.ndarray:
+    """Rescale a group's scores with ``norm`` (see the module docstring)."""
+    if norm == "none" or scores.size == 0:
+        return scores
+    if norm == "minmax":
+        low, span = scores.min(), scores.max() - scores.min()
+        return (scores - low) / span if span else np.zeros_like(scores)
+    denominator = {"mean": np.mean, "max": np.max, "sum": np.sum}[norm](scores)
+    return scores / denominator if denominator else scores
+
+
+class CriterionPass(SpaPass):
+    """Base of the criteria: one score per unit of every prunable group (analysis)."""
+
+    Options = CriterionOptions
+    preserves_analyses = True
+    roles: ClassVar[frozenset[str]] = frozenset({"out", "in", "scale", "shift"})
+    """Member roles the criterion reads; others are not even loaded. Statistics
+    (``param``: a BatchNorm's running mean and variance) are not magnitudes."""
+    unscored_why: ClassVar[str] = "no weight member this criterion scores"
+    """Why a group got no score, for the report."""
+
+    def member_scores(
+        self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
+    ) -> np.ndarray | None:
+        """One member's score per group unit; subclasses implement this.
+
+        Args:
+            tensor: The member's weight as float64, with ``member.axis`` moved to the front.
+            member: The group member (name, roles, index map).
+            axis_positions: ``(units, block)``: the front-axis positions of each unit.
+
+        Returns:
+            A ``(units,)`` array, or None when this member does not take part.
+        """
+        raise NotImplementedError
+
+    def start_group(self, group: Group, index: int, context: PipelineContext) -> None:
+        """Called before a group's members are scored (``index``: its place in ``groups``)."""
+
+    def score_group(self, group: Group, index: int, context: PipelineContext) -> np.ndarray | None:
+        """The group's combined, normalized scores, or None when no member scored."""
+        self.start_group(group, index, context)
+        scored: list[tuple[Member, np.ndarray]] = []
+        for member in group.weights:
+            if not self.roles & set(member.roles):
+                continue
+            array = constant_array(member.value)
+            if array is None or array.ndim == 0:
+                continue
+            tensor = np.moveaxis(np.asarray(array, dtype=np.float64), member.axis, 0)
+            scores = self.member_scores(tensor, member, member.index_map.positions)
+            if scores is not None:
+                scored.append((member, np.asarray(scores, dtype=np.float64).reshape(group.units)))
+        if not scored:
+            return None
+        combined = combine(scored, group.primary, self.options.agg)
+        return normalize(combined.astype(np.float64), self.options.norm)
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Score every prunable group; store the scores and report what went unscored."""
+        scores: dict[str, np.ndarray] = {}
+        unscored: list[dict[str, str]] = []
+        for index, group in enumerate(groups_of(model, context)):
+            if not group.prunable:
+                continue
+            result = self.score_group(group, index, context)
+            if result is None:
+                unscored.append({"group": group.id, "why": self.unscored_why})
+            else:
+                scores[group.id] = result
+        context.analyses["scores"] = scores
+        context.analyses["criterion"] = self.pipeline_text()
+        context.report["criterion"] = {
+            "name": self.name,
+            "pipeline": self.pipeline_text(),
+            "scored": len(scores),
+            "unscored": unscored,
+        }
+        self.count("groups-scored", len(scores))
+        self.count("groups-unscored", len(unscored))
+        return ir.passes.PassResult(model, False)
+
+
+def score_groups(
+    model: ir.Model, context: PipelineContext, criterion_name: str = "l1", **options: Any
+) -> dict[str, np.ndarray]:
+    """Run the criterion ``criterion_name`` with ``options`` on demand; return its scores.
+
+    Groups are computed first when the context has none. The scores also land in
+    ``context.analyses`` and the report, as when the criterion runs as a pass.
+    """
+    cls = get_pass(criterion_name)
+    if not issubclass(cls, CriterionPass):
+        raise InputError(f"pass '{criterion_name}' is not an importance criterion")
+    criterion = cls(**options)
+    criterion.stats = {}
+    criterion.run(model, context)
+    return context.analyses["scores"]

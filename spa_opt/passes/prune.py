@@ -1,0 +1,176 @@
+"""prune: remove the selected channels physically (transform).
+
+Rules:
+
+- the groups come from the context (``group`` runs on demand if it did not);
+- the selection is the context's ``selection`` when an earlier pass chose the units
+  (obspa); otherwise it is planned here (:mod:`spa_opt.passes.pruning.select`) from
+  the scores of the last criterion (``l1`` when targets are given and no criterion
+  ran), the ``dead`` analysis when it ran, and the targets;
+- a group is skipped, with the reason in the report, when ``--ignore`` matches a node
+  it touches, when the criterion could not score it, or when one of its patches cannot
+  follow a removal; pinned units and the last unit of a group always stay;
+- removal slices weights lazily, rewrites every patched count, sets the new declared
+  shapes, then removes dead nodes and unused initializers (:mod:`.pruning.apply`);
+- the result is checked (full onnx checker, strict shape inference, channel counts):
+  a failure raises before anything is written, never an invalid model;
+- the report gains ``prune`` (per group removed units, skipped groups, target outcome,
+  per-layer weight shapes before and after) and ``channels``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.ir.shapes import temporary_shapes
+from spa_opt.passes.base import SpaPass, option
+from spa_opt.passes.check import check_model
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.coupling.groups import Group
+from spa_opt.passes.dce import DeadCodeEliminationPass
+from spa_opt.passes.group import groups_of
+from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
+from spa_opt.passes.pruning.costmodel import CostModel
+from spa_opt.passes.pruning.patches import problem
+from spa_opt.passes.pruning.removal import Removal
+from spa_opt.passes.pruning.select import candidate, ignored_by, select
+from spa_opt.passes.registry import register
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass
+class PruneOptions:
+    """Options of ``prune``."""
+
+    check: bool = option(True, "verify the result with the full checker before going on")
+
+
+def _names_of(graph: ir.Graph) -> dict[int, set[str]]:
+    names: dict[int, set[str]] = defaultdict(set)
+    for node in graph.all_nodes():
+        for value in (*node.inputs, *node.outputs):
+            if value is not None and node.name:
+                names[id(value)].add(node.name)
+    return names
+
+
+def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
+    layers = {}
+    for node in graph.all_nodes():
+        weight = node.inputs[1] if node.op_type in _WEIGHTED and len(node.inputs) > 1 else None
+        if weight is not None and weight.const_value is not None:
+            layers[node.name or ""] = (node.op_type, weight.name or "",
+                                       [int(d) for d in weight.const_value.shape])
+    return layers
+
+
+class _Planner:
+    """Eligibility and selection for one run (see the module docstring)."""
+
+    def __init__(self, model: ir.Model, groups: list[Group], context: PipelineContext) -> None:
+        self.model, self.groups, self.context = model, groups, context
+        self.skipped: list[dict[str, str]] = []
+
+    def plan(self) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+        targets = self.context.targets
+        dead = self.context.analyses.get("dead")
+        wanted = any(t is not None for t in
+                     (targets.ratio, targets.target_flops, targets.target_params))
+        scores = self.context.analyses.get("scores")
+        if wanted and scores is None:
+            from spa_opt.passes.criteria import score_groups
+
+            scores = score_groups(self.model, self.context)
+        names = _names_of(self.model.graph)
+        candidates = []
+        for group in self.groups:
+            if not group.prunable:
+                continue
+            why = ignored_by(group, targets.ignore, names)
+            if not why and wanted and group.id not in scores:
+                why = "the criterion gave it no score"
+            why = why or next(filter(None, map(problem, group.patches)), "")
+            if why:
+                self.skipped.append({"group": group.id, "why": why})
+                continue
+            found = candidate(group, scores.get(group.id) if wanted else None,
+                              None if dead is None else dead.get(group.id), targets)
+            if found.order.size:
+                candidates.append(found)
+        counts, outcome = select(candidates, targets,
+                                 lambda: CostModel(self.model, [c.group for c in candidates]))
+        selection = {c.group.id: np.sort(c.order[:k])
+                     for c, k in zip(candidates, counts, strict=True) if k}
+        return selection, outcome
+
+
+@register
+class PrunePass(SpaPass):
+    """Remove selected channel groups physically and patch every channel count (transform)."""
+
+    name = "prune"
+    Options = PruneOptions
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Plan, remove, clean up, check and report."""
+        groups = groups_of(model, context)
+        by_id = {g.id: g for g in groups}
+        layers_before = _layers(model.graph)
+        skipped: list[dict[str, str]] = []
+        outcome = None
+        with temporary_shapes(model):
+            selection = context.analyses.get("selection")
+            if selection is None:
+                planner = _Planner(model, groups, context)
+                selection, outcome = planner.plan()
+                skipped = planner.skipped
+            removal = Removal(groups, selection)
+            if removal:
+                patches = [p for g in groups if g.id in selection for p in g.patches]
+                for key, value in apply_removal(model.graph, removal, patches).items():
+                    self.count(key, value)
+        if removal:
+            set_new_shapes(removal)
+            self.count("nodes-removed", DeadCodeEliminationPass()(model).modified)
+            if self.options.check:
+                check_model(model)
+        removed = {gid: units for gid, units in selection.items() if len(units)}
+        self.count("groups-pruned", len(removed))
+        self.count("channels-removed", sum(len(u) * by_id[g].block for g, u in removed.items()))
+        context.report["prune"] = self._report(groups, removed, skipped, outcome,
+                                               layers_before, _layers(model.graph))
+        context.report["channels"] = {
+            "total": sum(g.channels for g in groups if g.prunable),
+            "removed": self.stats["channels-removed"],
+        }
+        return ir.passes.PassResult(model, bool(removal))
+
+    @staticmethod
+    def _report(groups: list[Group], removed: dict[str, np.ndarray], skipped: list,
+                outcome: dict[str, Any] | None, before: dict, after: dict) -> dict[str, Any]:
+        pruned = [
+            {"group": g.id, "primary": f"{g.primary.name}:{g.primary.axis}", "units": g.units,
+             "block": g.block, "removed": len(removed[g.id]),
+             "channels_removed": len(removed[g.id]) * g.block,
+             "units_removed": removed[g.id].tolist()}
+            for g in groups if g.id in removed
+        ]
+        layers = [
+            {"node": name, "op": op, "weight": weight, "before": shape,
+             "after": after.get(name, (None, None, None))[2]}
+            for name, (op, weight, shape) in before.items()
+        ]
+        prunable = sum(g.prunable for g in groups)
+        message = None
+        if not prunable:
+            message = "nothing to prune: every group is pinned (see --print-groups for why)"
+        elif not removed:
+            message = "nothing removed: no target given, no dead channels, or all skipped"
+        return {"groups": pruned, "skipped": skipped, "target": outcome, "layers": layers,
+                "message": message}

@@ -1,0 +1,1 @@
+"""The removal machinery behind the ``prune`` pass: selection, cost model, patches, slicing."""

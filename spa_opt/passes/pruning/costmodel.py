@@ -1,0 +1,86 @@
+"""What a removal would cost, without editing the graph.
+
+Selection against a FLOPs or parameter target asks the same question many times:
+"if group ``g`` lost ``k_g`` units, what would the model cost?". Pruning a copy each
+time would be far too slow, and cost is not additive over groups (a Conv between two
+pruned groups shrinks on both sides). :class:`CostModel` answers it exactly with the
+formulas of :mod:`spa_opt.ir.cost`, reading every tensor's dimensions as the removal
+would leave them: a member axis of extent ``E`` hosting units of block ``b`` from
+groups ``g`` becomes ``E - sum_g k_g * b``. Only the nodes that touch a member are
+recounted, so one evaluation is a short loop over them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.ir.cost import Cost, initializer_params, node_cost, value_dims
+from spa_opt.passes.coupling.groups import Group
+
+
+class CostModel:
+    """Params, MACs and FLOPs of the model as a function of units removed per group.
+
+    Shapes must be inferred while the model is built (the prune pass builds it inside
+    ``temporary_shapes``); evaluations afterwards only read what it captured.
+    """
+
+    def __init__(self, model: ir.Model, groups: Sequence[Group]) -> None:
+        self._slots: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for index, group in enumerate(groups):
+            for member in group.members:
+                self._slots[id(member.value)].append((member.axis, index, member.index_map.block))
+        self._dims: dict[int, list[int] | None] = {}
+        self._affected: list[ir.Node] = []
+        self._weights: list[ir.Value] = []
+        base = Cost()
+        for graph in model.graphs():
+            base.params += initializer_params(graph)
+            for value in graph.initializers.values():
+                if id(value) in self._slots:
+                    self._weights.append(value)
+            for node in graph:
+                cost = node_cost(node)
+                base += cost
+                if any(id(v) in self._slots for v in (*node.inputs, *node.outputs) if v):
+                    self._affected.append(node)
+        for key in self._slots:
+            self._dims[key] = None
+        for node in self._affected:
+            for value in (*node.inputs, *node.outputs):
+                if value is not None and id(value) in self._slots:
+                    self._dims[id(value)] = value_dims(value)
+        for value in self._weights:
+            self._dims[id(value)] = value_dims(value) or list(value.const_value.shape.numpy())
+        self.base = base
+        unchanged = sum((node_cost(node) for node in self._affected), Cost())
+        unchanged.params += sum(int(np.prod(self._dims[id(v)])) for v in self._weights)
+        self._rest = Cost(base.params - unchanged.params, base.macs - unchanged.macs,
+                          base.flops - unchanged.flops)
+
+    def cost(self, removed_units: np.ndarray) -> Cost:
+        """Cost if group ``i`` lost ``removed_units[i]`` units (counts, not which ones)."""
+        slots, dims = self._slots, self._dims
+
+        def dims_of(value: ir.Value | None) -> list[int] | None:
+            if value is None or id(value) not in slots:
+                return value_dims(value)
+            found = dims[id(value)]
+            if found is None:
+                return None
+            new = list(found)
+            for axis, group, block in slots[id(value)]:
+                if axis < len(new):
+                    new[axis] -= int(removed_units[group]) * block
+            return new
+
+        total = Cost(self._rest.params, self._rest.macs, self._rest.flops)
+        for node in self._affected:
+            total += node_cost(node, dims_of)
+        for value in self._weights:
+            total.params += int(np.prod(dims_of(value)))
+        return total
