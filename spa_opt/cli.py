@@ -195,6 +195,28 @@ def _save_outputs(model: Any, destination: Path, report_path: str | None, report
             staged.unlink(missing_ok=True)
 
 
+def prune_summary(report: dict[str, Any]) -> str:
+    """One or two lines on what ``prune`` did, for stderr; empty when it did not run."""
+    prune = report.get("prune")
+    if not prune:
+        return ""
+    channels, groups = report.get("channels") or {}, prune["groups"]
+    params, flops = report["params"], report["flops"]
+
+    def kept(pair: dict[str, int]) -> str:
+        return f"{pair['after'] / pair['before']:.1%}" if pair["before"] else "n/a"
+
+    lines = [f"prune: removed {channels.get('removed', 0)} of {channels.get('total', 0)} "
+             f"prunable channels in {len(groups)} groups; params kept {kept(params)}, "
+             f"FLOPs kept {kept(flops)}; {len(prune['skipped'])} groups skipped"]
+    target = prune.get("target")
+    if target and not target.get("reached"):
+        lines.append(f"prune: target not reached: {target.get('why_not')}")
+    if prune.get("message"):
+        lines.append(f"prune: {prune['message']}")
+    return "\n".join(lines)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run; returns the exit code instead of exiting."""
     args = build_parser().parse_args(argv)
@@ -235,6 +257,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         data = report.to_dict()
         print(format_groups(data.get("groups") or [], data.get("coupling")))
+    summary = prune_summary(report.to_dict())
+    if summary:
+        print(summary, file=sys.stderr)
     if report.verify is not None:
         print(f"verify: {report.verify.inputs} inputs, max abs err "
               f"{report.verify.max_abs_err:.3g}, rel err {report.verify.rel_err:.3g}",

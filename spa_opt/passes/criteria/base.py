@@ -99,7 +99,8 @@ class CriterionPass(SpaPass):
         """One member's score per group unit; subclasses implement this.
 
         Args:
-            tensor: The member's weight as float64, with ``member.axis`` moved to the front.
+            tensor: The member's weight (float32 or float64; reduce with ``dtype=np.float64``),
+                with ``member.axis`` moved to the front.
             member: The group member (name, roles, index map).
             axis_positions: ``(units, block)``: the front-axis positions of each unit.
 
@@ -121,7 +122,9 @@ class CriterionPass(SpaPass):
             array = constant_array(member.value)
             if array is None or array.ndim == 0:
                 continue
-            tensor = np.moveaxis(np.asarray(array, dtype=np.float64), member.axis, 0)
+            if array.dtype not in (np.float32, np.float64):
+                array = array.astype(np.float32)  # half precision: widen once, not per op
+            tensor = np.moveaxis(array, member.axis, 0)
             scores = self.member_scores(tensor, member, member.index_map.positions)
             if scores is not None:
                 scored.append((member, np.asarray(scores, dtype=np.float64).reshape(group.units)))

@@ -36,4 +36,4 @@ class BatchNormScaleCriterion(CriterionPass):
             for use in member.value.uses()
         ):
             return None
-        return per_unit(np.abs(tensor).reshape(tensor.shape[0], -1).sum(axis=1), axis_positions)
+        return per_unit(np.abs(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64), axis_positions)

@@ -28,5 +28,5 @@ class L1Criterion(CriterionPass):
         self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
     ) -> np.ndarray:
         """Sum of absolute values over each unit's slice."""
-        per_position = np.abs(tensor).reshape(tensor.shape[0], -1).sum(axis=1)
+        per_position = np.abs(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64)
         return per_unit(per_position, axis_positions)

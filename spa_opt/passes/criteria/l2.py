@@ -28,5 +28,5 @@ class L2Criterion(CriterionPass):
         self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
     ) -> np.ndarray:
         """Euclidean norm of each unit's slice."""
-        per_position = np.square(tensor).reshape(tensor.shape[0], -1).sum(axis=1)
+        per_position = np.square(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64)
         return np.sqrt(per_unit(per_position, axis_positions))

@@ -31,7 +31,7 @@ class LampCriterion(CriterionPass):
         self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
     ) -> np.ndarray:
         """``m_u / sum of m_v >= m_u`` per unit."""
-        m = per_unit(np.square(tensor).reshape(tensor.shape[0], -1).sum(axis=1), axis_positions)
+        m = per_unit(np.square(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64), axis_positions)
         ascending = np.sort(m)
         at_least = np.concatenate([np.cumsum(ascending[::-1])[::-1], [0.0]])
         denominator = at_least[np.searchsorted(ascending, m, side="left")]

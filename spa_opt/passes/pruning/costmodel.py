@@ -43,6 +43,11 @@ class CostModel:
             for value in graph.initializers.values():
                 if id(value) in self._slots:
                     self._weights.append(value)
+                elif not value.uses() and not value.is_graph_output():
+                    # Removal ends with dead-code elimination: unused weights go too.
+                    tensor = value.const_value
+                    if tensor is not None and tensor.dtype.is_floating_point():
+                        base.params -= int(np.prod(tensor.shape.numpy()))
             for node in graph:
                 cost = node_cost(node)
                 base += cost
