@@ -13,6 +13,10 @@ and, as the reference beside it, ``onnx.load`` + ``onnx.shape_inference.infer_sh
 shapes. The table gives ``(couple + group) / reference`` and, for the ResNet-50 rows,
 ``(couple + group) / 0.3 s`` (the analysis budget).
 
+Then, on the torch models, the whole ``couple,group,l1,prune --ratio 0.5`` run (load,
+passes, save; in process and as a ``spa-opt`` subprocess) beside Torch-Pruning on the
+same PyTorch architecture (``bench/pruning_reference.py``; goal: ResNet-50 under 1 s).
+
 Models: light ResNet-50, DenseNet-121 and Inception v2 from the onnx package; the
 10,000-node stacked transformer and the Qwen3 block of ``bench/models.py``; and, when
 torch is installed, ResNet-50, MobileNetV2 and ViT-B/16 of ``bench/torch_models.py``
@@ -25,6 +29,7 @@ Run from the repository root::
     python bench/analysis.py --repeats 5     # best of 5
     python bench/analysis.py resnet vit      # models whose name contains a filter
     python bench/analysis.py --refresh       # re-export / rebuild the cached models
+    python bench/analysis.py --no-prune      # without the whole prune run
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import format_table, generalize, machine  # noqa: E402
 from models import blocks_for_nodes, qwen3_block, stacked_transformer  # noqa: E402
+from pruning_reference import whole_run  # noqa: E402
 from torch_models import export_torch, torch_models  # noqa: E402
 
 LIGHT = Path(onnx.__path__[0]) / "backend" / "test" / "data" / "light"
@@ -292,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("filters", nargs="*", help="only models whose name contains one")
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs (default 3)")
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached models")
+    parser.add_argument("--no-prune", action="store_true", help="skip the whole prune run")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -329,7 +336,29 @@ def main(argv: list[str] | None = None) -> int:
     for case in found:
         if case.note:
             print(f"{case.name}: {case.note}")
+    if not args.no_prune:
+        print_prune_run(found, args.repeats)
     return 0
+
+
+def print_prune_run(found: list[Case], repeats: int) -> None:
+    """The whole prune run on the torch models, beside Torch-Pruning."""
+    print()
+    torch_cases = [case for case in found if case.name.startswith("torch ")]
+    if not torch_cases:
+        print("skip: whole prune run (needs the torch models: pip install torch==2.13.0)")
+        return
+    builders = torch_models()
+    print(f"Whole run `spa-opt -p couple,group,l1,prune --ratio 0.5`, best of {repeats}:")
+    print(whole_run([(c.name, c.path, *builders[c.name]) for c in torch_cases], repeats))
+    print(
+        "spa-opt: load = spa_opt.load_model; graph = couple + group; score+prune = l1 + "
+        "prune; total = load + optimize (passes and cost counts) + save to a temp file; "
+        "CLI = subprocess wall time, startup = `spa-opt --version`. Torch-Pruning: graph = "
+        "the pruner's constructor (DependencyGraph), score+prune = step(); export = "
+        "torch.onnx.export (dynamo) of the pruned module, once. params/MACs kept: "
+        "spa-opt's cost model on the ONNX results, over the original export."
+    )
 
 
 if __name__ == "__main__":

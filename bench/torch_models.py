@@ -177,6 +177,26 @@ def torch_models() -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
     }
 
 
+def seeded_model(build: Callable[[], Any]) -> Any:
+    """The eval-mode module every export starts from: seed 0, randomized BatchNorm.
+
+    The module's weights are those of the exported file (the next ``torch.randn``
+    draws the check input).
+    """
+    import torch
+
+    torch.manual_seed(0)
+    model = build().eval()
+    for module in model.modules():  # non-trivial norms, so BatchNorm is no identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+    return model
+
+
 def export_torch(name: str, build: Callable[[], Any], shape: tuple[int, ...], path: Path) -> None:
     """Export one seeded eval-mode model with the dynamo exporter; check it in onnxruntime.
 
@@ -195,15 +215,7 @@ def export_torch(name: str, build: Callable[[], Any], shape: tuple[int, ...], pa
 
     warnings.filterwarnings("ignore")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    model = build().eval()
-    for module in model.modules():  # non-trivial norms, so BatchNorm is no identity
-        if isinstance(module, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
+    model = seeded_model(build)
     x = torch.randn(shape)
     with torch.no_grad():
         expected = model(x).numpy()

@@ -13,8 +13,8 @@ invalidates the analyses: a grouping computed before a transform never reaches a
 transform after it.
 
 Slots filled by later passes (one name each, documented where they are produced):
-``couplings`` (couple), ``groups`` (group), ``scores`` (criteria), ``selection``
-(criteria/obspa), ``reconstructed`` (obspa).
+``couplings`` (couple), ``groups`` (group), ``scores`` (criteria), ``dead`` (dead),
+``selection`` (obspa; ``prune`` plans its own when absent), ``reconstructed`` (obspa).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class Targets:
     """What the user asked pruning to achieve; read by the selection passes."""
 
     ratio: float | None = None
-    """Fraction of prunable channels to remove."""
+    """Fraction of prunable channels to remove (with a FLOPs or params target: the
+    most any one group may lose)."""
     target_flops: float | None = None
     """Fraction of the original FLOPs to keep."""
     target_params: float | None = None

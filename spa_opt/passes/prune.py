@@ -137,7 +137,9 @@ class PrunePass(SpaPass):
                     self.count(key, value)
         if removal:
             set_new_shapes(removal)
-            self.count("nodes-removed", DeadCodeEliminationPass()(model).modified)
+            nodes = sum(1 for _ in model.graph.all_nodes())
+            DeadCodeEliminationPass()(model)
+            self.count("nodes-removed", nodes - sum(1 for _ in model.graph.all_nodes()))
             if self.options.check:
                 check_model(model)
         removed = {gid: units for gid, units in selection.items() if len(units)}

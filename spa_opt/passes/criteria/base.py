@@ -53,6 +53,11 @@ class CriterionOptions:
     )
 
 
+def slice_sums(values: np.ndarray) -> np.ndarray:
+    """Sum over every axis but the first, accumulated in float64 (weights stay float32)."""
+    return values.reshape(values.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
 def per_unit(per_position: np.ndarray, axis_positions: np.ndarray) -> np.ndarray:
     """Sum per-position scores over each unit's block positions."""
     return per_position[axis_positions].sum(axis=1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa_opt.passes.coupling.groups import Member
-from spa_opt.passes.criteria.base import CriterionPass, per_unit
+from spa_opt.passes.criteria.base import CriterionPass, per_unit, slice_sums
 from spa_opt.passes.registry import register
 
 
@@ -36,4 +36,4 @@ class BatchNormScaleCriterion(CriterionPass):
             for use in member.value.uses()
         ):
             return None
-        return per_unit(np.abs(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64), axis_positions)
+        return per_unit(slice_sums(np.abs(tensor)), axis_positions)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa_opt.passes.coupling.groups import Member
-from spa_opt.passes.criteria.base import CriterionPass, per_unit
+from spa_opt.passes.criteria.base import CriterionPass, per_unit, slice_sums
 from spa_opt.passes.registry import register
 
 
@@ -28,5 +28,5 @@ class L1Criterion(CriterionPass):
         self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
     ) -> np.ndarray:
         """Sum of absolute values over each unit's slice."""
-        per_position = np.abs(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64)
+        per_position = slice_sums(np.abs(tensor))
         return per_unit(per_position, axis_positions)

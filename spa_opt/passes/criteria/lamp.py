@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa_opt.passes.coupling.groups import Member
-from spa_opt.passes.criteria.base import CriterionPass, per_unit
+from spa_opt.passes.criteria.base import CriterionPass, per_unit, slice_sums
 from spa_opt.passes.registry import register
 
 
@@ -31,7 +31,7 @@ class LampCriterion(CriterionPass):
         self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
     ) -> np.ndarray:
         """``m_u / sum of m_v >= m_u`` per unit."""
-        m = per_unit(np.square(tensor).reshape(tensor.shape[0], -1).sum(axis=1, dtype=np.float64), axis_positions)
+        m = per_unit(slice_sums(np.square(tensor)), axis_positions)
         ascending = np.sort(m)
         at_least = np.concatenate([np.cumsum(ascending[::-1])[::-1], [0.0]])
         denominator = at_least[np.searchsorted(ascending, m, side="left")]
