@@ -37,6 +37,9 @@ _AUTO_EXTERNAL_BYTES = int(PROTOBUF_LIMIT_BYTES * 0.9)
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
 
 
+_LOADED_FILES = "spa_opt.external_data_files"
+
+
 def load_model(source: ModelSource, *, base_dir: str | os.PathLike | None = None) -> ir.Model:
     """Load a model from any supported source into onnx_ir.
 
@@ -72,6 +75,9 @@ def load_model(source: ModelSource, *, base_dir: str | os.PathLike | None = None
     if base_dir is not None:
         ir.external_data.set_base_dir(model.graph, str(base_dir))
     check_external_data(model, base_dir)
+    # Pruning replaces mapped tensors with lazy slices of them; remember the layout and
+    # the files read, so saving keeps external data and never overwrites its source.
+    model.meta[_LOADED_FILES] = external_data_files(model)
     return model
 
 
@@ -255,7 +261,7 @@ def save_model(
     if not folder.is_dir():
         raise InputError(f"cannot write '{destination}': no folder '{destination.parent}'")
     size = tensor_bytes(model)
-    mapped = external_data_files(model)
+    mapped = external_data_files(model) | model.meta.get(_LOADED_FILES, set())
     if external_data is None:
         # A model that came with external data keeps that layout.
         external_data = size > _AUTO_EXTERNAL_BYTES or bool(mapped)

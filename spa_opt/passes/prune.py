@@ -110,6 +110,21 @@ class _Planner:
         return selection, outcome
 
 
+def _nothing_removed(context: PipelineContext, skipped: list) -> str:
+    """Why a run with prunable groups removed nothing, in words."""
+    targets = context.targets
+    if "selection" in context.analyses:
+        return "nothing removed: the given selection is empty"
+    if any(t is not None for t in (targets.ratio, targets.target_flops, targets.target_params)):
+        if skipped:
+            return f"nothing removed: every eligible group was skipped ({len(skipped)})"
+        return "nothing removed: the targets are met without removing a unit"
+    if "dead" in context.analyses:
+        return "nothing removed: the dead analysis found no removable zero channels"
+    return ("nothing removed: give --ratio, --target-flops or --target-params, "
+            "or run the dead analysis before prune")
+
+
 @register
 class PrunePass(SpaPass):
     """Remove selected channel groups physically and patch every channel count (transform)."""
@@ -147,6 +162,8 @@ class PrunePass(SpaPass):
         self.count("channels-removed", sum(len(u) * by_id[g].block for g, u in removed.items()))
         context.report["prune"] = self._report(groups, removed, skipped, outcome,
                                                layers_before, _layers(model.graph))
+        if context.report["prune"]["message"] is None and not removed:
+            context.report["prune"]["message"] = _nothing_removed(context, skipped)
         context.report["channels"] = {
             "total": sum(g.channels for g in groups if g.prunable),
             "removed": self.stats["channels-removed"],
@@ -172,7 +189,5 @@ class PrunePass(SpaPass):
         message = None
         if not prunable:
             message = "nothing to prune: every group is pinned (see --print-groups for why)"
-        elif not removed:
-            message = "nothing removed: no target given, no dead channels, or all skipped"
         return {"groups": pruned, "skipped": skipped, "target": outcome, "layers": layers,
                 "message": message}
