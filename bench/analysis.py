@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import format_table, generalize, machine  # noqa: E402
 from models import blocks_for_nodes, qwen3_block, stacked_transformer  # noqa: E402
-from pruning_reference import whole_run  # noqa: E402
+from pruning_reference import torch_pruning_version, whole_run  # noqa: E402
 from torch_models import export_torch, torch_models  # noqa: E402
 
 LIGHT = Path(onnx.__path__[0]) / "backend" / "test" / "data" / "light"
@@ -349,7 +349,8 @@ def print_prune_run(found: list[Case], repeats: int) -> None:
         print("skip: whole prune run (needs the torch models: pip install torch==2.13.0)")
         return
     builders = torch_models()
-    print(f"Whole run `spa-opt -p couple,group,l1,prune --ratio 0.5`, best of {repeats}:")
+    print(f"Whole run `spa-opt -p couple,group,l1,prune --ratio 0.5`, best of {repeats}; "
+          f"Torch-Pruning {torch_pruning_version()}:")
     print(whole_run([(c.name, c.path, *builders[c.name]) for c in torch_cases], repeats))
     print(
         "spa-opt: load = spa_opt.load_model; graph = couple + group; score+prune = l1 + "

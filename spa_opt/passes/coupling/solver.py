@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from spa_opt.ir.lattice import PinReason
 from spa_opt.passes.coupling.node import Link, NodeCoupling, Patch, node_label
@@ -437,6 +435,9 @@ def _components(builder: _Builder) -> np.ndarray:
         return np.arange(total, dtype=np.int64)
     rows = np.concatenate(sources)
     cols = np.concatenate(targets)
+    from scipy.sparse import coo_matrix  # lazily: 140 ms of start-up
+    from scipy.sparse.csgraph import connected_components
+
     matrix = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(total, total))
     _, labels = connected_components(matrix, directed=False)
     return labels.astype(np.int64)

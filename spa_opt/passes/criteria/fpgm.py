@@ -14,7 +14,6 @@ Members then combine with ``agg`` and the group is rescaled with ``norm``.
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from spa_opt.passes.coupling.groups import Member
 from spa_opt.passes.criteria.base import CriterionPass, unit_slices
@@ -37,6 +36,8 @@ class FpgmCriterion(CriterionPass):
         """Summed Euclidean distance to every other unit, for producing weights."""
         if tensor.ndim < 2:
             return None
+        from scipy.spatial.distance import cdist  # imported lazily: 55 ms of start-up
+
         slices = unit_slices(tensor, axis_positions)
         rows = max(1, _PAIRS_PER_CHUNK // max(len(slices), 1))
         return np.concatenate([
