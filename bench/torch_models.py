@@ -15,11 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-IR_VERSION = 10
 DYNAMO_OPSET = 20
-DROPPED_METADATA = ("pkg.torch.onnx.stack_trace",)
 
 def torch_models() -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
     """Compact PyTorch definitions: name -> (constructor, input shape)."""
@@ -233,13 +229,7 @@ def export_torch(name: str, build: Callable[[], Any], shape: tuple[int, ...], pa
         output_names=["output"],
     )
     seconds = time.perf_counter() - start
-    proto = onnx.load(str(tmp))
-    proto.ir_version = min(proto.ir_version, IR_VERSION)
-    for node in proto.graph.node:
-        keep = [p for p in node.metadata_props if p.key not in DROPPED_METADATA]
-        del node.metadata_props[:]
-        node.metadata_props.extend(keep)
-    onnx.save(proto, str(tmp), save_as_external_data=False)
+    proto = _golden_script("make_torch").normalise(tmp)  # the golden models' IR cap, metadata
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     error = float(np.max(np.abs(got - expected)))
@@ -251,3 +241,13 @@ def export_torch(name: str, build: Callable[[], Any], shape: tuple[int, ...], pa
         f"max abs error vs PyTorch {error:.2e} -> {path}",
         file=sys.stderr,
     )
+
+
+def _golden_script(name: str) -> Any:
+    """A module of ``golden_models/scripts`` (they need torch, so loaded on use)."""
+    import importlib
+
+    scripts = str(Path(__file__).resolve().parents[1] / "golden_models" / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module(name)
