@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import onnx_ir as ir
 import onnxruntime as ort
@@ -79,6 +79,7 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     show_progress: bool = False,
     base_dir: str | os.PathLike | None = None,
+    calibration: Any = None,
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -97,6 +98,9 @@ def optimize(
         instruments: Pass-manager instruments (timing, printing, checking).
         show_progress: Let long passes draw progress bars on stderr.
         base_dir: Folder of external data, for bytes and protos.
+        calibration: Calibration inputs for passes that need activations (``obspa``):
+            a path (``.npz``, ``.npy`` or a folder of images, see
+            :mod:`spa_opt.calibration`) or a :class:`~spa_opt.calibration.Calibration`.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -110,6 +114,11 @@ def optimize(
     loaded = load_model(model, base_dir=base_dir)
     check_ignore_patterns(loaded, targets.ignore)
     context = PipelineContext(targets=targets, show_progress=show_progress).attach(loaded)
+    if calibration is not None:
+        from spa_opt.calibration import Calibration, load_calibration
+
+        context.calibration = calibration if isinstance(calibration, Calibration) else \
+            load_calibration(calibration, loaded)
     before = count_cost(loaded)
 
     feeds, reference = [], []

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                          help="node names never pruned (repeatable; must match a node)")
     targets.add_argument("--seed", type=int, default=0, help="seed of random choices")
+    targets.add_argument("--calib", metavar="FILE.npz|DIR",
+                         help="unlabeled calibration inputs for obspa: an .npz/.npy of input "
+                              "arrays or a folder of images")
     debug = parser.add_argument_group("instrumentation")
     debug.add_argument("--time-passes", action="store_true", help="print seconds per pass")
     debug.add_argument("--stats", action="store_true", help="print per-pass counters")
@@ -249,6 +252,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         target_params=args.target_params, scope=args.scope, round_to=args.round_to,
         ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
+        calibration=args.calib,
     )
     _save_outputs(model, destination, args.report, report.to_dict(),
                   True if args.external_data else None, source)

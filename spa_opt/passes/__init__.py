@@ -14,6 +14,7 @@ from spa_opt.passes.dead import DeadPass
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.passes.group import GroupPass
 from spa_opt.passes.manager import Instrument, PassManager, PassRecord
+from spa_opt.passes.obspa import ObspaPass
 from spa_opt.passes.pipeline import PassSpec, build_pipeline, format_pipeline, parse_pipeline
 from spa_opt.passes.prune import PrunePass
 from spa_opt.passes.registry import all_passes, get_pass, register
@@ -29,6 +30,7 @@ __all__ = [
     "GroupPass",
     "Instrument",
     "NoOptions",
+    "ObspaPass",
     "OptionInfo",
     "PassManager",
     "PassRecord",

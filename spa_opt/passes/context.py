@@ -14,7 +14,9 @@ transform after it.
 
 Slots filled by later passes (one name each, documented where they are produced):
 ``couplings`` (couple), ``groups`` (group), ``scores`` (criteria), ``dead`` (dead),
-``selection`` (obspa; ``prune`` plans its own when absent), ``reconstructed`` (obspa).
+``selection`` (obspa; ``prune`` plans its own when absent), ``plan`` (obspa: the skipped
+groups and target outcome behind ``selection``), ``reconstructed`` (obspa: new data for
+weights, keyed by their ``ir.Value``, written by ``prune`` before slicing).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class PipelineContext:
     analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Facts passes add to the run's report (``groups``, ``channels``, ...); never invalidated."""
+    calibration: Any = None
+    """Calibration inputs (a :class:`spa_opt.calibration.Calibration`) the user gave with
+    ``--calib``, or a pass synthesized; read by passes that need activations."""
     show_progress: bool = False
     """Whether long-running passes draw a progress bar (the CLI sets it for terminals)."""
 

@@ -4,9 +4,11 @@ Rules:
 
 - the groups come from the context (``group`` runs on demand if it did not);
 - the selection is the context's ``selection`` when an earlier pass chose the units
-  (obspa); otherwise it is planned here (:mod:`spa_opt.passes.pruning.select`) from
-  the scores of the last criterion (``l1`` when targets are given and no criterion
-  ran), the ``dead`` analysis when it ran, and the targets;
+  (obspa), and the weights it ``reconstructed`` get their new values before slicing
+  (their removed positions are then sliced away like any other); otherwise it is
+  planned here (:mod:`spa_opt.passes.pruning.plan`) from the scores of the last
+  criterion (``l1`` when targets are given and no criterion ran), the ``dead``
+  analysis when it ran, and the targets;
 - a group is skipped, with the reason in the report, when ``--ignore`` matches a node
   it touches, when the criterion could not score it, or when one of its patches cannot
   follow a removal; pinned units and the last unit of a group always stay;
@@ -21,13 +23,13 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir.shapes import temporary_shapes
+from spa_opt.ir.tensors import set_constant
 from spa_opt.passes.base import SpaPass, option
 from spa_opt.passes.check import check_model
 from spa_opt.passes.context import PipelineContext
@@ -35,10 +37,8 @@ from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.dce import DeadCodeEliminationPass
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
-from spa_opt.passes.pruning.costmodel import CostModel
-from spa_opt.passes.pruning.patches import problem
+from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
-from spa_opt.passes.pruning.select import candidate, ignored_by, select
 from spa_opt.passes.registry import register
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -51,15 +51,6 @@ class PruneOptions:
     check: bool = option(True, "verify the result with the full checker before going on")
 
 
-def _names_of(graph: ir.Graph) -> dict[int, set[str]]:
-    names: dict[int, set[str]] = defaultdict(set)
-    for node in graph.all_nodes():
-        for value in (*node.inputs, *node.outputs):
-            if value is not None and node.name:
-                names[id(value)].add(node.name)
-    return names
-
-
 def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
     layers = {}
     for node in graph.all_nodes():
@@ -70,44 +61,12 @@ def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
     return layers
 
 
-class _Planner:
-    """Eligibility and selection for one run (see the module docstring)."""
-
-    def __init__(self, model: ir.Model, groups: list[Group], context: PipelineContext) -> None:
-        self.model, self.groups, self.context = model, groups, context
-        self.skipped: list[dict[str, str]] = []
-
-    def plan(self) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
-        targets = self.context.targets
-        dead = self.context.analyses.get("dead")
-        wanted = any(t is not None for t in
-                     (targets.ratio, targets.target_flops, targets.target_params))
-        scores = self.context.analyses.get("scores")
-        if wanted and scores is None:
-            from spa_opt.passes.criteria import score_groups
-
-            scores = score_groups(self.model, self.context)
-        names = _names_of(self.model.graph)
-        candidates = []
-        for group in self.groups:
-            if not group.prunable:
-                continue
-            why = ignored_by(group, targets.ignore, names)
-            if not why and wanted and group.id not in scores:
-                why = "the criterion gave it no score"
-            why = why or next(filter(None, map(problem, group.patches)), "")
-            if why:
-                self.skipped.append({"group": group.id, "why": why})
-                continue
-            found = candidate(group, scores.get(group.id) if wanted else None,
-                              None if dead is None else dead.get(group.id), targets)
-            if found.order.size:
-                candidates.append(found)
-        counts, outcome = select(candidates, targets,
-                                 lambda: CostModel(self.model, [c.group for c in candidates]))
-        selection = {c.group.id: np.sort(c.order[:k])
-                     for c, k in zip(candidates, counts, strict=True) if k}
-        return selection, outcome
+def _write_reconstructed(context: PipelineContext) -> int:
+    """Give the weights an earlier pass reconstructed their new values, before slicing."""
+    reconstructed = context.analyses.get("reconstructed") or {}
+    for value, data in reconstructed.items():
+        set_constant(value, data)
+    return len(reconstructed)
 
 
 def _nothing_removed(context: PipelineContext, skipped: list) -> str:
@@ -142,11 +101,13 @@ class PrunePass(SpaPass):
         with temporary_shapes(model):
             selection = context.analyses.get("selection")
             if selection is None:
-                planner = _Planner(model, groups, context)
-                selection, outcome = planner.plan()
-                skipped = planner.skipped
+                plan = plan_selection(model, groups, context)
+                selection, skipped, outcome = plan.selection, plan.skipped, plan.target
+            elif "plan" in context.analyses:  # the selecting pass kept its plan's report
+                skipped, outcome = context.analyses["plan"].skipped, context.analyses["plan"].target
             removal = Removal(groups, selection)
             if removal:
+                self.count("weights-reconstructed", _write_reconstructed(context))
                 patches = [p for g in groups if g.id in selection for p in g.patches]
                 for key, value in apply_removal(model.graph, removal, patches).items():
                     self.count(key, value)

@@ -51,15 +51,6 @@ class Candidate:
     """Merge keys of ``order`` for the scope."""
 
 
-@dataclasses.dataclass
-class Plan:
-    """The selection and what the report says about it."""
-
-    selection: dict[str, np.ndarray]
-    skipped: list[dict[str, str]]
-    target: dict[str, Any] | None = None
-
-
 def ignored_by(group: Group, patterns: Sequence[str], names_of: Mapping[int, set[str]]) -> str:
     """Why ``--ignore`` keeps ``group`` whole (a node it touches matches), or ``""``."""
     for member in group.members:

@@ -1,0 +1,497 @@
+"""Calibration inputs: the model inputs a data-aware pass (``obspa``) runs the model on.
+
+``obspa`` estimates each layer's Hessian ``H = 2 X Xᵀ / N`` from activations that
+onnxruntime computes on these inputs, so they must be valid feeds for the model: the
+right names, dtypes and shapes, token ids inside the embedding table. Rules:
+
+- The inputs are ``model.graph.inputs`` minus initializers. Every array is stacked
+  along axis 0, the batch axis, with the input's declared rank; a rank-0 input has no
+  batch axis and its one value goes into every batch.
+- Dim 0 may have any size. When it is a fixed ``k``, :meth:`Calibration.batches` feeds
+  exactly ``k`` samples at a time (``k = 1``: one at a time, each keeping its leading
+  axis of 1) and drops a remainder of fewer than ``k``. Other symbolic dims take their
+  size from ``dims``, keyed by dim name (``{"seq": 128}``) or by ``"input:axis"``
+  (``{"x:2": 224}``, for unnamed dims); a size needed and not given is an error.
+- ``.npz``: keys are the input names (any key when the model has one input and the file
+  one array); rank, dtype kind and static dims are checked, floats cast to the input's
+  float type (must stay finite), integers to its integer type (must stay in range);
+  every array has the same number of samples. ``.npy``: the same, one-input models only.
+  Arrays are fed as stored: ``mean``/``std`` are refused (normalise before saving).
+- Image folder: ``*.png, *.jpg, *.jpeg, *.bmp, *.webp, *.tif, *.tiff`` (any case),
+  sorted by name, for a model with exactly one float input of rank 4. Layout: NCHW when
+  dim 1 is 1 or 3, else NHWC when the last dim is 1 or 3. Each image is decoded with
+  Pillow (first frame, 8-bit), converted to ``"L"`` (1 channel) or ``"RGB"`` (3; alpha
+  dropped), resized to the declared ``(H, W)`` with Pillow's bilinear filter (which
+  antialiases when shrinking), divided by 255, then ``(x - mean) / std`` per channel.
+  Defaults ``mean=0, std=1`` (no normalisation); ImageNet models usually want
+  ``mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)``.
+- ``mean``/``std`` hold one value per channel, or one for all; the channel axis is the
+  image one (NCHW dim 1, NHWC last); any other float input takes single values only.
+- Noise, float inputs: ``white`` is i.i.d. normal, then ``mean + std * z`` per channel.
+  ``pink`` (rank 4 with a layout found as for images): per sample and channel a field
+  with a 1/f amplitude spectrum (random phases, amplitude ``1 / max(f, 1 / max(H, W))``,
+  ``f`` in cycles per pixel over the 2-D spatial frequencies of ``numpy.fft``),
+  standardised over its positions to zero mean and unit std, then ``mean + std * z``;
+  other ranks, other rank-4 inputs and 1x1 images get white noise.
+- Noise, integer inputs: uniform ids in ``[0, rows)`` when an embedding ``Gather`` reads
+  them, directly or through Cast, Reshape and other ops that keep values (the smallest
+  table wins), else 0 or 1 (masks, flags); bool inputs: all True. One
+  ``numpy.random.default_rng(seed)`` draws everything, inputs in graph order, so a seed
+  reproduces the data exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.errors import InputError
+from spa_opt.verify import _index_bound
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Model inputs for calibration, stacked along axis 0 (the batch axis).
+
+    Attributes:
+        feeds: Graph input name -> array ``(samples, ...)`` in the input's dtype.
+        source: Where the data came from, for reports: ``"npz:calib.npz"``,
+            ``"images:dir (64 files)"``, ``"noise:pink"``, ``"noise:white"``.
+    """
+
+    feeds: dict[str, np.ndarray]
+    source: str
+
+    @property
+    def samples(self) -> int:
+        """Length of axis 0 (1 when every input is a rank-0 scalar)."""
+        return next((a.shape[0] for a in self.feeds.values() if a.ndim), 1)
+
+    def batches(self, model: ir.Model, size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of at most ``size`` samples each, as views of the stored arrays.
+
+        A fixed declared batch dim ``k`` overrides ``size``: onnxruntime refuses any
+        other batch, so batches hold exactly ``k`` samples (``k = 1``: each sample keeps
+        its leading axis of 1) and a remainder of fewer than ``k`` is dropped.
+
+        Raises:
+            InputError: ``size < 1``, an input of ``model`` has no data, inputs fix
+                different batch sizes, or fewer samples than the fixed batch.
+        """
+        if size < 1:
+            raise InputError(f"calibration batch size must be at least 1, got {size}")
+        inputs = _inputs(model)
+        if missing := [i.name for i in inputs if i.name not in self.feeds]:
+            raise InputError(f"calibration data ({self.source}) has no data for input(s) "
+                             f"{', '.join(missing)}")
+        fixed = {i.declared[0] for i in inputs if i.declared and isinstance(i.declared[0], int)}
+        if len(fixed) > 1:
+            raise InputError(f"the model's inputs fix different batch sizes {sorted(fixed)}")
+        step = next(iter(fixed)) if fixed else size
+        if fixed and step > self.samples:
+            raise InputError(f"the model takes batches of exactly {step}; calibration data "
+                             f"({self.source}) has {self.samples} samples")
+        feeds = {i.name: self.feeds[i.name] for i in inputs}
+        for start in range(0, self.samples - (self.samples % step if fixed else 0), step):
+            yield {k: a[start:start + step] if a.ndim else a for k, a in feeds.items()}
+
+    def subset(self, count: int, seed: int) -> Calibration:
+        """The first ``count`` samples, copied so the full arrays can be freed.
+
+        ``seed`` is accepted for a stable signature and unused: sources are already in
+        a fixed order (names sorted, noise seeded), so the first samples are reproducible.
+
+        Raises:
+            InputError: ``count < 1``.
+        """
+        del seed
+        if count < 1:
+            raise InputError(f"calibration sample count must be at least 1, got {count}")
+        total = self.samples
+        if count >= total:
+            return Calibration(dict(self.feeds), self.source)
+        feeds = {k: a[:count].copy() if a.ndim else a for k, a in self.feeds.items()}
+        return Calibration(feeds, f"{self.source} (first {count} of {total})")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """A graph input as calibration sees it; ``declared`` holds ints, dim names or None."""
+
+    value: ir.Value
+    name: str
+    dtype: np.dtype
+    kind: Literal["float", "int", "bool"]
+    declared: tuple[int | str | None, ...]
+
+
+def _inputs(model: ir.Model) -> list[_Input]:
+    """The model's real inputs (initializers excluded), with their calibration kind."""
+    initializers = set(model.graph.initializers)
+    found = []
+    for value in model.graph.inputs:
+        if value.name in initializers:
+            continue
+        dtype = value.dtype
+        kind = None if dtype is None else (
+            "float" if dtype.is_floating_point() else "bool" if dtype == ir.DataType.BOOL
+            else "int" if dtype.is_integer() else None)
+        if dtype is None or kind is None or value.shape is None:
+            raise InputError(f"input '{value.name}' has type {dtype and dtype.name} and shape "
+                             f"{value.shape}: calibration needs float, integer or bool and a "
+                             "declared shape")
+        declared = tuple(d if isinstance(d, int) else d.value for d in value.shape)
+        found.append(_Input(value, value.name, np.dtype(dtype.numpy()), kind, declared))
+    return found
+
+
+def _fmt(declared: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in declared) + "]"
+
+
+def _given(inp: _Input, axis: int, dims: Mapping[str, int]) -> int | None:
+    """The size of ``axis``: declared, or from ``dims`` ("input:axis" first, then name)."""
+    dim = inp.declared[axis]
+    if isinstance(dim, int):
+        return dim
+    size = dims.get(f"{inp.name}:{axis}", dims.get(dim) if dim else None)
+    if size is not None and (not isinstance(size, int | np.integer) or size < 1):
+        raise InputError(f"dims: size of input '{inp.name}' dim {axis} must be a positive "
+                         f"integer, got {size!r}")
+    return None if size is None else int(size)
+
+
+def _need(inp: _Input, axis: int, dims: Mapping[str, int]) -> int:
+    size = _given(inp, axis, dims)
+    if size is None:
+        key = inp.declared[axis] or f"{inp.name}:{axis}"
+        raise InputError(f"input '{inp.name}' {_fmt(inp.declared)} dim {axis} is symbolic: "
+                         f"give its size with dims={{'{key}': N}}")
+    return size
+
+
+def _layout(shape: Sequence[int | None]) -> Literal["NCHW", "NHWC"] | None:
+    if len(shape) != 4:
+        return None
+    if shape[1] in (1, 3):
+        return "NCHW"
+    return "NHWC" if shape[3] in (1, 3) else None
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str, name: str,
+                 image: bool) -> np.ndarray:
+    """``values`` as ``channels`` float32 numbers (one value broadcasts)."""
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if array.size not in (1, channels):
+        hint = f"it has {channels} channels" if image else "it is not an image"
+        raise InputError(f"{what} has {array.size} values for input '{name}': {hint}, give "
+                         f"{'1 or ' + str(channels) if image and channels > 1 else '1'}")
+    if not np.isfinite(array).all() or (what == "std" and (array <= 0).any()):
+        raise InputError(f"{what} must be finite{' and positive' if what == 'std' else ''}, "
+                         f"got {array.tolist()}")
+    return np.broadcast_to(array, (channels,)).astype(np.float32)
+
+
+def _line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | None = None,
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     dims: Mapping[str, int] | None = None) -> Calibration:
+    """Calibration inputs from a folder of images, a ``.npz`` or a ``.npy`` file.
+
+    Args:
+        path: A folder (images) or a ``.npz``/``.npy`` file; see the module rules.
+        model: The model the inputs are for; its declared inputs decide the checks.
+        limit: Keep only the first ``limit`` samples (images in name order).
+        mean: Per-channel mean subtracted from images in [0, 1]; images only.
+        std: Per-channel std images are divided by; images only.
+        dims: Sizes of symbolic dims, by name or ``"input:axis"``.
+
+    Raises:
+        InputError: The path or its content does not fit the model (one line).
+    """
+    path = Path(path)
+    dims = dict(dims or {})
+    if limit is not None and limit < 1:
+        raise InputError(f"calibration limit must be at least 1, got {limit}")
+    if path.is_dir():
+        return _load_images(path, model, limit, mean, std, dims)
+    if not path.exists():
+        raise InputError(f"calibration data '{path}' does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".npy"):
+        raise InputError(f"calibration data '{path}': expected a folder of images, a .npz "
+                         "or a .npy file")
+    if mean is not None or std is not None:
+        raise InputError(f"mean/std apply to image folders; arrays in '{path.name}' are fed "
+                         "as stored (normalise them before saving)")
+    inputs = _inputs(model)
+    if suffix == ".npy" and len(inputs) != 1:
+        raise InputError(f"'{path.name}' holds one array but the model has {len(inputs)} "
+                         f"inputs ({', '.join(i.name for i in inputs)}): use a .npz keyed by "
+                         "input name")
+    feeds: dict[str, np.ndarray] = {}
+    seen: dict[str, int] = {}  # named dim -> size in the first array that has it
+    try:
+        if suffix == ".npy":  # memory-mapped: only the kept samples are read
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            feeds[inputs[0].name] = _check(path.name, "array", inputs[0], array, limit, dims, seen)
+        else:
+            with np.load(path, allow_pickle=False) as npz:  # members read one by one
+                for inp, key in _match_keys(path.name, inputs, list(npz.files)):
+                    feeds[inp.name] = _check(path.name, key, inp, npz[key], limit, dims, seen)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise InputError(f"cannot read calibration data '{path}': {_line(error)}") from None
+    counts = {name: a.shape[0] for name, a in feeds.items() if a.ndim}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}={n}" for k, n in counts.items())
+        raise InputError(f"{path.name}: arrays differ in samples along axis 0 ({listed})")
+    if 0 in counts.values():
+        raise InputError(f"{path.name}: arrays hold no samples")
+    return Calibration(feeds, f"{suffix[1:]}:{path}")
+
+
+def _match_keys(label: str, inputs: list[_Input], keys: list[str]) -> list[tuple[_Input, str]]:
+    if len(inputs) == 1 and len(keys) == 1:
+        return [(inputs[0], keys[0])]
+    names = [i.name for i in inputs]
+    missing, extra = [n for n in names if n not in keys], [k for k in keys if k not in names]
+    if missing or extra:
+        parts = [f"{what} {found}" for what, found in (("missing", missing), ("extra", extra))
+                 if found]
+        raise InputError(f"{label}: keys must be the model's input names {names}; "
+                         f"{'; '.join(parts)}")
+    return [(i, i.name) for i in inputs]
+
+
+_KINDS = {"float": ("f", "a float array"), "int": ("iu", "an integer array"),
+          "bool": ("b", "a bool array")}
+
+
+def _check(label: str, key: str, inp: _Input, array: np.ndarray, limit: int | None,
+           dims: Mapping[str, int], seen: dict[str, int]) -> np.ndarray:
+    """``array`` checked against ``inp``, cut to ``limit`` samples, cast to its dtype."""
+    where = f"{label}: '{key}'"
+    got = tuple(array.shape)
+    if array.ndim != len(inp.declared):
+        raise InputError(f"{where} has shape {got}, expected rank {len(inp.declared)} "
+                         f"{_fmt(inp.declared)} for input '{inp.name}'")
+    for axis in range(1, array.ndim):
+        dim, want = inp.declared[axis], _given(inp, axis, dims)
+        if want is None and dim is not None:  # a named dim: the same size in every array
+            want = seen.setdefault(dim, got[axis])
+        if want is not None and got[axis] != want:
+            raise InputError(f"{where} has shape {got}, expected {_fmt(inp.declared)} "
+                             f"with dim {axis} = {want}")
+    allowed, wanted = _KINDS[inp.kind]
+    if array.dtype.kind not in allowed:
+        raise InputError(f"{where} has dtype {array.dtype}, expected {wanted} for input "
+                         f"'{inp.name}' ({inp.dtype})")
+    if array.ndim and limit is not None:
+        array = array[:limit]
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(inp.dtype)
+    if inp.kind == "float" and not np.isfinite(cast).all():
+        raise InputError(f"{where} has NaN or inf values as {inp.dtype}")
+    if inp.kind == "int" and not np.array_equal(cast, array):
+        raise InputError(f"{where} has values outside the range of {inp.dtype}")
+    return cast
+
+
+def _load_images(folder: Path, model: ir.Model, limit: int | None,
+                 mean: Sequence[float] | None, std: Sequence[float] | None,
+                 dims: Mapping[str, int]) -> Calibration:
+    inputs = _inputs(model)
+    if len(inputs) != 1 or inputs[0].kind != "float" or len(inputs[0].declared) != 4:
+        shown = ", ".join(f"{i.name} {i.dtype} {_fmt(i.declared)}" for i in inputs)
+        raise InputError(f"an image folder needs a model with one float input of rank 4; "
+                         f"this one has: {shown or 'no inputs'}")
+    inp = inputs[0]
+    layout = _layout([_given(inp, axis, dims) for axis in range(4)])
+    if layout is None:
+        raise InputError(f"input '{inp.name}' {_fmt(inp.declared)}: cannot tell the channel "
+                         "axis (dim 1 or the last dim must be 1 or 3)")
+    c_axis, h_axis, w_axis = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
+    channels = _need(inp, c_axis, dims)
+    height, width = _need(inp, h_axis, dims), _need(inp, w_axis, dims)
+    shift = _per_channel((0.0,) if mean is None else mean, channels, "mean", inp.name, True)
+    scale = _per_channel((1.0,) if std is None else std, channels, "std", inp.name, True)
+    files = sorted((p for p in folder.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=lambda p: p.name)
+    if not files:
+        raise InputError(f"calibration folder '{folder}' has no images "
+                         f"({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+    files = files[:limit]
+    sample = (channels, height, width) if layout == "NCHW" else (height, width, channels)
+    out = np.empty((len(files), *sample), dtype=inp.dtype)
+    for index, file in enumerate(files):
+        pixels = _read_image(file, "L" if channels == 1 else "RGB", width, height)
+        pixels = (pixels / np.float32(255) - shift) / scale
+        out[index] = pixels.transpose(2, 0, 1) if layout == "NCHW" else pixels
+    return Calibration({inp.name: out}, f"images:{folder} ({len(files)} files)")
+
+
+def _read_image(file: Path, mode: str, width: int, height: int) -> np.ndarray:
+    """``file`` as float32 ``(H, W, C)`` in [0, 255]."""
+    from PIL import Image  # only image folders need Pillow; keep start-up fast
+
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR  # Pillow < 9.1 has no Resampling
+    try:
+        with Image.open(file) as opened:
+            image = opened.convert(mode)
+        if image.size != (width, height):
+            image = image.resize((width, height), bilinear)
+        pixels = np.asarray(image, dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise InputError(f"cannot read image '{file}': {_line(error)}") from None
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "pink"] = "pink",
+                      mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+                      seed: int = 0, dims: Mapping[str, int] | None = None,
+                      exponent: float = 1.0) -> Calibration:
+    """Synthetic calibration inputs, for when no data is at hand.
+
+    Pink noise is the default because natural images have a roughly 1/f amplitude
+    spectrum: activations from it are closer to real ones than from white noise.
+
+    Args:
+        model: The model the inputs are for.
+        samples: Samples along axis 0.
+        kind: ``"pink"`` or ``"white"``; see the module rules.
+        mean: Per-channel mean of the float noise (one value for all).
+        std: Per-channel std of the float noise (one value for all).
+        seed: Seed of ``numpy.random.default_rng``.
+        dims: Sizes of symbolic dims other than the batch, by name or ``"input:axis"``.
+        exponent: Pink noise amplitude falls as ``1/f^exponent`` (1: pink, the spectrum of
+            natural images; larger: smoother).
+
+    Raises:
+        InputError: Bad ``samples``/``kind``/``mean``/``std``, or a size not given.
+    """
+    if samples < 1:
+        raise InputError(f"calibration samples must be at least 1, got {samples}")
+    if kind not in ("white", "pink"):
+        raise InputError(f"noise kind must be 'white' or 'pink', got {kind!r}")
+    dims = dict(dims or {})
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for inp in _inputs(model):
+        rank = len(inp.declared)
+        shape = (samples, *(_need(inp, a, dims) for a in range(1, rank))) if rank else ()
+        if inp.kind == "float":
+            feeds[inp.name] = _float_noise(inp, shape, kind, mean, std, rng, exponent)
+        elif inp.kind == "int":
+            high = int(np.iinfo(inp.dtype).max) + 1 if inp.dtype.kind in "iu" else 2
+            bound = max(1, min(_id_bound(inp.value), high))
+            feeds[inp.name] = rng.integers(0, bound, shape).astype(inp.dtype)
+        else:
+            feeds[inp.name] = np.ones(shape, dtype=bool)
+    return Calibration(feeds, f"noise:{kind}")
+
+
+#: Ops that pass ids through unchanged on their first input, on the way to an embedding.
+_ID_PRESERVING = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                            "Transpose", "Expand", "Slice", "Tile"})
+
+
+def _id_bound(value: ir.Value) -> int:
+    """Rows of the smallest embedding table the ids reach (through Cast, Reshape, ...).
+
+    ``verify._index_bound`` reads direct ``Gather`` uses only; exported models often
+    cast or flatten ids first, and ids 0/1 would be a poor sample of a vocabulary.
+    Without any such ``Gather``, 2: the input is taken for a mask or flag.
+    """
+    bounds, stack, visited = [], [value], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
+        for node, position in current.uses():
+            if node.op_type == "Gather" and position == 1:
+                bounds.append(_index_bound(current))
+            elif node.op_type in _ID_PRESERVING and position == 0 and node.outputs:
+                stack.append(node.outputs[0])
+    return min(bounds, default=2)
+
+
+def _float_noise(inp: _Input, shape: tuple[int, ...], kind: str, mean: Sequence[float],
+                 std: Sequence[float], rng: np.random.Generator, exponent: float = 1.0
+                 ) -> np.ndarray:
+    layout = _layout(shape)
+    channels = shape[1 if layout == "NCHW" else 3] if layout else 1
+    shift = _per_channel(mean, channels, "mean", inp.name, layout is not None)
+    scale = _per_channel(std, channels, "std", inp.name, layout is not None)
+    if not shape:
+        return np.asarray(rng.standard_normal() * scale[0] + shift[0], dtype=inp.dtype)
+    if layout:  # drawn channels first, one sample at a time: no float64 copy of everything
+        sample = (channels, *(shape[2:] if layout == "NCHW" else shape[1:3]))
+        shift, scale = shift[:, None, None], scale[:, None, None]
+    else:
+        sample, shift, scale = shape[1:], shift[0], scale[0]
+    pink = kind == "pink" and layout is not None and sample[1] * sample[2] > 1
+    if pink:
+        freq = np.hypot(np.fft.fftfreq(sample[1])[:, None], np.fft.rfftfreq(sample[2])[None, :])
+        amplitude = np.maximum(freq, 1.0 / max(sample[1:])) ** -exponent
+    out = np.empty(shape, dtype=inp.dtype)
+    for i in range(shape[0]):
+        if pink:
+            phase = rng.uniform(0.0, 2 * np.pi, (channels, *amplitude.shape))
+            field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=sample[1:])
+            field -= field.mean(axis=(1, 2), keepdims=True)
+            field /= np.maximum(field.std(axis=(1, 2), keepdims=True), 1e-12)
+        else:
+            field = rng.standard_normal(sample, dtype=np.float32)
+        field = field * scale + shift
+        out[i] = field.transpose(1, 2, 0) if layout == "NHWC" else field
+    return out
+
+
+def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:
+    """Write ``calibration.feeds`` to a ``.npz`` keyed by input name, atomically.
+
+    The file is np.savez's format, written member by member with ``zipfile`` so that
+    any input name works as a key (``np.savez(**feeds)`` breaks on a name like
+    ``file``). Floats numpy cannot store natively (bfloat16, float8) are saved as
+    float32 and other such types as int64; loading casts them back to the input's type.
+    A temporary file beside ``path`` is renamed into place, so readers never see a
+    partial file.
+
+    Raises:
+        InputError: ``path`` is not ``.npz`` or its folder does not exist.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise InputError(f"calibration file '{path}' must end in .npz")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write '{path}': no such folder")
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream, zipfile.ZipFile(stream, "w") as archive:
+            for name, array in calibration.feeds.items():
+                array = np.asarray(array)
+                if array.dtype.kind == "V":
+                    array = array.astype(np.float32 if "float" in array.dtype.name else np.int64)
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise

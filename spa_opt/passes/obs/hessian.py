@@ -1,0 +1,144 @@
+"""Layer-wise Hessians ``H = 2 X Xᵀ / N`` from activations, one accumulator per input.
+
+``X`` holds one column per output position the layer computes:
+
+- ``Conv``: im2col columns, ``C·K`` rows in the weight's ``(c, k...)`` order, over every
+  batch item and output position, zero padding included as zeros (``pads``,
+  ``auto_pad``, ``strides`` and ``dilations`` as the node has them);
+- ``Gemm`` / ``MatMul``: the activation's last axis, every leading position a column.
+
+A constant-one row is always appended, so the bias column's Hessian entries come for
+free; layers without a bias drop it. Layers that read the same activation the same way
+(the q, k and v projections of one attention block, a SwiGLU's gate and up) share one
+accumulator. Products are formed in float32 and summed in float64.
+
+When a batch has more columns than ``max_positions`` (a high-resolution early
+convolution), a seeded random subset of that many is used: ``XXᵀ/N`` is an average, so a
+subset estimates it without bias, and cost falls in proportion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from spa_opt.passes.obs.layers import Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a layer reads its activation: everything that shapes ``X``."""
+
+    kind: str
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+
+
+def geometry(layer: Layer) -> Geometry:
+    """The layer's :class:`Geometry`."""
+    if layer.kind != "conv":
+        return Geometry("linear")
+    attrs = layer.node.attributes
+    nd = len(layer.kernel)
+    return Geometry(
+        "conv",
+        layer.kernel,
+        tuple(attrs.get_ints("strides", [1] * nd)),
+        tuple(attrs.get_ints("pads", [0] * (2 * nd))),
+        tuple(attrs.get_ints("dilations", [1] * nd)),
+        attrs.get_string("auto_pad", "NOTSET"),
+    )
+
+
+def _same_pads(size: tuple[int, ...], geo: Geometry) -> list[tuple[int, int]]:
+    pads = []
+    for n, k, s, d in zip(size, geo.kernel, geo.strides, geo.dilations, strict=True):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, large = total // 2, total - total // 2
+        pads.append((small, large) if geo.auto_pad == "SAME_UPPER" else (large, small))
+    return pads
+
+
+def im2col_view(x: np.ndarray, geo: Geometry) -> np.ndarray:
+    """A strided view ``(n, c, out..., k...)`` of the padded input's windows."""
+    nd = len(geo.kernel)
+    spatial = tuple(x.shape[2:])
+    if geo.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(spatial, geo)
+    elif geo.auto_pad == "VALID":
+        pads = [(0, 0)] * nd
+    else:
+        pads = [(geo.pads[i], geo.pads[i + nd]) for i in range(nd)]
+    padded = np.pad(x, [(0, 0), (0, 0), *pads]) if any(a or b for a, b in pads) else x
+    span = tuple((k - 1) * d + 1 for k, d in zip(geo.kernel, geo.dilations, strict=True))
+    windows = sliding_window_view(padded, span, axis=tuple(range(2, 2 + nd)))
+    steps = (slice(None),) * 2 + tuple(slice(None, None, s) for s in geo.strides) + \
+        tuple(slice(None, None, d) for d in geo.dilations)
+    return windows[steps]
+
+
+def features(x: np.ndarray, geo: Geometry, max_positions: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """``X`` for one batch: ``(d + 1, columns)`` float32, the last row ones."""
+    if geo.kind == "conv":
+        view = im2col_view(x, geo)
+        nd = len(geo.kernel)
+        count = view.shape[0] * int(np.prod(view.shape[2: 2 + nd]))
+        width = view.shape[1] * int(np.prod(view.shape[2 + nd:]))
+        if count > max_positions:
+            flat = np.sort(rng.choice(count, max_positions, replace=False))
+            index = np.unravel_index(flat, (view.shape[0], *view.shape[2: 2 + nd]))
+            picked = view[(index[0], slice(None), *index[1:])]  # (m, c, k...)
+            cols = picked.reshape(len(flat), width)
+        else:
+            order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+            cols = view.transpose(order).reshape(count, width)
+    else:
+        cols = x.reshape(-1, x.shape[-1])
+        if cols.shape[0] > max_positions:
+            cols = cols[np.sort(rng.choice(cols.shape[0], max_positions, replace=False))]
+    out = np.empty((cols.shape[1] + 1, cols.shape[0]), dtype=np.float32)
+    out[:-1] = cols.T
+    out[-1] = 1.0
+    return out
+
+
+class Accumulator:
+    """Running ``Σ X Xᵀ`` and column count for one activation read one way."""
+
+    def __init__(self, geo: Geometry, max_positions: int, seed: int, width: int) -> None:
+        self.geometry = geo
+        self.width = width
+        self.max_positions = max_positions
+        self.rng = np.random.default_rng(seed)
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, activation: np.ndarray) -> None:
+        """Accumulate one batch of the activation."""
+        x = np.asarray(activation, dtype=np.float32)
+        cols = features(x, self.geometry, self.max_positions, self.rng)
+        product = (cols @ cols.T).astype(np.float64)
+        if self.total is None:
+            self.total = product
+        else:
+            self.total += product
+        self.count += cols.shape[1]
+
+    def hessian(self, with_bias: bool) -> np.ndarray:
+        """``2 X Xᵀ / N`` (a new float64 array), with or without the bias row and column."""
+        if self.total is None or self.count == 0:
+            raise ValueError("no activations were accumulated")
+        size = self.total.shape[0] if with_bias else self.total.shape[0] - 1
+        return self.total[:size, :size] * (2.0 / self.count)
+
+
+def key_of(layer: Layer) -> tuple[int, Geometry]:
+    """Layers with equal keys share an accumulator."""
+    return id(layer.activation), geometry(layer)

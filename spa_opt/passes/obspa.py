@@ -1,0 +1,321 @@
+"""obspa: Optimal Brain SPA, structured OBS with weight reconstruction (analysis + update).
+
+Rules:
+
+- every prunable group's consumer layers (:mod:`.obs.layers`: Conv with ``group = 1``,
+  Gemm, MatMul with a constant weight) get a layer-wise Hessian ``H = 2 X Xᵀ / N``,
+  dampened by ``damp`` times its mean diagonal (:mod:`.obs.linalg`), from ``hessian``:
+
+  - ``data``: the calibration inputs given with ``--calib`` (an ``.npz``/``.npy`` of
+    input arrays or a folder of images, :mod:`spa_opt.calibration`), at most
+    ``samples`` of them, propagated through the original model in onnxruntime;
+  - ``noise``: ``samples`` random inputs, ``pink`` (1/f spectrum, like natural images)
+    or ``white``, with per-channel ``mean`` and ``std`` (the defaults 0 and 1 match a
+    model that takes normalised inputs, as exported vision models do); integer inputs
+    get uniform token ids;
+  - ``bn``: analytic, from BatchNormalization statistics (:mod:`.obs.analytic`);
+  - ``auto``: ``data`` when calibration inputs were given, else ``noise``;
+- each group's units are ordered by structured OBS over all its consumers, greedily
+  one unit at a time (``order=greedy``) or ``rounds`` blocks per group
+  (``order=blocks``), downdating ``H⁻¹`` after every removal (:mod:`.obs.order`); the
+  costs become the context's ``scores`` (normalised per group by its consumers' output
+  energy with ``norm=relative``);
+- the selection is planned from those scores and the targets exactly as ``prune``
+  plans it, and stored as ``selection`` (and ``plan``);
+- every consumer layer that loses columns gets the least-squares optimal weights of
+  its remaining columns under its ``H`` (bias included as a constant-one column with
+  ``bias=true``), stored as ``reconstructed`` for ``prune`` to write;
+- the report's ``obspa`` lists, per layer, the Hessian source, columns removed,
+  reconstruction error (absolute and relative to the layer's output energy) and time;
+  ``--stats`` prints the same per layer.
+
+Layers are independent given their Hessians, so ordering and reconstruction run as one
+task per group or layer on ``jobs`` threads (numpy and LAPACK release the GIL). Only
+numpy, scipy and onnxruntime are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.errors import InputError
+from spa_opt.ir.shapes import temporary_shapes
+from spa_opt.passes.base import SpaPass, option
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.coupling.groups import Group
+from spa_opt.passes.group import groups_of
+from spa_opt.passes.obs.layers import Layer, consumers
+from spa_opt.passes.obs.linalg import dampen, energy, error, reconstruct
+from spa_opt.passes.obs.order import Consumer, OrderTask, solve_order
+from spa_opt.passes.obs.threads import run_tasks
+from spa_opt.passes.pruning.plan import plan_selection
+from spa_opt.passes.registry import register
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+NO_CONSUMER = ("obspa: no consumer layer (Conv with group 1, Gemm, or MatMul with a "
+               "constant weight) reads its channels")
+
+
+@dataclasses.dataclass
+class ObspaOptions:
+    """Options of ``obspa``."""
+
+    hessian: Literal["auto", "data", "noise", "bn"] = option(
+        "auto", "source of the layer Hessians: data (--calib), noise, bn, or auto "
+        "(data when --calib is given, else noise)")
+    samples: int = option(128, "noise inputs to draw; with data, the most calibration "
+                               "inputs used (0: all)")
+    noise: Literal["pink", "white"] = option("pink", "noise spectrum for float inputs")
+    exponent: float = option(1.0, "pink noise amplitude falls as 1/f^exponent")
+    mean: float = option(0.0, "per-channel mean of noise inputs")
+    std: float = option(1.0, "per-channel standard deviation of noise inputs")
+    damp: float = option(0.01, "fraction of the mean diagonal added to each Hessian")
+    order: Literal["blocks", "greedy"] = option(
+        "blocks", "remove units one at a time (greedy) or in rounds (blocks) between "
+        "downdates")
+    rounds: int = option(32, "downdate rounds per group with order=blocks")
+    norm: Literal["relative", "none"] = option(
+        "relative", "divide a group's costs by its consumers' output energy (relative) "
+        "so groups compare in the global scope, or not (none)")
+    bias: bool = option(True, "let the bias absorb the mean of removed inputs")
+    positions: int = option(4096, "most im2col columns drawn per batch and layer")
+    max_columns: int = option(
+        12288, "wider layers are not reconstructed (their float64 Hessian alone would "
+        "take more than 1.2 GB); their groups rank by their other consumers")
+    jobs: int = option(0, "threads for per-group and per-layer work (0: all cores)")
+
+
+@dataclasses.dataclass
+class _LayerInfo:
+    layer: Layer
+    blocks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    hessian: np.ndarray | None = None
+    source: str = ""
+    with_bias: bool = False
+
+
+@register
+class ObspaPass(SpaPass):
+    """Order, select and reconstruct with structured OBS from layer-wise Hessians (analysis)."""
+
+    name = "obspa"
+    Options = ObspaOptions
+    preserves_analyses = True
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Hessians, order, selection, reconstruction, report."""
+        self._check_options()
+        groups = groups_of(model, context)
+        with temporary_shapes(model):  # weight shapes, extra outputs and costs need them
+            self._run(model, context, groups)
+        return ir.passes.PassResult(model, False)
+
+    def _run(self, model: ir.Model, context: PipelineContext, groups: list[Group]) -> None:
+        started = time.perf_counter()
+        layers, unscored, too_wide = self._layers(groups, self.options.max_columns)
+        source = self._hessians(model, context, layers)
+        self.count("hessian-seconds", time.perf_counter() - started)
+
+        tick = time.perf_counter()
+        tasks = [self._task(g, layers) for g in groups if g.prunable and g.id not in unscored]
+        results = self._map(context, "obspa order", solve_order, tasks,
+                            [max((c.weight.shape[1] for c in t.consumers), default=0)
+                             for t in tasks])
+        scores = {r.group: r.scores for r in results}
+        self.count("order-seconds", time.perf_counter() - tick)
+        self.count("order-steps", sum(r.steps for r in results))
+        context.analyses["scores"] = scores
+        context.analyses["criterion"] = self.pipeline_text()
+
+        plan = plan_selection(model, groups, context, unscored)
+        context.analyses["selection"] = plan.selection
+        context.analyses["plan"] = plan
+
+        tick = time.perf_counter()
+        infos = list(layers.values())
+        rows = self._map(context, "obspa reconstruct",
+                         lambda info: _reconstruct(info, plan.selection), infos,
+                         [i.layer.width for i in infos])
+        reconstructed: dict[ir.Value, np.ndarray] = {}
+        for info, (_, weight, bias) in zip(layers.values(), rows, strict=True):
+            if weight is not None:
+                reconstructed[info.layer.weight] = weight
+                if bias is not None and info.layer.bias is not None:
+                    reconstructed[info.layer.bias] = bias
+        context.analyses["reconstructed"] = reconstructed
+        self.count("reconstruct-seconds", time.perf_counter() - tick)
+        self.count("layers", len(layers))
+        self.count("weights-reconstructed", len(reconstructed))
+        table = [row for row, _, _ in rows]
+        for row in table:
+            if row["removed"]:
+                self.count(f"error[{row['layer']}]", row["relative_error"])
+                self.count(f"seconds[{row['layer']}]", row["seconds"])
+        context.report["obspa"] = {
+            "hessian": source, "options": self.pipeline_text(),
+            "groups": {"scored": len(scores), "unscored": len(unscored)},
+            "too_wide": too_wide,
+            "layers": table,
+            "seconds": {"total": time.perf_counter() - started},
+        }
+
+    def _check_options(self) -> None:
+        o = self.options
+        if o.samples < 0 or o.rounds < 1 or o.positions < 1 or o.jobs < 0:
+            raise InputError("obspa: samples and jobs must be >= 0, rounds and positions >= 1")
+        if not 0.0 <= o.damp <= 10.0 or o.std <= 0:
+            raise InputError("obspa: damp must be in [0, 10] and std positive")
+
+    @staticmethod
+    def _layers(groups: list[Group], max_columns: int
+                ) -> tuple[dict[int, _LayerInfo], dict[str, str], list[str]]:
+        layers: dict[int, _LayerInfo] = {}
+        unscored: dict[str, str] = {}
+        too_wide: set[str] = set()
+        for group in groups:
+            if not group.prunable:
+                continue
+            found = consumers(group)
+            wide = [layer.name for layer, _ in found if layer.width > max_columns]
+            too_wide.update(wide)
+            found = [(layer, blocks) for layer, blocks in found if layer.width <= max_columns]
+            if not found:
+                unscored[group.id] = NO_CONSUMER if not wide else (
+                    f"obspa: its only consumers are wider than max-columns: {', '.join(wide)}")
+            for layer, blocks in found:
+                info = layers.setdefault(id(layer.weight), _LayerInfo(layer))
+                info.blocks[group.id] = blocks
+        return layers, unscored, sorted(too_wide)
+
+    def _hessians(self, model: ir.Model, context: PipelineContext,
+                  layers: dict[int, _LayerInfo]) -> dict[str, Any]:
+        o = self.options
+        mode = o.hessian
+        if mode == "auto":
+            mode = "data" if context.calibration is not None else "noise"
+        for info in layers.values():
+            info.with_bias = o.bias and info.layer.bias is not None
+        if not layers:
+            return {"mode": mode}
+        if mode == "bn":
+            from spa_opt.passes.obs.analytic import bn_hessian, identity_hessian
+
+            for info in layers.values():
+                found = bn_hessian(info.layer, info.with_bias)
+                width = info.layer.width + info.with_bias
+                info.hessian = found if found is not None else identity_hessian(width)
+                info.source = "bn" if found is not None else "identity (no BatchNorm source)"
+                dampen(info.hessian, o.damp)
+            return {"mode": "bn"}
+        calibration = self._calibration(model, context, mode)
+        from spa_opt.passes.obs.hessian import key_of
+        from spa_opt.passes.obs.propagate import accumulate
+
+        bar = _bar(context, calibration.samples, "obspa hessians", "sample")
+        try:
+            accumulators = accumulate(
+                model, [i.layer for i in layers.values()], calibration,
+                max_positions=o.positions, seed=context.targets.seed, jobs=o.jobs,
+                progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        for info in layers.values():
+            info.hessian = dampen(accumulators[key_of(info.layer)].hessian(info.with_bias),
+                                  o.damp)
+            info.source = mode
+        return {"mode": mode, "source": calibration.source, "samples": calibration.samples}
+
+    def _calibration(self, model: ir.Model, context: PipelineContext, mode: str) -> Any:
+        o = self.options
+        if mode == "data":
+            if context.calibration is None:
+                raise InputError("obspa<hessian=data> needs calibration inputs: give "
+                                 "--calib FILE.npz or --calib IMAGE_FOLDER")
+            calibration = context.calibration
+            if o.samples and calibration.samples > o.samples:
+                calibration = calibration.subset(o.samples, context.targets.seed)
+            return calibration
+        from spa_opt.calibration import noise_calibration
+
+        return noise_calibration(model, max(o.samples, 1), kind=o.noise, mean=(o.mean,),
+                                 std=(o.std,), seed=context.targets.seed,
+                                 exponent=o.exponent)
+
+    def _task(self, group: Group, layers: dict[int, _LayerInfo]) -> OrderTask:
+        consumers_ = []
+        for info in layers.values():
+            blocks = info.blocks.get(group.id)
+            if blocks is not None:
+                weight = info.layer.matrix(info.with_bias)
+                consumers_.append(Consumer(info.layer.name, weight, info.hessian, blocks))
+        return OrderTask(group.id, group.units, np.flatnonzero(~group.pinned), consumers_,
+                         self.options.order, self.options.rounds, self.options.norm)
+
+    def _map(self, context: PipelineContext, label: str, function: Callable[[T], R],
+             items: list[T], sizes: list[int]) -> list[R]:
+        bar = _bar(context, len(items), label, "task")
+        try:
+            return run_tasks(function, items, sizes, self.options.jobs,
+                             bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _bar(context: PipelineContext, total: int, label: str, unit: str) -> Any:
+    if not context.show_progress:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False, delay=2.0)
+
+
+def _reconstruct(info: _LayerInfo, selection: dict[str, np.ndarray]
+                 ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """One layer's new weights for the selected removal, and its report row."""
+    start = time.perf_counter()
+    removed_parts = [blocks[selection[g]].ravel() for g, blocks in info.blocks.items()
+                     if g in selection and len(selection[g])]
+    removed = np.unique(np.concatenate(removed_parts)) if removed_parts else \
+        np.zeros(0, np.int64)
+    layer = info.layer
+    row: dict[str, Any] = {
+        "layer": layer.name, "op": layer.node.op_type, "weight": layer.weight.name,
+        "columns": layer.width, "removed": int(removed.size), "source": info.source,
+        "error": 0.0, "relative_error": 0.0, "rewritten": False, "seconds": 0.0,
+    }
+    if removed.size == 0 or info.hessian is None:
+        return row, None, None
+    weight = layer.matrix(info.with_bias)
+    new = reconstruct(weight, info.hessian, removed)
+    scale = energy(weight, info.hessian)
+    row["error"] = error(weight, new, info.hessian)
+    row["relative_error"] = row["error"] / scale if scale > 0 else 0.0
+    row["seconds"] = time.perf_counter() - start
+    if not layer.rewritable:
+        return row, None, None
+    row["rewritten"] = True
+    new_weight, new_bias = layer.unmatrix(new)
+    return row, new_weight, new_bias
+
+
+def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:
+    """Every consumer layer of the prunable groups (for benchmarks and tests)."""
+    seen: set[int] = set()
+    for group in groups:
+        if group.prunable:
+            for layer, _ in consumers(group):
+                if id(layer.weight) not in seen:
+                    seen.add(id(layer.weight))
+                    yield layer

@@ -1,0 +1,89 @@
+"""Plan a selection: eligibility, candidates and targets, shared by ``prune`` and ``obspa``.
+
+A group is eligible when it is prunable, no ``--ignore`` pattern matches a node it
+touches, the criterion scored it (when targets need scores), and every patch can
+follow a removal. Each eligible group becomes a
+:class:`~spa_opt.passes.pruning.select.Candidate`, and
+:func:`~spa_opt.passes.pruning.select.select` turns the candidates and the targets
+into unit counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.coupling.groups import Group
+from spa_opt.passes.pruning.costmodel import CostModel
+from spa_opt.passes.pruning.patches import problem
+from spa_opt.passes.pruning.select import candidate, ignored_by, select
+
+
+@dataclasses.dataclass
+class Plan:
+    """Units to remove per group id, the groups skipped with why, the target outcome."""
+
+    selection: dict[str, np.ndarray]
+    skipped: list[dict[str, str]]
+    target: dict[str, Any] | None
+
+
+def names_of(graph: ir.Graph) -> dict[int, set[str]]:
+    """Names of the nodes that read or write each value, keyed by the value's id."""
+    names: dict[int, set[str]] = defaultdict(set)
+    for node in graph.all_nodes():
+        for value in (*node.inputs, *node.outputs):
+            if value is not None and node.name:
+                names[id(value)].add(node.name)
+    return names
+
+
+
+def plan_selection(model: ir.Model, groups: list[Group], context: PipelineContext,
+                   unscored: dict[str, str] | None = None) -> Plan:
+    """Choose the units to remove from the context's scores, dead units and targets.
+
+    Args:
+        model: The model the groups describe.
+        groups: Its groups.
+        context: Targets, ``scores`` (``l1`` is run when targets need scores and none
+            exist) and ``dead``.
+        unscored: Why the criterion left some groups without a score, for the report.
+    """
+    targets = context.targets
+    dead = context.analyses.get("dead")
+    wanted = any(t is not None for t in
+                 (targets.ratio, targets.target_flops, targets.target_params))
+    scores = context.analyses.get("scores")
+    if wanted and scores is None:
+        from spa_opt.passes.criteria import score_groups
+
+        scores = score_groups(model, context)
+    names = names_of(model.graph)
+    unscored = unscored or {}
+    skipped: list[dict[str, str]] = []
+    candidates = []
+    for group in groups:
+        if not group.prunable:
+            continue
+        why = ignored_by(group, targets.ignore, names)
+        if not why and wanted and group.id not in scores:
+            why = unscored.get(group.id, "the criterion gave it no score")
+        why = why or next(filter(None, map(problem, group.patches)), "")
+        if why:
+            skipped.append({"group": group.id, "why": why})
+            continue
+        found = candidate(group, scores.get(group.id) if wanted else None,
+                          None if dead is None else dead.get(group.id), targets)
+        if found.order.size:
+            candidates.append(found)
+    counts, outcome = select(candidates, targets,
+                             lambda: CostModel(model, [c.group for c in candidates]))
+    selection = {c.group.id: np.sort(c.order[:k])
+                 for c, k in zip(candidates, counts, strict=True) if k}
+    return Plan(selection, skipped, outcome)

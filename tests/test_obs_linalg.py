@@ -1,0 +1,126 @@
+"""The structured OBS maths against direct float64 least squares on random layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spa_opt.passes.obs.linalg import (
+    block_costs,
+    dampen,
+    energy,
+    error,
+    inverse,
+    reconstruct,
+    remove,
+)
+from spa_opt.passes.obs.order import Consumer, OrderTask, solve_order
+
+
+def _layer(rows: int, d: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    x = mix @ rng.standard_normal((d, n)) + 0.3  # correlated, non-centred inputs
+    w = rng.standard_normal((rows, d))
+    return w, x, 2.0 * x @ x.T / n
+
+
+def _least_squares(w: np.ndarray, x: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """argmin over W' supported on ``kept`` of ||W X - W' X||², by lstsq."""
+    solution, *_ = np.linalg.lstsq(x[kept].T, (w @ x).T, rcond=None)
+    full = np.zeros_like(w)
+    full[:, kept] = solution.T
+    return full
+
+
+@pytest.mark.parametrize("block", [1, 3, 9])
+def test_removing_a_block_is_the_least_squares_optimum(block: int) -> None:
+    w, x, h = _layer(rows=7, d=36, n=400, seed=block)
+    removed = np.arange(block) + 5
+    kept = np.setdiff1d(np.arange(36), removed)
+    new_w, _, kept_idx, cost = remove(w, inverse(h), removed)
+    expected = _least_squares(w, x, kept)
+    np.testing.assert_array_equal(kept_idx, kept)
+    np.testing.assert_allclose(new_w, expected[:, kept], rtol=1e-8, atol=1e-9)
+    # the cost is the error of that optimum
+    np.testing.assert_allclose(cost, error(w, expected, h), rtol=1e-8)
+    np.testing.assert_allclose(reconstruct(w, h, removed), expected, rtol=1e-8, atol=1e-9)
+
+
+def test_sequential_removals_with_downdates_equal_the_joint_optimum() -> None:
+    w, x, h = _layer(rows=5, d=30, n=300, seed=3)
+    blocks = [np.array([0, 1, 2]), np.array([10, 11, 12]), np.array([27, 28, 29])]
+    weight, hinv, alive = w.copy(), inverse(h), np.arange(30)
+    for cols in blocks:
+        local = np.searchsorted(alive, cols)
+        weight, hinv, kept, _ = remove(weight, hinv, local)
+        alive = alive[kept]
+        # the downdated inverse is the inverse of the kept Hessian block
+        np.testing.assert_allclose(hinv, np.linalg.inv(h[np.ix_(alive, alive)]), rtol=1e-7,
+                                   atol=1e-9)
+    removed = np.concatenate(blocks)
+    expected = _least_squares(w, x, np.setdiff1d(np.arange(30), removed))
+    np.testing.assert_allclose(weight, expected[:, alive], rtol=1e-7, atol=1e-9)
+
+
+def test_block_costs_match_single_removals() -> None:
+    w, _, h = _layer(rows=4, d=24, n=200, seed=5)
+    hinv = inverse(h)
+    blocks = np.arange(24).reshape(8, 3)
+    costs = block_costs(w, hinv, blocks)
+    for unit, cols in enumerate(blocks):
+        assert costs[unit] == pytest.approx(remove(w, hinv, cols)[3], rel=1e-9)
+
+
+def test_inverse_and_dampen() -> None:
+    _, _, h = _layer(rows=2, d=20, n=100, seed=7)
+    np.testing.assert_allclose(inverse(h) @ h, np.eye(20), atol=1e-8)
+    singular = np.zeros((4, 4))
+    singular[:2, :2] = [[2.0, 1.0], [1.0, 2.0]]
+    damped = dampen(singular.copy(), 0.1)
+    assert damped[2, 2] == damped[3, 3] > 1.0  # dead inputs become removable, not singular
+    assert np.all(np.linalg.eigvalsh(damped) > 0)
+
+
+def test_energy_is_the_cost_of_removing_everything() -> None:
+    w, x, h = _layer(rows=3, d=10, n=100, seed=9)
+    assert energy(w, h) == pytest.approx(error(w, np.zeros_like(w), h))
+    assert energy(w, h) == pytest.approx(np.mean(np.sum((w @ x) ** 2, axis=0)))
+
+
+def test_greedy_order_removes_cheapest_first_and_scores_increase() -> None:
+    w, _, h = _layer(rows=6, d=16, n=300, seed=11)
+    w[:, 4:6] *= 1e-3  # unit 2 (columns 4, 5) is nearly free to remove
+    blocks = np.arange(16).reshape(8, 2)
+    result = solve_order(OrderTask("g", 8, np.arange(8), [Consumer("c", w, h, blocks)],
+                                   order="greedy"))
+    order = np.argsort(result.scores, kind="stable")
+    assert order[0] == 2
+    assert np.all(np.diff(result.scores[order]) > 0)
+    # the first greedy step is the exact single-unit optimum
+    costs = block_costs(w, inverse(h), blocks) / energy(w, h)
+    assert result.scores[2] == pytest.approx(costs.min())
+
+
+def test_order_sums_costs_over_consumers_and_skips_pinned_units() -> None:
+    w1, _, h1 = _layer(rows=4, d=8, n=200, seed=1)
+    w2, _, h2 = _layer(rows=3, d=12, n=200, seed=2)
+    blocks1 = np.arange(8).reshape(4, 2)
+    blocks2 = np.arange(12).reshape(4, 3)
+    task = OrderTask("g", 4, np.array([0, 1, 3]),
+                     [Consumer("a", w1, h1, blocks1), Consumer("b", w2, h2, blocks2)],
+                     order="greedy", norm="none")
+    result = solve_order(task)
+    assert np.isinf(result.scores[2]) and np.isfinite(result.scores[[0, 1, 3]]).all()
+    both = block_costs(w1, inverse(h1), blocks1) + block_costs(w2, inverse(h2), blocks2)
+    assert result.scores.min() == pytest.approx(both[[0, 1, 3]].min())
+
+
+def test_blocks_order_needs_fewer_steps() -> None:
+    w, _, h = _layer(rows=4, d=64, n=300, seed=4)
+    blocks = np.arange(64).reshape(32, 2)
+    task = OrderTask("g", 32, np.arange(32), [Consumer("c", w, h, blocks)], order="blocks",
+                     rounds=4)
+    result = solve_order(task)
+    assert result.steps == 3  # four rounds of eight, the last without a downdate
+    assert np.isfinite(result.scores).all()
