@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import onnx_ir as ir
@@ -80,6 +80,7 @@ def optimize(
     show_progress: bool = False,
     base_dir: str | os.PathLike | None = None,
     calibration: Any = None,
+    input_dims: Mapping[str, int] | None = None,
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -100,7 +101,10 @@ def optimize(
         base_dir: Folder of external data, for bytes and protos.
         calibration: Calibration inputs for passes that need activations (``obspa``):
             a path (``.npz``, ``.npy`` or a folder of images, see
-            :mod:`spa_opt.calibration`) or a :class:`~spa_opt.calibration.Calibration`.
+            :mod:`spa_opt.calibration`), a :class:`~spa_opt.calibration.CalibrationSpec`
+            or a :class:`~spa_opt.calibration.Calibration`.
+        input_dims: Sizes of symbolic input dims (by name or ``"input:axis"``) for
+            calibration files and generated inputs.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -114,11 +118,15 @@ def optimize(
     loaded = load_model(model, base_dir=base_dir)
     check_ignore_patterns(loaded, targets.ignore)
     context = PipelineContext(targets=targets, show_progress=show_progress).attach(loaded)
+    context.input_dims = dict(input_dims or {})
     if calibration is not None:
-        from spa_opt.calibration import Calibration, load_calibration
+        from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
 
-        context.calibration = calibration if isinstance(calibration, Calibration) else \
-            load_calibration(calibration, loaded)
+        if isinstance(calibration, CalibrationSpec):
+            calibration = calibration.load(loaded)
+        elif not isinstance(calibration, Calibration):
+            calibration = load_calibration(calibration, loaded, dims=context.input_dims)
+        context.calibration = calibration
     before = count_cost(loaded)
 
     feeds, reference = [], []

@@ -208,6 +208,26 @@ def _line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationSpec:
+    """Where calibration inputs come from, before there is a model to check them against.
+
+    What the CLI's ``--calib``, ``--calib-mean``, ``--calib-std``, ``--calib-limit`` and
+    ``--input-dim`` say.
+    """
+
+    path: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    limit: int | None = None
+    dims: tuple[tuple[str, int], ...] = ()
+
+    def load(self, model: ir.Model) -> Calibration:
+        """Read the inputs for ``model`` (see :func:`load_calibration`)."""
+        return load_calibration(self.path, model, limit=self.limit, mean=self.mean,
+                                std=self.std, dims=dict(self.dims))
+
+
 def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | None = None,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                      dims: Mapping[str, int] | None = None) -> Calibration:

@@ -38,6 +38,25 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _dim(text: str) -> tuple[str, int]:
+    name, _, size = text.partition("=")
+    try:
+        value = int(size)
+    except ValueError:
+        value = 0
+    if not name or value < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE with SIZE >= 1, got '{text}'")
+    return name, value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -79,9 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                          help="node names never pruned (repeatable; must match a node)")
     targets.add_argument("--seed", type=int, default=0, help="seed of random choices")
-    targets.add_argument("--calib", metavar="FILE.npz|DIR",
-                         help="unlabeled calibration inputs for obspa: an .npz/.npy of input "
-                              "arrays or a folder of images")
+    calib = parser.add_argument_group("calibration inputs (read by obspa)")
+    calib.add_argument("--calib", metavar="FILE.npz|DIR",
+                       help="unlabeled calibration inputs: an .npz/.npy of input arrays keyed "
+                            "by input name, or a folder of images")
+    calib.add_argument("--calib-limit", type=_positive_int, metavar="N",
+                       help="use at most the first N calibration inputs")
+    calib.add_argument("--calib-mean", type=_floats, metavar="M[,M...]",
+                       help="per-channel mean subtracted from images scaled to [0, 1]")
+    calib.add_argument("--calib-std", type=_floats, metavar="S[,S...]",
+                       help="per-channel std images are divided by, after the mean")
+    calib.add_argument("--input-dim", type=_dim, action="append", default=[],
+                       metavar="NAME=SIZE",
+                       help="size of a symbolic input dim (by name or INPUT:AXIS) for "
+                            "calibration and generated inputs (repeatable)")
     debug = parser.add_argument_group("instrumentation")
     debug.add_argument("--time-passes", action="store_true", help="print seconds per pass")
     debug.add_argument("--stats", action="store_true", help="print per-pass counters")
@@ -220,6 +250,18 @@ def prune_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _calibration_spec(args: argparse.Namespace) -> Any:
+    from spa_opt.calibration import CalibrationSpec
+
+    given = (args.calib_limit, args.calib_mean, args.calib_std)
+    if args.calib is None:
+        if any(v is not None for v in given):
+            raise InputError("--calib-limit, --calib-mean and --calib-std need --calib")
+        return None
+    return CalibrationSpec(args.calib, args.calib_mean, args.calib_std, args.calib_limit,
+                           tuple(args.input_dim))
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run; returns the exit code instead of exiting."""
     args = build_parser().parse_args(argv)
@@ -252,7 +294,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         target_params=args.target_params, scope=args.scope, round_to=args.round_to,
         ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
-        calibration=args.calib,
+        calibration=_calibration_spec(args), input_dims=dict(args.input_dim),
     )
     _save_outputs(model, destination, args.report, report.to_dict(),
                   True if args.external_data else None, source)

@@ -73,6 +73,9 @@ class PipelineContext:
     calibration: Any = None
     """Calibration inputs (a :class:`spa_opt.calibration.Calibration`) the user gave with
     ``--calib``, or a pass synthesized; read by passes that need activations."""
+    input_dims: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Sizes of symbolic input dims (by name or ``"input:axis"``) for inputs a pass
+    generates (obspa's noise inputs)."""
     show_progress: bool = False
     """Whether long-running passes draw a progress bar (the CLI sets it for terminals)."""
 

@@ -86,7 +86,8 @@ class ObspaOptions:
         "relative", "divide a group's costs by its consumers' output energy (relative) "
         "so groups compare in the global scope, or not (none)")
     bias: bool = option(True, "let the bias absorb the mean of removed inputs")
-    positions: int = option(4096, "most im2col columns drawn per batch and layer")
+    positions: int = option(256, "most columns (output positions) drawn per sample and "
+                                 "layer")
     max_columns: int = option(
         12288, "wider layers are not reconstructed (their float64 Hessian alone would "
         "take more than 1.2 GB); their groups rank by their other consumers")
@@ -248,7 +249,7 @@ class ObspaPass(SpaPass):
 
         return noise_calibration(model, max(o.samples, 1), kind=o.noise, mean=(o.mean,),
                                  std=(o.std,), seed=context.targets.seed,
-                                 exponent=o.exponent)
+                                 dims=context.input_dims, exponent=o.exponent)
 
     def _task(self, group: Group, layers: dict[int, _LayerInfo]) -> OrderTask:
         consumers_ = []

@@ -41,14 +41,29 @@ def _clipped(mean: np.ndarray, var: np.ndarray, low: float, high: float
     pdf_a, pdf_b = norm.pdf(a), norm.pdf(b)
     inside = cdf_b - cdf_a
     first = mean * inside + std * (pdf_a - pdf_b)
-    second = (mean**2 + var) * inside + std * ((mean + low) * pdf_a - (mean + high) * pdf_b)
-    low_mass, high_mass = cdf_a, 1.0 - cdf_b
-    if np.isfinite(low):
-        first, second = first + low * low_mass, second + low**2 * low_mass
+    second = (mean**2 + var) * inside
+    if np.isfinite(low):  # E[X²; a<X<b] boundary terms; an infinite bound adds nothing
+        second = second + std * (mean + low) * pdf_a
+        first, second = first + low * cdf_a, second + low**2 * cdf_a
+    else:
+        second = second + std * mean * pdf_a
     if np.isfinite(high):
-        first, second = first + high * high_mass, second + high**2 * high_mass
-    second = np.where(np.isfinite(second), second, 0.0)
+        second = second - std * (mean + high) * pdf_b
+        first, second = first + high * (1.0 - cdf_b), second + high**2 * (1.0 - cdf_b)
+    else:
+        second = second - std * mean * pdf_b
     return first, np.maximum(second - first**2, 0.0)
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    """A constant's data, looking through ``Identity`` (exporters share equal tensors so)."""
+    while value is not None:
+        data = constant_array(value)
+        producer = value.producer()
+        if data is not None or producer is None or producer.op_type != "Identity":
+            return data
+        value = producer.inputs[0]
+    return None
 
 
 def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
@@ -58,7 +73,7 @@ def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
     for index, attr in ((1, "min"), (2, "max")):
         value = node.inputs[index] if len(node.inputs) > index else None
         if value is not None:
-            data = constant_array(value)
+            data = _constant(value)
             if data is None:
                 return None
             bounds.append(float(data))
@@ -76,7 +91,7 @@ def moments(value: ir.Value, depth: int = 0) -> tuple[np.ndarray, np.ndarray] | 
         return None
     op = node.op_type
     if op == "BatchNormalization":
-        scale, bias = constant_array(node.inputs[1]), constant_array(node.inputs[2])
+        scale, bias = _constant(node.inputs[1]), _constant(node.inputs[2])
         if scale is None or bias is None:
             return None
         return np.asarray(bias, np.float64), np.asarray(scale, np.float64) ** 2

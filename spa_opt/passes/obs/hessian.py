@@ -12,9 +12,10 @@ free; layers without a bias drop it. Layers that read the same activation the sa
 (the q, k and v projections of one attention block, a SwiGLU's gate and up) share one
 accumulator. Products are formed in float32 and summed in float64.
 
-When a batch has more columns than ``max_positions`` (a high-resolution early
-convolution), a seeded random subset of that many is used: ``XXᵀ/N`` is an average, so a
-subset estimates it without bias, and cost falls in proportion.
+When a batch has more than ``positions`` columns per sample (a high-resolution early
+convolution, a long sequence), a seeded random subset of that many per sample is used:
+``XXᵀ/N`` is an average, so a subset estimates it without bias, and the cost, which is
+``2·N·d²`` for ``N`` columns of width ``d``, falls in proportion.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ class Accumulator:
     def add(self, activation: np.ndarray) -> None:
         """Accumulate one batch of the activation."""
         x = np.asarray(activation, dtype=np.float32)
-        cols = features(x, self.geometry, self.max_positions, self.rng)
+        samples = x.shape[0] if x.ndim > 1 else 1
+        cols = features(x, self.geometry, self.max_positions * samples, self.rng)
         product = (cols @ cols.T).astype(np.float64)
         if self.total is None:
             self.total = product
