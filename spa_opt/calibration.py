@@ -384,7 +384,7 @@ def _read_image(file: Path, mode: str, width: int, height: int) -> np.ndarray:
 def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "pink"] = "pink",
                       mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
                       seed: int = 0, dims: Mapping[str, int] | None = None,
-                      exponent: float = 1.0) -> Calibration:
+                      exponent: float | tuple[float, float] = 1.0) -> Calibration:
     """Synthetic calibration inputs, for when no data is at hand.
 
     Pink noise is the default because natural images have a roughly 1/f amplitude
@@ -399,7 +399,8 @@ def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "
         seed: Seed of ``numpy.random.default_rng``.
         dims: Sizes of symbolic dims other than the batch, by name or ``"input:axis"``.
         exponent: Pink noise amplitude falls as ``1/f^exponent`` (1: pink, the spectrum of
-            natural images; larger: smoother).
+            natural images; larger: smoother); a ``(low, high)`` pair draws each sample's
+            exponent uniformly from that range, a mixture of smoothness levels.
 
     Raises:
         InputError: Bad ``samples``/``kind``/``mean``/``std``, or a size not given.
@@ -452,8 +453,8 @@ def _id_bound(value: ir.Value) -> int:
 
 
 def _float_noise(inp: _Input, shape: tuple[int, ...], kind: str, mean: Sequence[float],
-                 std: Sequence[float], rng: np.random.Generator, exponent: float = 1.0
-                 ) -> np.ndarray:
+                 std: Sequence[float], rng: np.random.Generator,
+                 exponent: float | tuple[float, float] = 1.0) -> np.ndarray:
     layout = _layout(shape)
     channels = shape[1 if layout == "NCHW" else 3] if layout else 1
     shift = _per_channel(mean, channels, "mean", inp.name, layout is not None)
@@ -468,10 +469,12 @@ def _float_noise(inp: _Input, shape: tuple[int, ...], kind: str, mean: Sequence[
     pink = kind == "pink" and layout is not None and sample[1] * sample[2] > 1
     if pink:
         freq = np.hypot(np.fft.fftfreq(sample[1])[:, None], np.fft.rfftfreq(sample[2])[None, :])
-        amplitude = np.maximum(freq, 1.0 / max(sample[1:])) ** -exponent
+        base = np.maximum(freq, 1.0 / max(sample[1:]))
+        low, high = exponent if isinstance(exponent, tuple) else (exponent, exponent)
     out = np.empty(shape, dtype=inp.dtype)
     for i in range(shape[0]):
         if pink:
+            amplitude = base ** -(low if low == high else rng.uniform(low, high))
             phase = rng.uniform(0.0, 2 * np.pi, (channels, *amplitude.shape))
             field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=sample[1:])
             field -= field.mean(axis=(1, 2), keepdims=True)

@@ -9,10 +9,12 @@ Rules:
   - ``data``: the calibration inputs given with ``--calib`` (an ``.npz``/``.npy`` of
     input arrays or a folder of images, :mod:`spa_opt.calibration`), at most
     ``samples`` of them, propagated through the original model in onnxruntime;
-  - ``noise``: ``samples`` random inputs, ``pink`` (1/f spectrum, like natural images)
-    or ``white``, with per-channel ``mean`` and ``std`` (the defaults 0 and 1 match a
-    model that takes normalised inputs, as exported vision models do); integer inputs
-    get uniform token ids;
+  - ``noise``: ``samples`` random inputs; ``pink`` noise has a ``1/f^e`` amplitude
+    spectrum with ``e`` drawn per sample from [``exponent``, ``exponent-max``] (1 is
+    the spectrum of natural images, larger is smoother; the mix measured best), or
+    ``white``; per-channel ``mean`` and ``std`` (the defaults 0 and 1 match a model
+    that takes normalised inputs, as exported vision models do); integer inputs get
+    uniform token ids;
   - ``bn``: analytic, from BatchNormalization statistics (:mod:`.obs.analytic`);
   - ``auto``: ``data`` when calibration inputs were given, else ``noise``;
 - each group's units are ordered by structured OBS over all its consumers, greedily
@@ -75,6 +77,9 @@ class ObspaOptions:
                                "inputs used (0: all)")
     noise: Literal["pink", "white"] = option("pink", "noise spectrum for float inputs")
     exponent: float = option(1.0, "pink noise amplitude falls as 1/f^exponent")
+    exponent_max: float = option(
+        3.0, "when above exponent, each noise sample draws its exponent uniformly from "
+        "[exponent, exponent-max]: a mix of smoothness levels")
     mean: float = option(0.0, "per-channel mean of noise inputs")
     std: float = option(1.0, "per-channel standard deviation of noise inputs")
     damp: float = option(0.01, "fraction of the mean diagonal added to each Hessian")
@@ -229,10 +234,15 @@ class ObspaPass(SpaPass):
         finally:
             if bar is not None:
                 bar.close()
+        from spa_opt.passes.obs.analytic import identity_hessian
+
         for info in layers.values():
-            info.hessian = dampen(accumulators[key_of(info.layer)].hessian(info.with_bias),
-                                  o.damp)
+            hessian = accumulators[key_of(info.layer)].hessian(info.with_bias)
             info.source = mode
+            if not np.isfinite(hessian).all():  # activations overflowed float32
+                hessian = identity_hessian(hessian.shape[0])
+                info.source = f"identity ({mode} activations overflow)"
+            info.hessian = dampen(hessian, o.damp)
         return {"mode": mode, "source": calibration.source, "samples": calibration.samples}
 
     def _calibration(self, model: ir.Model, context: PipelineContext, mode: str) -> Any:
@@ -249,7 +259,8 @@ class ObspaPass(SpaPass):
 
         return noise_calibration(model, max(o.samples, 1), kind=o.noise, mean=(o.mean,),
                                  std=(o.std,), seed=context.targets.seed,
-                                 dims=context.input_dims, exponent=o.exponent)
+                                 dims=context.input_dims,
+                                 exponent=(o.exponent, max(o.exponent, o.exponent_max)))
 
     def _task(self, group: Group, layers: dict[int, _LayerInfo]) -> OrderTask:
         consumers_ = []

@@ -126,7 +126,8 @@ class Accumulator:
         x = np.asarray(activation, dtype=np.float32)
         samples = x.shape[0] if x.ndim > 1 else 1
         cols = features(x, self.geometry, self.max_positions * samples, self.rng)
-        product = (cols @ cols.T).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked by the caller
+            product = (cols @ cols.T).astype(np.float64)
         if self.total is None:
             self.total = product
         else:
