@@ -93,7 +93,7 @@ def test_greedy_order_removes_cheapest_first_and_scores_increase() -> None:
     w[:, 4:6] *= 1e-3  # unit 2 (columns 4, 5) is nearly free to remove
     blocks = np.arange(16).reshape(8, 2)
     result = solve_order(OrderTask("g", 8, np.arange(8), [Consumer("c", w, h, blocks)],
-                                   order="greedy"))
+                                   order="greedy", norm="relative"))
     order = np.argsort(result.scores, kind="stable")
     assert order[0] == 2
     assert np.all(np.diff(result.scores[order]) > 0)

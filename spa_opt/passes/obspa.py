@@ -20,8 +20,8 @@ Rules:
 - each group's units are ordered by structured OBS over all its consumers, greedily
   one unit at a time (``order=greedy``) or ``rounds`` blocks per group
   (``order=blocks``), downdating ``H⁻¹`` after every removal (:mod:`.obs.order`); the
-  costs become the context's ``scores`` (normalised per group by its consumers' output
-  energy with ``norm=relative``);
+  costs become the context's ``scores`` (raw, or divided per group by its consumers'
+  output energy with ``norm=relative``);
 - the selection is planned from those scores and the targets exactly as ``prune``
   plans it, and stored as ``selection`` (and ``plan``);
 - every consumer layer that loses columns gets the least-squares optimal weights of
@@ -87,9 +87,9 @@ class ObspaOptions:
         "blocks", "remove units one at a time (greedy) or in rounds (blocks) between "
         "downdates")
     rounds: int = option(32, "downdate rounds per group with order=blocks")
-    norm: Literal["relative", "none"] = option(
-        "relative", "divide a group's costs by its consumers' output energy (relative) "
-        "so groups compare in the global scope, or not (none)")
+    norm: Literal["none", "relative"] = option(
+        "none", "compare groups by raw OBS cost (none: measured best in the global scope) "
+        "or divide a group's costs by its consumers' output energy (relative)")
     bias: bool = option(True, "let the bias absorb the mean of removed inputs")
     positions: int = option(256, "most columns (output positions) drawn per sample and "
                                  "layer")

@@ -53,7 +53,7 @@ class OrderTask:
     consumers: list[Consumer]
     order: Literal["greedy", "blocks"] = "blocks"
     rounds: int = 32
-    norm: Literal["none", "relative"] = "relative"
+    norm: Literal["none", "relative"] = "none"
 
 
 @dataclasses.dataclass
