@@ -55,7 +55,6 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.errors import InputError
-from spa_opt.verify import _index_bound
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -379,111 +378,6 @@ def _read_image(file: Path, mode: str, width: int, height: int) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise InputError(f"cannot read image '{file}': {_line(error)}") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels
-
-
-def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "pink"] = "pink",
-                      mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
-                      seed: int = 0, dims: Mapping[str, int] | None = None,
-                      exponent: float | tuple[float, float] = 1.0) -> Calibration:
-    """Synthetic calibration inputs, for when no data is at hand.
-
-    Pink noise is the default because natural images have a roughly 1/f amplitude
-    spectrum: activations from it are closer to real ones than from white noise.
-
-    Args:
-        model: The model the inputs are for.
-        samples: Samples along axis 0.
-        kind: ``"pink"`` or ``"white"``; see the module rules.
-        mean: Per-channel mean of the float noise (one value for all).
-        std: Per-channel std of the float noise (one value for all).
-        seed: Seed of ``numpy.random.default_rng``.
-        dims: Sizes of symbolic dims other than the batch, by name or ``"input:axis"``.
-        exponent: Pink noise amplitude falls as ``1/f^exponent`` (1: pink, the spectrum of
-            natural images; larger: smoother); a ``(low, high)`` pair draws each sample's
-            exponent uniformly from that range, a mixture of smoothness levels.
-
-    Raises:
-        InputError: Bad ``samples``/``kind``/``mean``/``std``, or a size not given.
-    """
-    if samples < 1:
-        raise InputError(f"calibration samples must be at least 1, got {samples}")
-    if kind not in ("white", "pink"):
-        raise InputError(f"noise kind must be 'white' or 'pink', got {kind!r}")
-    dims = dict(dims or {})
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for inp in _inputs(model):
-        rank = len(inp.declared)
-        shape = (samples, *(_need(inp, a, dims) for a in range(1, rank))) if rank else ()
-        if inp.kind == "float":
-            feeds[inp.name] = _float_noise(inp, shape, kind, mean, std, rng, exponent)
-        elif inp.kind == "int":
-            high = int(np.iinfo(inp.dtype).max) + 1 if inp.dtype.kind in "iu" else 2
-            bound = max(1, min(_id_bound(inp.value), high))
-            feeds[inp.name] = rng.integers(0, bound, shape).astype(inp.dtype)
-        else:
-            feeds[inp.name] = np.ones(shape, dtype=bool)
-    return Calibration(feeds, f"noise:{kind}")
-
-
-#: Ops that pass ids through unchanged on their first input, on the way to an embedding.
-_ID_PRESERVING = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                            "Transpose", "Expand", "Slice", "Tile"})
-
-
-def _id_bound(value: ir.Value) -> int:
-    """Rows of the smallest embedding table the ids reach (through Cast, Reshape, ...).
-
-    ``verify._index_bound`` reads direct ``Gather`` uses only; exported models often
-    cast or flatten ids first, and ids 0/1 would be a poor sample of a vocabulary.
-    Without any such ``Gather``, 2: the input is taken for a mask or flag.
-    """
-    bounds, stack, visited = [], [value], set()
-    while stack:
-        current = stack.pop()
-        if id(current) in visited:
-            continue
-        visited.add(id(current))
-        for node, position in current.uses():
-            if node.op_type == "Gather" and position == 1:
-                bounds.append(_index_bound(current))
-            elif node.op_type in _ID_PRESERVING and position == 0 and node.outputs:
-                stack.append(node.outputs[0])
-    return min(bounds, default=2)
-
-
-def _float_noise(inp: _Input, shape: tuple[int, ...], kind: str, mean: Sequence[float],
-                 std: Sequence[float], rng: np.random.Generator,
-                 exponent: float | tuple[float, float] = 1.0) -> np.ndarray:
-    layout = _layout(shape)
-    channels = shape[1 if layout == "NCHW" else 3] if layout else 1
-    shift = _per_channel(mean, channels, "mean", inp.name, layout is not None)
-    scale = _per_channel(std, channels, "std", inp.name, layout is not None)
-    if not shape:
-        return np.asarray(rng.standard_normal() * scale[0] + shift[0], dtype=inp.dtype)
-    if layout:  # drawn channels first, one sample at a time: no float64 copy of everything
-        sample = (channels, *(shape[2:] if layout == "NCHW" else shape[1:3]))
-        shift, scale = shift[:, None, None], scale[:, None, None]
-    else:
-        sample, shift, scale = shape[1:], shift[0], scale[0]
-    pink = kind == "pink" and layout is not None and sample[1] * sample[2] > 1
-    if pink:
-        freq = np.hypot(np.fft.fftfreq(sample[1])[:, None], np.fft.rfftfreq(sample[2])[None, :])
-        base = np.maximum(freq, 1.0 / max(sample[1:]))
-        low, high = exponent if isinstance(exponent, tuple) else (exponent, exponent)
-    out = np.empty(shape, dtype=inp.dtype)
-    for i in range(shape[0]):
-        if pink:
-            amplitude = base ** -(low if low == high else rng.uniform(low, high))
-            phase = rng.uniform(0.0, 2 * np.pi, (channels, *amplitude.shape))
-            field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=sample[1:])
-            field -= field.mean(axis=(1, 2), keepdims=True)
-            field /= np.maximum(field.std(axis=(1, 2), keepdims=True), 1e-12)
-        else:
-            field = rng.standard_normal(sample, dtype=np.float32)
-        field = field * scale + shift
-        out[i] = field.transpose(1, 2, 0) if layout == "NHWC" else field
-    return out
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:

@@ -10,13 +10,9 @@ from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from spa_opt.calibration import (
-    Calibration,
-    load_calibration,
-    noise_calibration,
-    save_calibration,
-)
+from spa_opt.calibration import Calibration, load_calibration, save_calibration
 from spa_opt.errors import InputError
+from spa_opt.noise import noise_calibration
 
 F, I64, I32, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL
 

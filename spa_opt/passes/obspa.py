@@ -255,7 +255,7 @@ class ObspaPass(SpaPass):
             if o.samples and calibration.samples > o.samples:
                 calibration = calibration.subset(o.samples, context.targets.seed)
             return calibration
-        from spa_opt.calibration import noise_calibration
+        from spa_opt.noise import noise_calibration
 
         return noise_calibration(model, max(o.samples, 1), kind=o.noise, mean=(o.mean,),
                                  std=(o.std,), seed=context.targets.seed,
