@@ -59,8 +59,10 @@ def inverse(hessian: np.ndarray) -> np.ndarray:
     inv, info = scipy.linalg.lapack.dpotri(factor, lower=1)
     if info:
         raise np.linalg.LinAlgError(f"Hessian inverse failed ({info})")
-    lower = np.tril_indices_from(inv, -1)
-    inv.T[lower] = inv[lower]
+    # dpotri fills the lower triangle; mirror it without index arrays (d² of them)
+    strict = np.tril(inv, -1)
+    inv = np.tril(inv)
+    inv += strict.T
     return inv
 
 
