@@ -25,7 +25,10 @@ not mix):
    factored in place (no copy timed); the floor is the sum. Any structured OBS needs at
    least that per layer (it must factor or invert each ``H``), so the ratios
    ``(order + reconstruct) / floor`` (the OBS solve), ``obspa / floor`` (the whole pass)
-   and ``optimize / floor`` (the whole run) say how far from it the pass is.
+   and ``optimize / floor`` (the whole run) say how far from it the pass is. Beside it,
+   *obspa H^-1*: obspa's own ``linalg.inverse`` (``dpotrf`` + ``dpotri`` + mirroring the
+   triangle) once per layer, which its ordering pays before any downdate; ``order /
+   H^-1`` is then what the ranking and the downdates add.
 4. **The Hessian-formation floor**: one float32 ``X @ X.T`` (BLAS ``syrk``, all cores)
    per Hessian obspa accumulates (layers reading the same activation the same way
    share one, as in obspa; ``width + 1`` rows: obspa always appends the ones row), with
@@ -506,6 +509,19 @@ def details(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def revision() -> str:
+    """The git commit measured, and whether ``spa_opt/`` differs from it."""
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    dirty = git("status", "--porcelain", "--", "spa_opt")
+    return commit + (" + uncommitted changes in spa_opt/" if dirty else " (spa_opt/ clean)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments; as the parent, run one child per model and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -532,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = ["python", "bench/obspa.py", *(argv if argv is not None else sys.argv[1:])]
     print(f"Reproduce (from the repo root): {shlex.join(shown)}")
     print(machine())
+    print(f"spa-opt: {revision()}")
     from threadpoolctl import threadpool_info
 
     blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"

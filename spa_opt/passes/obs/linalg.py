@@ -59,10 +59,14 @@ def inverse(hessian: np.ndarray) -> np.ndarray:
     inv, info = scipy.linalg.lapack.dpotri(factor, lower=1)
     if info:
         raise np.linalg.LinAlgError(f"Hessian inverse failed ({info})")
-    # dpotri fills the lower triangle; mirror it without index arrays (d² of them)
-    strict = np.tril(inv, -1)
-    inv = np.tril(inv)
-    inv += strict.T
+    # dpotri fills the lower triangle; mirror it in place, one column block at a time
+    # (no index arrays and no d x d temporaries)
+    size = inv.shape[0]
+    for start in range(0, size, 512):
+        end = min(start + 512, size)
+        block = inv[start:end, start:end]
+        block[...] = np.tril(block) + np.tril(block, -1).T
+        inv[start:end, end:] = inv[end:, start:end].T
     return inv
 
 
