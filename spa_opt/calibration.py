@@ -67,10 +67,14 @@ class Calibration:
         feeds: Graph input name -> array ``(samples, ...)`` in the input's dtype.
         source: Where the data came from, for reports: ``"npz:calib.npz"``,
             ``"images:dir (64 files)"``, ``"noise:pink"``, ``"noise:white"``.
+        labels: Integer class labels ``(samples,)`` when the data has them (a ``.npz``
+            member named ``label``, ``labels``, ``target`` or ``targets``), for the
+            criteria that need a supervised loss (taylor, snip, grasp, crop).
     """
 
     feeds: dict[str, np.ndarray]
     source: str
+    labels: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
@@ -119,9 +123,10 @@ class Calibration:
             raise InputError(f"calibration sample count must be at least 1, got {count}")
         total = self.samples
         if count >= total:
-            return Calibration(dict(self.feeds), self.source)
+            return Calibration(dict(self.feeds), self.source, self.labels)
         feeds = {k: a[:count].copy() if a.ndim else a for k, a in self.feeds.items()}
-        return Calibration(feeds, f"{self.source} (first {count} of {total})")
+        labels = None if self.labels is None else self.labels[:count].copy()
+        return Calibration(feeds, f"{self.source} (first {count} of {total})", labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,13 +270,20 @@ def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | N
                          "input name")
     feeds: dict[str, np.ndarray] = {}
     seen: dict[str, int] = {}  # named dim -> size in the first array that has it
+    labels: np.ndarray | None = None
     try:
         if suffix == ".npy":  # memory-mapped: only the kept samples are read
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             feeds[inputs[0].name] = _check(path.name, "array", inputs[0], array, limit, dims, seen)
         else:
             with np.load(path, allow_pickle=False) as npz:  # members read one by one
-                for inp, key in _match_keys(path.name, inputs, list(npz.files)):
+                keys = list(npz.files)
+                names = {i.name for i in inputs}
+                label_key = next((k for k in LABEL_KEYS if k in keys and k not in names), None)
+                if label_key is not None:
+                    keys.remove(label_key)
+                    labels = _labels(path.name, label_key, npz[label_key], limit)
+                for inp, key in _match_keys(path.name, inputs, keys):
                     feeds[inp.name] = _check(path.name, key, inp, npz[key], limit, dims, seen)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise InputError(f"cannot read calibration data '{path}': {_line(error)}") from None
@@ -281,7 +293,26 @@ def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | N
         raise InputError(f"{path.name}: arrays differ in samples along axis 0 ({listed})")
     if 0 in counts.values():
         raise InputError(f"{path.name}: arrays hold no samples")
-    return Calibration(feeds, f"{suffix[1:]}:{path}")
+    if labels is not None and counts and len(labels) != next(iter(counts.values())):
+        raise InputError(f"{path.name}: {len(labels)} labels for "
+                         f"{next(iter(counts.values()))} samples")
+    return Calibration(feeds, f"{suffix[1:]}:{path}", labels)
+
+
+LABEL_KEYS = ("label", "labels", "target", "targets")
+"""``.npz`` members read as class labels rather than model inputs (unless an input has
+that name)."""
+
+
+def _labels(label: str, key: str, array: np.ndarray, limit: int | None) -> np.ndarray:
+    """Class labels: a 1-D integer array (a float array of whole numbers is accepted)."""
+    array = np.asarray(array)
+    if array.ndim != 1 or (array.dtype.kind == "f" and not np.all(array == np.round(array))) \
+            or array.dtype.kind not in "iuf":
+        raise InputError(f"{label}: '{key}' must be a 1-D array of integer class labels, got "
+                         f"{array.dtype} {array.shape}")
+    array = array.astype(np.int64)
+    return array[:limit] if limit is not None else array
 
 
 def _match_keys(label: str, inputs: list[_Input], keys: list[str]) -> list[tuple[_Input, str]]:
@@ -381,7 +412,7 @@ def _read_image(file: Path, mode: str, width: int, height: int) -> np.ndarray:
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:
-    """Write ``calibration.feeds`` to a ``.npz`` keyed by input name, atomically.
+    """Write ``calibration.feeds`` (and ``labels`` as ``label``) to a ``.npz``, atomically.
 
     The file is np.savez's format, written member by member with ``zipfile`` so that
     any input name works as a key (``np.savez(**feeds)`` breaks on a name like
@@ -401,7 +432,10 @@ def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream, zipfile.ZipFile(stream, "w") as archive:
-            for name, array in calibration.feeds.items():
+            members = dict(calibration.feeds)
+            if calibration.labels is not None and "label" not in members:
+                members["label"] = calibration.labels
+            for name, array in members.items():
                 array = np.asarray(array)
                 if array.dtype.kind == "V":
                     array = array.astype(np.float32 if "float" in array.dtype.name else np.int64)

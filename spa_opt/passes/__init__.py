@@ -16,9 +16,11 @@ from spa_opt.passes.group import GroupPass
 from spa_opt.passes.manager import Instrument, PassManager, PassRecord
 from spa_opt.passes.obspa import ObspaPass
 from spa_opt.passes.pipeline import PassSpec, build_pipeline, format_pipeline, parse_pipeline
+from spa_opt.passes.precrop import PrecropPass  # noqa: F401
 from spa_opt.passes.prune import PrunePass
 from spa_opt.passes.registry import all_passes, get_pass, register
 from spa_opt.passes.shape_infer import ShapeInferPass
+from spa_opt.passes.synthesize import SynthesizePass
 from spa_opt.passes.topo_sort import TopoSortPass
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "PrunePass",
     "ShapeInferPass",
     "SpaPass",
+    "SynthesizePass",
     "Targets",
     "TopoSortPass",
     "all_passes",

@@ -14,6 +14,10 @@ Rules:
   follow a removal; pinned units and the last unit of a group always stay;
 - removal slices weights lazily, rewrites every patched count, sets the new declared
   shapes, then removes dead nodes and unused initializers (:mod:`.pruning.apply`);
+- groups in the context's ``growth`` (``precrop<preconfig=true>``: group id to units
+  added) grow first: new units at the end of every member, initialised like the
+  existing ones (:mod:`.pruning.growth`); the report's ``prune`` then lists them as
+  ``grown`` and ``channels`` counts them as ``added``;
 - the result is checked (full onnx checker, strict shape inference, channel counts):
   a failure raises before anything is written, never an invalid model;
 - the report gains ``prune`` (per group removed units, skipped groups, target outcome,
@@ -37,6 +41,7 @@ from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.dce import DeadCodeEliminationPass
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
+from spa_opt.passes.pruning.growth import apply_growth
 from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
 from spa_opt.passes.registry import register
@@ -111,7 +116,11 @@ class PrunePass(SpaPass):
                 patches = [p for g in groups if g.id in selection for p in g.patches]
                 for key, value in apply_removal(model.graph, removal, patches).items():
                     self.count(key, value)
-        if removal:
+        growth = context.analyses.get("growth") or {}
+        grown = apply_growth(groups, growth, context.targets.seed) if growth else []
+        for row in grown:
+            self.count("channels-added", row["channels_added"])
+        if removal or grown:
             set_new_shapes(removal)
             nodes = sum(1 for _ in model.graph.all_nodes())
             DeadCodeEliminationPass()(model)
@@ -123,13 +132,17 @@ class PrunePass(SpaPass):
         self.count("channels-removed", sum(len(u) * by_id[g].block for g, u in removed.items()))
         context.report["prune"] = self._report(groups, removed, skipped, outcome,
                                                layers_before, _layers(model.graph))
-        if context.report["prune"]["message"] is None and not removed:
+        if grown:
+            context.report["prune"]["grown"] = grown
+        if context.report["prune"]["message"] is None and not removed and not grown:
             context.report["prune"]["message"] = _nothing_removed(context, skipped)
         context.report["channels"] = {
             "total": sum(g.channels for g in groups if g.prunable),
             "removed": self.stats["channels-removed"],
         }
-        return ir.passes.PassResult(model, bool(removal))
+        if grown:
+            context.report["channels"]["added"] = self.stats["channels-added"]
+        return ir.passes.PassResult(model, bool(removal) or bool(grown))
 
     @staticmethod
     def _report(groups: list[Group], removed: dict[str, np.ndarray], skipped: list,

@@ -114,6 +114,10 @@ class CriterionPass(SpaPass):
         """
         raise NotImplementedError
 
+    def member_tensor(self, member: Member) -> np.ndarray | None:
+        """The tensor a member is scored from: its weight; gradient criteria give a saliency."""
+        return constant_array(member.value)
+
     def start_group(self, group: Group, index: int, context: PipelineContext) -> None:
         """Called before a group's members are scored (``index``: its place in ``groups``)."""
 
@@ -124,7 +128,7 @@ class CriterionPass(SpaPass):
         for member in group.weights:
             if not self.roles & set(member.roles):
                 continue
-            array = constant_array(member.value)
+            array = self.member_tensor(member)
             if array is None or array.ndim == 0:
                 continue
             if array.dtype not in (np.float32, np.float64):

@@ -12,8 +12,10 @@ recounted, so one evaluation is a short loop over them.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -53,8 +55,13 @@ class CostModel:
                 base += cost
                 if any(id(v) in self._slots for v in (*node.inputs, *node.outputs) if v):
                     self._affected.append(node)
-        for key in self._slots:
+        self._axes: dict[int, list[tuple[int, list[tuple[int, int]]]]] = {}
+        for key, hosted in self._slots.items():
             self._dims[key] = None
+            by_axis: dict[int, list[tuple[int, int]]] = defaultdict(list)
+            for axis, group, block in hosted:
+                by_axis[axis].append((group, block))
+            self._axes[key] = sorted(by_axis.items())
         for node in self._affected:
             for value in (*node.inputs, *node.outputs):
                 if value is not None and id(value) in self._slots:
@@ -68,24 +75,43 @@ class CostModel:
                           base.flops - unchanged.flops)
 
     def cost(self, removed_units: np.ndarray) -> Cost:
-        """Cost if group ``i`` lost ``removed_units[i]`` units (counts, not which ones)."""
-        slots, dims = self._slots, self._dims
+        """Cost if group ``i`` lost ``removed_units[i]`` units (counts, not which ones).
 
-        def dims_of(value: ir.Value | None) -> list[int] | None:
+        A negative count adds units (``precrop<preconfig=true>`` grows groups).
+        """
+
+        def resize(extent: int, slots: Sequence[tuple[int, int]]) -> int:
+            return extent - sum(int(removed_units[group]) * block for group, block in slots)
+
+        total = self.evaluate(resize)
+        return Cost(int(total.params), int(total.macs), int(total.flops))
+
+    def evaluate(self, resize: Callable[[int, Sequence[tuple[int, int]]], Any]) -> Cost:
+        """The cost with every member axis of extent ``E`` resized to ``resize(E, slots)``.
+
+        ``slots`` lists the ``(group index, block)`` pairs the axis hosts. :meth:`cost`
+        resizes with integers; :mod:`~spa_opt.passes.pruning.posynomial` resizes with
+        polynomials in each group's kept fraction, which the formulas of
+        :mod:`spa_opt.ir.cost` multiply and add like integers, so the cost comes out as
+        a polynomial, exactly (the fields of the result are then polynomials too).
+        """
+        slots, dims, axes = self._slots, self._dims, self._axes
+
+        def dims_of(value: ir.Value | None) -> list[Any] | None:
             if value is None or id(value) not in slots:
                 return value_dims(value)
             found = dims[id(value)]
             if found is None:
                 return None
-            new = list(found)
-            for axis, group, block in slots[id(value)]:
+            new: list[Any] = list(found)
+            for axis, hosted in axes[id(value)]:
                 if axis < len(new):
-                    new[axis] -= int(removed_units[group]) * block
+                    new[axis] = resize(new[axis], hosted)
             return new
 
         total = Cost(self._rest.params, self._rest.macs, self._rest.flops)
         for node in self._affected:
             total += node_cost(node, dims_of)
         for value in self._weights:
-            total.params += int(np.prod(dims_of(value)))
+            total.params += math.prod(dims_of(value))
         return total

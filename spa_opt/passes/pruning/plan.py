@@ -21,7 +21,7 @@ from spa_opt.passes.context import PipelineContext
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.patches import problem
-from spa_opt.passes.pruning.select import candidate, ignored_by, select
+from spa_opt.passes.pruning.select import Candidate, candidate, ignored_by, select
 
 
 @dataclasses.dataclass
@@ -43,6 +43,41 @@ def names_of(graph: ir.Graph) -> dict[int, set[str]]:
     return names
 
 
+def eligible(model: ir.Model, groups: list[Group], context: PipelineContext,
+             scores: dict[str, np.ndarray] | None, unscored: dict[str, str] | None = None
+             ) -> tuple[list[Candidate], list[dict[str, str]]]:
+    """The candidates (eligible groups with their removal order) and the skipped groups.
+
+    Args:
+        model: The model the groups describe.
+        groups: Its groups.
+        context: Targets and ``dead``.
+        scores: Per group unit scores; None when no target needs them (the order is
+            then dead units first, then group order).
+        unscored: Why the criterion left some groups without a score, for the report.
+    """
+    targets = context.targets
+    dead = context.analyses.get("dead")
+    names = names_of(model.graph)
+    unscored = unscored or {}
+    skipped: list[dict[str, str]] = []
+    candidates = []
+    for group in groups:
+        if not group.prunable:
+            continue
+        why = ignored_by(group, targets.ignore, names)
+        if not why and scores is not None and group.id not in scores:
+            why = unscored.get(group.id, "the criterion gave it no score")
+        why = why or next(filter(None, map(problem, group.patches)), "")
+        if why:
+            skipped.append({"group": group.id, "why": why})
+            continue
+        found = candidate(group, scores.get(group.id) if scores is not None else None,
+                          None if dead is None else dead.get(group.id), targets)
+        if found.order.size:
+            candidates.append(found)
+    return candidates, skipped
+
 
 def plan_selection(model: ir.Model, groups: list[Group], context: PipelineContext,
                    unscored: dict[str, str] | None = None) -> Plan:
@@ -56,7 +91,6 @@ def plan_selection(model: ir.Model, groups: list[Group], context: PipelineContex
         unscored: Why the criterion left some groups without a score, for the report.
     """
     targets = context.targets
-    dead = context.analyses.get("dead")
     wanted = any(t is not None for t in
                  (targets.ratio, targets.target_flops, targets.target_params))
     scores = context.analyses.get("scores")
@@ -64,24 +98,8 @@ def plan_selection(model: ir.Model, groups: list[Group], context: PipelineContex
         from spa_opt.passes.criteria import score_groups
 
         scores = score_groups(model, context)
-    names = names_of(model.graph)
-    unscored = unscored or {}
-    skipped: list[dict[str, str]] = []
-    candidates = []
-    for group in groups:
-        if not group.prunable:
-            continue
-        why = ignored_by(group, targets.ignore, names)
-        if not why and wanted and group.id not in scores:
-            why = unscored.get(group.id, "the criterion gave it no score")
-        why = why or next(filter(None, map(problem, group.patches)), "")
-        if why:
-            skipped.append({"group": group.id, "why": why})
-            continue
-        found = candidate(group, scores.get(group.id) if wanted else None,
-                          None if dead is None else dead.get(group.id), targets)
-        if found.order.size:
-            candidates.append(found)
+    candidates, skipped = eligible(model, groups, context, scores if wanted else None,
+                                   unscored)
     counts, outcome = select(candidates, targets,
                              lambda: CostModel(model, [c.group for c in candidates]))
     selection = {c.group.id: np.sort(c.order[:k])

@@ -1,0 +1,351 @@
+"""synthesize: calibration inputs made from the model alone, by optimising the inputs (analysis).
+
+Rules:
+
+- the result is the context's ``calibration`` (:class:`spa_opt.calibration.Calibration`,
+  source ``"synthesized:<method> (<samples> samples, <steps> steps)"``, ``labels`` the
+  class each sample was optimised for), which ``obspa<hessian=data>`` and the
+  data-driven criteria read as they read ``--calib``, and ``--save-calib`` writes;
+- float inputs only: a model with an integer (token id) input is refused with a one-line
+  error (give ``--calib``, or use obspa's ``hessian=noise``); bool inputs are all True
+  and rank-0 float inputs keep their initial value; symbolic dims other than the batch
+  take their sizes from ``--input-dim`` as for noise inputs (:mod:`spa_opt.noise`);
+- the inputs start as pink noise with per-channel ``mean`` and ``std`` (the input's
+  normalisation, when known: 0 and 1 for a model that takes normalised inputs), then
+  ``steps`` steps of Adam (``lr``, cosine decay) run on each chunk of ``batch`` samples,
+  through the graph in torch (:mod:`spa_opt.autodiff`, model in eval mode), minimising:
+
+  - ``method=bn`` (DeepInversion): over every BatchNormalization node whose running
+    statistics are constants, ``||mean_b - running_mean||₂ + ||var_b - running_var||₂``
+    of its input's batch statistics (per channel), the first node's term ``first-bn``
+    times; plus ``ce`` times the cross-entropy of the targets;
+  - ``method=inversion`` (class-conditional inversion): the cross-entropy of the targets
+    on the ``(N, classes)`` output (the input of a final Softmax when there is one);
+  - both: the image prior, ``tv`` times the mean squared difference of neighbouring
+    pixels and ``l2`` times the mean square of the inputs (relative to ``std``), and
+    ``input-stats`` times the squared distance of each channel's batch mean and std from
+    ``mean`` and ``std``; images are shifted at random by up to ``jitter`` pixels
+    (circularly) at every step;
+  - ``method=auto``: ``bn`` when the graph has BatchNormalization nodes, else ``inversion``;
+- the targets are spread evenly over the classes (sample ``i`` gets class ``i mod C``);
+- everything is seeded by the run's seed (``--seed``), so a seed reproduces the inputs
+  on the same machine and thread count (``jobs``).
+
+The report's ``synthesize`` has the method, samples, steps, the final loss terms and the
+seconds. Needs the ``autodiff`` extra (PyTorch); without it the pass fails with a
+one-line error naming the extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.errors import InputError
+from spa_opt.passes.base import SpaPass, option
+from spa_opt.passes.context import PipelineContext
+from spa_opt.passes.registry import register
+
+if TYPE_CHECKING:
+    import torch
+
+    from spa_opt.autodiff.graph import TorchGraph
+    from spa_opt.calibration import Calibration
+
+_SOFTMAX = ("Softmax", "LogSoftmax")
+
+
+@dataclasses.dataclass
+class SynthesizeOptions:
+    """Options of ``synthesize``."""
+
+    method: Literal["auto", "bn", "inversion"] = option(
+        "auto", "bn: match BatchNorm running statistics; inversion: class-conditional "
+        "inversion of the outputs; auto: bn when the graph has BatchNormalization nodes")
+    samples: int = option(128, "inputs to synthesize")
+    steps: int = option(200, "optimisation steps per batch")
+    batch: int = option(128, "samples optimised together (BatchNorm statistics are per batch)")
+    lr: float = option(0.1, "Adam learning rate on the inputs (cosine decay to 0)")
+    ce: float = option(1.0, "weight of the cross-entropy of the target classes")
+    first_bn: float = option(1.0, "weight of the first BatchNorm's statistics (bn method)")
+    tv: float = option(0.5, "weight of total variation: mean squared neighbour difference")
+    l2: float = option(0.01, "weight of the mean square of the inputs (relative to std)")
+    input_stats: float = option(
+        1.0, "weight of matching each channel's batch mean and std to mean and std")
+    jitter: int = option(2, "largest random shift of images per step, in pixels")
+    mean: float = option(0.0, "per-channel mean of the inputs (their normalisation)")
+    std: float = option(1.0, "per-channel standard deviation of the inputs")
+    jobs: int = option(0, "torch threads (0: torch's default)")
+
+
+@register
+class SynthesizePass(SpaPass):
+    """Synthesize calibration inputs from the model alone: BN statistics or inversion (analysis)."""
+
+    name = "synthesize"
+    Options = SynthesizeOptions
+    preserves_analyses = True
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Optimise inputs; store them as the context's calibration; report."""
+        o = self.options
+        if o.samples < 1 or o.steps < 0 or o.batch < 1 or o.jitter < 0 or o.jobs < 0:
+            raise InputError("synthesize: samples and batch must be >= 1; steps, jitter and "
+                             "jobs >= 0")
+        if o.lr <= 0 or o.std <= 0 or min(o.ce, o.first_bn, o.tv, o.l2, o.input_stats) < 0:
+            raise InputError("synthesize: lr and std must be positive, weights >= 0")
+        from spa_opt import autodiff
+
+        autodiff.require("synthesize")
+        started = time.perf_counter()
+        calibration, facts = synthesize(model, context, o)
+        facts["seconds"] = time.perf_counter() - started
+        context.calibration = calibration
+        context.report["synthesize"] = facts
+        self.count("samples", calibration.samples)
+        self.count("seconds", facts["seconds"])
+        for term, value in facts["loss"].items():
+            self.count(f"loss[{term}]", value)
+        return ir.passes.PassResult(model, False)
+
+
+def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOptions
+               ) -> tuple[Calibration, dict[str, Any]]:
+    """Synthesized calibration inputs for ``model`` and the report's facts about them.
+
+    Raises:
+        InputError: integer inputs, no BatchNormalization for ``method=bn``, no
+            ``(N, classes)`` output for ``method=inversion``, or an operator the autodiff
+            backend cannot run.
+    """
+    import torch
+
+    from spa_opt.autodiff.graph import TorchGraph
+    from spa_opt.calibration import Calibration, _inputs
+    from spa_opt.noise import noise_calibration
+
+    o = options
+    if ints := [i.name for i in _inputs(model) if i.kind == "int"]:
+        raise InputError(f"synthesize: input(s) {', '.join(ints)} take integer ids, and only "
+                         "float inputs can be synthesized: give --calib, or use "
+                         "obspa<hessian=noise>")
+    method = o.method
+    if method == "auto":
+        method = "bn" if _bn_nodes(model) else "inversion"
+    if method == "bn" and not _bn_nodes(model):
+        raise InputError("synthesize<method=bn>: the graph has no BatchNormalization node with "
+                         "constant running statistics (exporters fold them): use "
+                         "method=inversion")
+    seed = context.targets.seed
+    start = noise_calibration(model, o.samples, kind="pink", mean=(o.mean,), std=(o.std,),
+                              seed=seed, dims=context.input_dims, exponent=(1.0, 3.0))
+    threads = torch.get_num_threads()
+    if o.jobs:
+        torch.set_num_threads(o.jobs)
+    try:
+        graph = TorchGraph(model).eval()
+        for parameter in graph.parameters():
+            parameter.requires_grad_(False)
+        logits_name, classes = _logits(model, graph, start.feeds)
+        if method == "inversion" and logits_name is None:
+            raise InputError("synthesize<method=inversion> needs a (batch, classes) output: "
+                             "use obspa<hessian=noise>")
+        objective = _Objective(graph, model, method, o, logits_name, classes)
+        generator = torch.Generator().manual_seed(seed)
+        feeds, terms = _optimise(objective, start.feeds, o, generator, context)
+    finally:
+        torch.set_num_threads(threads)
+    samples = start.samples
+    labels = np.arange(samples, dtype=np.int64) % classes if classes else None
+    source = f"synthesized:{method} ({samples} samples, {o.steps} steps)"
+    facts = {"method": method, "samples": samples, "steps": o.steps, "batch": o.batch,
+             "source": source, "loss": terms}
+    return Calibration(feeds, source, labels=labels), facts
+
+
+def _bn_nodes(model: ir.Model) -> list[ir.Node]:
+    """BatchNormalization nodes whose running mean and variance are constants."""
+    return [n for n in model.graph if n.op_type == "BatchNormalization" and len(n.inputs) >= 5
+            and all(v is not None and v.const_value is not None for v in n.inputs[3:5])
+            and n.inputs[0] is not None and n.inputs[0].name]
+
+
+def _logits(model: ir.Model, graph: TorchGraph, feeds: dict[str, np.ndarray]
+            ) -> tuple[str | None, int]:
+    """The first ``(N, classes)`` output (before a final Softmax) and its class count."""
+    import torch
+
+    probe = {k: (a[:2] if a.ndim else a) for k, a in feeds.items()}
+    names = []
+    for value in model.graph.outputs:
+        producer = value.producer()
+        if producer is not None and producer.op_type in _SOFTMAX and producer.inputs[0]:
+            names.append(producer.inputs[0].name)
+        else:
+            names.append(value.name)
+    with torch.no_grad():
+        found = graph.run(probe, capture=names)
+    for name in names:
+        tensor = found[name]
+        if tensor.is_floating_point() and tensor.ndim == 2 and tensor.shape[1] > 1 \
+                and tensor.shape[0] == min(2, next(iter(probe.values())).shape[0]):
+            return name, int(tensor.shape[1])
+    return None, 0
+
+
+class _Objective:
+    """The loss of one chunk of inputs, with its terms."""
+
+    def __init__(self, graph: TorchGraph, model: ir.Model, method: str,
+                 options: SynthesizeOptions, logits: str | None, classes: int) -> None:
+        self.graph, self.method, self.o = graph, method, options
+        self.logits, self.classes = logits, classes
+        self.bn: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        if method == "bn":
+            for node in _bn_nodes(model):
+                mean = graph.initializer(node.inputs[3].name).detach()
+                var = graph.initializer(node.inputs[4].name).detach()
+                self.bn.append((node.inputs[0].name, mean, var))
+        self.capture = [name for name, _, _ in self.bn] + ([logits] if logits else [])
+
+    def __call__(self, feeds: dict[str, torch.Tensor], floats: list[str],
+                 targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch
+
+        o = self.o
+        found = self.graph.run(feeds, capture=self.capture)
+        terms: dict[str, torch.Tensor] = {}
+        if self.bn:
+            total = torch.zeros(())
+            for index, (name, mean, var) in enumerate(self.bn):
+                x = found[name]
+                axes = [a for a in range(x.ndim) if a != 1]
+                batch_var, batch_mean = torch.var_mean(x, dim=axes, unbiased=False)
+                term = torch.linalg.vector_norm(batch_mean - mean) + \
+                    torch.linalg.vector_norm(batch_var - var)
+                total = total + term * (o.first_bn if index == 0 else 1.0)
+            terms["bn"] = total
+        if self.logits is not None and o.ce:
+            logits = found[self.logits]
+            terms["ce"] = o.ce * torch.nn.functional.cross_entropy(logits, targets)
+        tv = l2 = stats = torch.zeros(())
+        for name in floats:
+            x = feeds[name]
+            tv = tv + _tv(x)
+            l2 = l2 + x.pow(2).mean() / o.std ** 2
+            stats = stats + _stats(x, o.mean, o.std)
+        terms.update(tv=o.tv * tv, l2=o.l2 * l2, input_stats=o.input_stats * stats)
+        loss = sum(terms.values(), torch.zeros(()))
+        return loss, {k: float(v) for k, v in terms.items()}
+
+
+def _spatial(x: torch.Tensor) -> tuple[int, ...]:
+    """The image axes of a rank-4 input (NCHW or NHWC), else none."""
+    from spa_opt.calibration import _layout
+
+    layout = _layout(tuple(x.shape))
+    return () if layout is None else (2, 3) if layout == "NCHW" else (1, 2)
+
+
+def _channel_axis(x: torch.Tensor) -> int | None:
+    spatial = _spatial(x)
+    return None if not spatial else 1 if spatial == (2, 3) else 3
+
+
+def _tv(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    total = torch.zeros(())
+    for axis in _spatial(x):
+        if x.shape[axis] > 1:
+            total = total + torch.diff(x, dim=axis).pow(2).mean()
+    return total
+
+
+def _stats(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Squared distance of per-channel batch mean and std from ``mean`` and ``std``."""
+    import torch
+
+    channel = _channel_axis(x)
+    axes = [a for a in range(x.ndim) if a != channel]
+    var, avg = torch.var_mean(x, dim=axes, unbiased=False)
+    return ((avg - mean).pow(2).mean() + (var.clamp_min(1e-12).sqrt() - std).pow(2).mean()) \
+        / std ** 2
+
+
+def _jitter(x: torch.Tensor, jitter: int, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    spatial = _spatial(x)
+    if not jitter or not spatial:
+        return x
+    shifts = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=shifts, dims=spatial)
+
+
+def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: SynthesizeOptions,
+              generator: torch.Generator, context: PipelineContext
+              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Optimise the float inputs chunk by chunk; the results and the final mean loss terms."""
+    import torch
+
+    samples = next((a.shape[0] for a in start.values() if a.ndim), 1)
+    floats = [k for k, a in start.items() if a.ndim and a.dtype.kind == "f"]
+    out = {k: a.copy() for k, a in start.items()}
+    step = _batch_size(objective.graph, start, o.batch)
+    chunks = [(s, min(s + step, samples)) for s in range(0, samples, step)]
+    bar = _bar(context, o.steps * len(chunks))
+    sums: dict[str, float] = {}
+    try:
+        for begin, end in chunks:
+            fixed = {k: torch.from_numpy(np.ascontiguousarray(a[begin:end] if a.ndim else a))
+                     for k, a in start.items() if k not in floats}
+            params = {k: torch.tensor(start[k][begin:end], dtype=torch.float32,
+                                      requires_grad=True) for k in floats}
+            targets = torch.arange(begin, end) % max(objective.classes, 1)
+            adam = torch.optim.Adam(list(params.values()), lr=o.lr)
+            terms: dict[str, float] = {}
+            for index in range(o.steps):
+                for group in adam.param_groups:
+                    group["lr"] = o.lr * 0.5 * (1 + math.cos(math.pi * index / o.steps))
+                adam.zero_grad(set_to_none=True)
+                feeds = {**fixed, **{k: _jitter(v, o.jitter, generator)
+                                     for k, v in params.items()}}
+                loss, terms = objective(feeds, floats, targets)
+                loss.backward()
+                adam.step()
+                if bar is not None:
+                    bar.update()
+            if not o.steps:
+                with torch.no_grad():
+                    _, terms = objective({**fixed, **params}, floats, targets)
+            for term, value in terms.items():
+                sums[term] = sums.get(term, 0.0) + value * (end - begin) / samples
+            for k, v in params.items():
+                out[k][begin:end] = v.detach().numpy().astype(out[k].dtype)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out, sums
+
+
+def _batch_size(graph: TorchGraph, start: dict[str, np.ndarray], batch: int) -> int:
+    """``batch``, unless an input fixes its batch dim (then that size)."""
+    del graph, start
+    return batch
+
+
+def _bar(context: PipelineContext, total: int) -> Any:
+    if not context.show_progress:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="synthesize", unit="step", file=sys.stderr, leave=False,
+                delay=2.0)
