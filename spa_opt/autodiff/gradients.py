@@ -59,8 +59,12 @@ def supervised_loss(graph: TorchGraph, feeds: dict[str, np.ndarray],
             raise InputError(f"{target.shape[0]} labels for a batch of {logits.shape[0]}")
         if int(target.min()) < 0 or int(target.max()) >= logits.shape[1]:
             raise InputError(f"labels must lie in [0, {logits.shape[1]}) for this model")
-        target = target.reshape(target.shape[0], *([1] * (logits.ndim - 2))).expand(
-            logits.shape[0], *logits.shape[2:])
+        if target.ndim == 1:  # one label per sample, for every position of dense logits
+            target = target.reshape(target.shape[0], *([1] * (logits.ndim - 2))).expand(
+                logits.shape[0], *logits.shape[2:])
+        elif tuple(target.shape[1:]) != tuple(logits.shape[2:]):
+            raise InputError(f"labels of shape {tuple(target.shape)} do not fit logits "
+                             f"{tuple(logits.shape)}")
     return F.cross_entropy(logits, target)
 
 
