@@ -239,7 +239,25 @@ def train(name: str, data: Data) -> tuple[nn.Module, float]:
     """
     recipe = MODELS[name]
     torch.manual_seed(recipe.seed)
-    model = recipe.build()
+    return fit(recipe.build(), recipe, data, name)
+
+
+def fit(model: nn.Module, recipe: Recipe, data: Data, name: str) -> tuple[nn.Module, float]:
+    """Train ``model`` with ``recipe``'s schedule (``recipe.build`` is not called).
+
+    Any module mapping normalised images to logits works, e.g. a pruned ONNX graph as a
+    torch module: the benchmark bench/any_time.py trains its pruned models with this loop.
+
+    Args:
+        model: The module to train, in place.
+        recipe: Epochs, learning rate, weight decay, warm-up and the seed of the batch
+            order and augmentation.
+        data: The digits.
+        name: Shown in the progress lines.
+
+    Returns:
+        ``(eval-mode model, seconds spent training)``.
+    """
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
