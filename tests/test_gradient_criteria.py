@@ -157,7 +157,7 @@ def test_synflow_prunes_iteratively_without_collapsing_a_layer(resnet):
 def test_cli_prunes_with_a_gradient_criterion_and_labelled_npz(capsys, tmp_path):
     test = np.load(DIGITS / "test.npz")
     np.savez(tmp_path / "calib.npz", image=test["image"][:32], label=test["label"][:32])
-    code, out, err = run_cli_in(capsys, tmp_path, [
+    code, _, err = run_cli_in(capsys, tmp_path, [
         "-p", "couple,group,taylor<samples=32>,prune", "--target-flops", "0.5",
         "--calib", "calib.npz", "--report", "r.json", str(DIGITS / "resnet.onnx"), "out.onnx"])
     assert code == 0, err

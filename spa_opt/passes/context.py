@@ -16,7 +16,8 @@ Slots filled by later passes (one name each, documented where they are produced)
 ``couplings`` (couple), ``groups`` (group), ``scores`` (criteria), ``dead`` (dead),
 ``selection`` (obspa; ``prune`` plans its own when absent), ``plan`` (obspa: the skipped
 groups and target outcome behind ``selection``), ``reconstructed`` (obspa: new data for
-weights, keyed by their ``ir.Value``, written by ``prune`` before slicing).
+weights, keyed by their ``ir.Value``, written by ``prune`` before slicing), ``growth``
+(precrop with PreConfig: units to add per group, applied by ``prune``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ Formulation:
                 both constraints); with only --ratio r, the eligible channels:
                 sum_g block_g units_g k_g <= (1 - r) sum_g block_g units_g
     bounds      log max(min-keep, least kept_g / units_g) <= x_g <= 0, or
-                <= log(max-growth) with ``preconfig=true`` for groups that can grow
+                <= log(max-growth) with ``preconfig=true`` for groups that can grow;
+                a group no layer reads (a_g = 0) says nothing to the proxy and stays
+                whole (x_g = 0)
 
 ``log(C(x) - c_0)`` is a log-sum-exp of affine functions of ``x``, so the feasible set
 is convex and the objective linear: a convex program. SLSQP solves it with analytic
@@ -229,15 +231,17 @@ class PrecropPass(SpaPass):
         polynomials = cost_polynomials(cost_model.evaluate, units.tolist())
         constraints = [Constraint(
             Posynomial.linear(units * costs.channels) if metric == "channels"
-            else getattr(polynomials, metric).posynomial(len(variables)), float(budget))
+            else polynomials[metric].posynomial(len(variables)), float(budget))
             for metric, budget in zip(costs.metrics, costs.budgets, strict=True)]
         weights, n_layers = layer_weights(variables)
 
         excluded = {g.id: why for g in variables if (why := growth_problem(g))} \
             if o.preconfig else {}
         grows = np.array([o.preconfig and g.id not in excluded for g in variables], bool)
-        least = np.array([max(o.min_keep, (g.units - c.order.size) / g.units)
-                          for g, c in zip(variables, candidates, strict=True)])
+        blind = weights <= 0  # no weighted layer reads them: the proxy cannot size them
+        grows &= ~blind
+        least = np.array([1.0 if silent else max(o.min_keep, (g.units - c.order.size) / g.units)
+                          for g, c, silent in zip(variables, candidates, blind, strict=True)])
         lower = np.log(least)
         upper = np.where(grows, math.log(o.max_growth), 0.0)
         tick = time.perf_counter()
@@ -245,10 +249,11 @@ class PrecropPass(SpaPass):
         self.count("solver-seconds", time.perf_counter() - tick)
         self.count("solver-iterations", solution.iterations)
 
-        allowed = [allowed_counts(c, targets.round_to, o.min_keep,
+        allowed = [np.array([c.group.units]) if silent else
+                   allowed_counts(c, targets.round_to, o.min_keep,
                                   math.floor(o.max_growth * c.group.units + 1e-9)
                                   if grow else c.group.units)
-                   for c, grow in zip(candidates, grows, strict=True)]
+                   for c, grow, silent in zip(candidates, grows, blind, strict=True)]
         kept = integer_counts(np.exp(solution.x), allowed, weights, costs, costs.budgets,
                               units) if variables else units
         selection = {c.group.id: np.sort(c.order[:c.group.units - n])
@@ -296,10 +301,11 @@ class PrecropPass(SpaPass):
                 costs.metrics, costs.before, costs.budgets, reached, continuous, strict=True):
             met = bool(now <= budget)
             met_all &= met
-            outcome[metric] = {"keep": budget / before if before else 1.0,
+            outcome[metric] = {"keep": float(budget / before) if before else 1.0,
                                "before": int(before), "expected": int(now),
-                               "achieved": now / before if before else 1.0, "reached": met,
-                               "continuous": relaxed / before if before else 1.0}
+                               "achieved": float(now / before) if before else 1.0,
+                               "reached": met,
+                               "continuous": float(relaxed / before) if before else 1.0}
         outcome["reached"] = met_all
         if not met_all:
             outcome["why_not"] = (

@@ -15,9 +15,11 @@ Rules:
 - removal slices weights lazily, rewrites every patched count, sets the new declared
   shapes, then removes dead nodes and unused initializers (:mod:`.pruning.apply`);
 - groups in the context's ``growth`` (``precrop<preconfig=true>``: group id to units
-  added) grow first: new units at the end of every member, initialised like the
-  existing ones (:mod:`.pruning.growth`); the report's ``prune`` then lists them as
-  ``grown`` and ``channels`` counts them as ``added``;
+  added) grow in the same edit: new units at the end of every member, initialised like
+  the existing ones, depthwise group counts and shape entries rewritten
+  (:mod:`.pruning.growth`; a grown group owns its axes, so no removal touches them); the
+  report's ``prune`` then lists them as ``grown`` and ``channels`` counts them as
+  ``added``;
 - the result is checked (full onnx checker, strict shape inference, channel counts):
   a failure raises before anything is written, never an invalid model;
 - the report gains ``prune`` (per group removed units, skipped groups, target outcome,
@@ -41,7 +43,7 @@ from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.dce import DeadCodeEliminationPass
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
-from spa_opt.passes.pruning.growth import apply_growth
+from spa_opt.passes.pruning.growth import apply_growth, set_grown_shapes
 from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
 from spa_opt.passes.registry import register
@@ -116,11 +118,15 @@ class PrunePass(SpaPass):
                 patches = [p for g in groups if g.id in selection for p in g.patches]
                 for key, value in apply_removal(model.graph, removal, patches).items():
                     self.count(key, value)
-        growth = context.analyses.get("growth") or {}
-        grown = apply_growth(groups, growth, context.targets.seed) if growth else []
+            growth = context.analyses.get("growth") or {}
+            grown: list[dict[str, Any]] = []
+            if growth:
+                grown, patched = apply_growth(model.graph, groups, growth, context.targets.seed)
+                self.count("nodes-patched", patched)
         for row in grown:
             self.count("channels-added", row["channels_added"])
         if removal or grown:
+            set_grown_shapes(groups, growth)
             set_new_shapes(removal)
             nodes = sum(1 for _ in model.graph.all_nodes())
             DeadCodeEliminationPass()(model)

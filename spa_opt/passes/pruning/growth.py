@@ -11,9 +11,11 @@ id to units added) next to its selection; ``prune`` applies both. A group can gr
   and pinned channel counts never change);
 - every weight member is an initializer or a ``Constant`` (a ``ConstantOfShape`` weight
   would need its shape patched);
-- the only patches are depthwise ``group`` counts (``group`` equal to the channels), which
-  follow the new channel count; any other patch (a Reshape's shape entry, Split sizes,
-  Slice bounds, Gather indices, GroupNormalization's group count) excludes the group.
+- the only patches are depthwise ``group`` counts (``group`` equal to the channels),
+  which follow the new channel count, and ``shape-entry`` patches (Reshape, Expand,
+  ConstantOfShape, Resize sizes), rewritten by removal's own handler
+  (:mod:`.patches`) from the new axis lengths; any other patch (Split sizes, Slice
+  bounds, Gather indices, GroupNormalization's group count) excludes the group.
 
 A grown group's units never overlap the axes a removal touches (the group owns its
 axes), so growth and removal are independent edits of the same graph.
@@ -34,6 +36,7 @@ network, so the values only need to look like the layer's own.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -41,10 +44,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.ir.tensors import constant_tensor, set_constant
+from spa_opt.ir.tensors import NameAllocator, constant_tensor, set_constant
 from spa_opt.passes.coupling.groups import Group, Member
+from spa_opt.passes.pruning.patches import apply_patches
 
-GROWABLE_PATCHES = ("group",)
+GROWABLE_PATCHES = ("group", "shape-entry")
 
 
 def growth_problem(group: Group) -> str | None:
@@ -61,6 +65,8 @@ def growth_problem(group: Group) -> str | None:
     for patch in group.patches:
         if patch.kind not in GROWABLE_PATCHES:
             return f"a {patch.kind} patch at node `{patch.node}` would need rewriting"
+        if patch.kind != "group":
+            continue
         node = patch.owner
         weight = constant_tensor(node.inputs[1]) if node is not None and len(
             node.inputs) > 1 else None
@@ -93,47 +99,92 @@ def _rng(seed: int, member: Member) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(member.name.encode()), member.axis])
 
 
-def _grow_member(member: Member, added: int, seed: int) -> str | None:
-    """Append ``added`` units to one member; the weight's initialisation, if a weight."""
-    positions = added * member.index_map.block
-    value = member.value
-    if member.kind == "weight":
-        tensor = constant_tensor(value)
-        assert tensor is not None
-        array = np.asarray(tensor.numpy())
-        slices, how = new_slices(array, member.axis, positions, _rng(seed, member))
-        set_constant(value, np.concatenate([array, slices], axis=member.axis))
-        return how
-    if value.shape is not None:
-        dims = list(value.shape.dims)
-        if member.axis < len(dims) and isinstance(dims[member.axis], int):
-            dims[member.axis] += positions
-            value.shape = ir.Shape(dims)
-    return None
+def _grow_weight(member: Member, added: int, seed: int) -> str:
+    """Append ``added`` units to a weight member; how the new slices were made."""
+    tensor = constant_tensor(member.value)
+    assert tensor is not None
+    array = np.asarray(tensor.numpy())
+    slices, how = new_slices(array, member.axis, added * member.index_map.block,
+                             _rng(seed, member))
+    set_constant(member.value, np.concatenate([array, slices], axis=member.axis))
+    return how
 
 
-def apply_growth(groups: Iterable[Group], growth: Mapping[str, int], seed: int
-                 ) -> list[dict[str, Any]]:
-    """Add ``growth[g.id]`` units to every member of each group; one report row per group.
+def set_grown_shapes(groups: Iterable[Group], growth: Mapping[str, int]) -> None:
+    """Give the declared shapes of grown activations their new lengths.
 
-    Run it outside :func:`~spa_opt.ir.shapes.temporary_shapes` (which would restore the
-    declared shapes it sets).
+    Values without a declared shape stay without one; run it after
+    :func:`~spa_opt.ir.shapes.temporary_shapes` has restored the model's own shapes.
+    """
+    for group in groups:
+        added = int(growth.get(group.id, 0))
+        for member in group.members:
+            value = member.value
+            if added <= 0 or member.kind == "weight" or value.shape is None:
+                continue
+            dims = list(value.shape.dims)
+            if member.axis < len(dims) and isinstance(dims[member.axis], int):
+                dims[member.axis] += added * member.index_map.block
+                value.shape = ir.Shape(dims)
+
+
+@dataclasses.dataclass
+class AxisResize:
+    """One member axis before and after growth (what shape-entry patches read)."""
+
+    extent: int
+    new_extent: int
+
+
+class Resize:
+    """New lengths of grown axes, read by the shape-entry patch handler like a removal."""
+
+    def __init__(self) -> None:
+        self.axes: dict[tuple[int, int], AxisResize] = {}
+
+    def get(self, value: ir.Value | None, axis: int) -> AxisResize | None:
+        """The resize of one axis, None when it does not grow."""
+        return None if value is None else self.axes.get((id(value), axis))
+
+
+def apply_growth(graph: ir.Graph, groups: Iterable[Group], growth: Mapping[str, int],
+                 seed: int) -> tuple[list[dict[str, Any]], int]:
+    """Grow every weight member and patch of each group.
+
+    Run it with shapes inferred (a shape computed at run time is patched by its length),
+    then :func:`set_grown_shapes` once the model's own shapes are back.
+
+    Returns:
+        One report row per grown group, and the number of nodes patched.
     """
     rows = []
+    resize = Resize()
+    shape_patches = []
+    patched: set[int] = set()
     for group in groups:
         added = int(growth.get(group.id, 0))
         if added <= 0:
             continue
         initialised: dict[str, str] = {}
         for member in group.members:
-            how = _grow_member(member, added, seed)
-            if how is not None:
-                initialised[f"{member.name}:{member.axis}"] = how
+            extent = member.index_map.extent
+            resize.axes[(id(member.value), member.axis)] = AxisResize(
+                extent, extent + added * member.index_map.block)
+            if member.kind == "weight":
+                initialised[f"{member.name}:{member.axis}"] = _grow_weight(member, added, seed)
         for patch in group.patches:
             node = patch.owner
             assert node is not None and patch.kind in GROWABLE_PATCHES
+            if patch.kind == "shape-entry":
+                shape_patches.append(patch)
+                continue
             count = node.attributes.get_int("group", 1) + added * group.block
             node.attributes["group"] = ir.AttrInt64("group", count)
+            patched.add(id(node))
         rows.append({"group": group.id, "units": group.units, "units_added": added,
                      "channels_added": added * group.block, "init": initialised})
-    return rows
+    count = len(patched)
+    if shape_patches:
+        count += apply_patches(shape_patches, resize,  # type: ignore[arg-type]
+                               NameAllocator(graph))
+    return rows, count

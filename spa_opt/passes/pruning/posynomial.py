@@ -50,6 +50,7 @@ class Polynomial:
 
     @staticmethod
     def _of(other: Any) -> Polynomial:
+        """``other`` as a polynomial (a number becomes a constant)."""
         return other if isinstance(other, Polynomial) else Polynomial({(): other})
 
     def __add__(self, other: Any) -> Polynomial:
@@ -281,8 +282,8 @@ def kkt_residual(weights: np.ndarray, constraints: Sequence[Constraint], lower: 
 
 
 def cost_polynomials(evaluate: Callable[[Callable[[int, Sequence[tuple[int, int]]], Any]], Any],
-                     units: Sequence[int]) -> Any:
-    """A cost model's :class:`~spa_opt.ir.cost.Cost` with polynomial fields in ``k``.
+                     units: Sequence[int]) -> dict[str, Polynomial]:
+    """A cost model's ``params``, ``macs`` and ``flops`` as polynomials in ``k``.
 
     Args:
         evaluate: :meth:`~spa_opt.passes.pruning.costmodel.CostModel.evaluate`.
@@ -297,4 +298,6 @@ def cost_polynomials(evaluate: Callable[[Callable[[int, Sequence[tuple[int, int]
             total = total + Polynomial.variable(group, block * units[group])
         return total
 
-    return evaluate(resize)
+    cost = evaluate(resize)
+    return {metric: Polynomial._of(getattr(cost, metric))
+            for metric in ("params", "macs", "flops")}
