@@ -84,7 +84,7 @@ if importlib.util.find_spec("spa_opt") is None:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from common import format_table, machine  # noqa: E402
+from common import format_table, machine, revision  # noqa: E402
 
 DIGITS = ROOT / "golden_models" / "digits"
 SCRIPTS = ROOT / "golden_models" / "scripts"
@@ -644,19 +644,6 @@ def goals(results: dict[str, dict[tuple[str, str, float], dict[str, Any]]],
     return lines
 
 
-def revision() -> str:
-    """The git commit measured, and whether the working tree differs from it."""
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "not a git checkout"
-    dirty = git("status", "--porcelain", "--", "spa_opt", "bench", "golden_models")
-    return commit + (" + uncommitted changes" if dirty else " (clean)")
-
-
 def report(jobs: list[Job], args: argparse.Namespace, wall: float) -> None:
     """Print the tables, goals, machine line and times from the results file."""
     records = load_results(Path(args.results))
@@ -680,7 +667,8 @@ def report(jobs: list[Job], args: argparse.Namespace, wall: float) -> None:
                               f" x{args.epochs_scale:g} epochs") + " (test accuracy %)",
     }
     print(machine())
-    print(f"spa-opt: {revision()}; scope {args.scope}; epochs scale {args.epochs_scale:g}; "
+    measured = revision(ROOT, "spa_opt", "bench", "golden_models")
+    print(f"spa-opt: {measured}; scope {args.scope}; epochs scale {args.epochs_scale:g}; "
           f"results {args.results}")
     for setting in ("no-fine-tune", "fine-tune", "before-training"):
         if setting in args.settings:

@@ -6,7 +6,9 @@ import importlib.util
 import os
 import platform
 import re
+import subprocess
 from collections.abc import Container, Sequence
+from pathlib import Path
 
 
 def format_table(lines: Sequence[Sequence[str]], left: Container[int]) -> str:
@@ -51,3 +53,16 @@ def generalize(text: str, numbers: bool = False) -> str:
     """A pin reason with backticked names (and numbers) replaced, to count alike ones."""
     text = re.sub(r"`[^`]*`", "<name>", text)
     return re.sub(r"\b\d+\b", "<n>", text) if numbers else text
+
+
+def revision(root: Path, *paths: str) -> str:
+    """The git commit measured, and whether ``paths`` in the working tree differ from it."""
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    dirty = git("status", "--porcelain", "--", *paths)
+    return commit + (" + uncommitted changes" if dirty else " (clean)")

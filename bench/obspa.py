@@ -81,7 +81,7 @@ if importlib.util.find_spec("spa_opt") is None:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import format_table, machine  # noqa: E402
+from common import format_table, machine, revision  # noqa: E402
 
 PIPELINE = "couple,group,{obspa},prune"
 TARGET_FLOPS = 0.5
@@ -509,19 +509,6 @@ def details(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def revision() -> str:
-    """The git commit measured, and whether ``spa_opt/`` differs from it."""
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "not a git checkout"
-    dirty = git("status", "--porcelain", "--", "spa_opt")
-    return commit + (" + uncommitted changes in spa_opt/" if dirty else " (spa_opt/ clean)")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments; as the parent, run one child per model and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -548,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = ["python", "bench/obspa.py", *(argv if argv is not None else sys.argv[1:])]
     print(f"Reproduce (from the repo root): {shlex.join(shown)}")
     print(machine())
-    print(f"spa-opt: {revision()}")
+    print("spa-opt: " + revision(ROOT, "spa_opt"))
     from threadpoolctl import threadpool_info
 
     blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
