@@ -73,20 +73,33 @@ def _weights(graph: TorchGraph) -> tuple[list[str], list[torch.Tensor]]:
     return list(names), list(tensors)
 
 
+def _batch_size(feeds: dict[str, np.ndarray]) -> int:
+    return next((a.shape[0] for a in feeds.values() if a.ndim), 1)
+
+
+def _sample_mean(weights: list[torch.Tensor], per_batch: Iterator[tuple[int, tuple]]
+                 ) -> list[torch.Tensor]:
+    """Per-weight means over samples of per-batch results ``(count, tensors)``."""
+    total = [torch.zeros_like(w) for w in weights]
+    samples = 0
+    for count, tensors in per_batch:
+        for acc, t in zip(total, tensors, strict=True):
+            if t is not None:
+                acc.add_(t.detach(), alpha=count)
+        samples += count
+    return [t / max(samples, 1) for t in total]
+
+
 def gradient(graph: TorchGraph, data: list[Batch]) -> dict[str, torch.Tensor]:
     """The gradient of the mean supervised loss over ``data``, by initializer name."""
     names, weights = _weights(graph)
-    total = [torch.zeros_like(w) for w in weights]
-    samples = 0
-    for feeds, labels in data:
-        count = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
-        loss = supervised_loss(graph, feeds, labels)
-        grads = torch.autograd.grad(loss, weights, allow_unused=True)
-        for acc, g in zip(total, grads, strict=True):
-            if g is not None:
-                acc.add_(g.detach(), alpha=count)
-        samples += count
-    return {n: t / max(samples, 1) for n, t in zip(names, total, strict=True)}
+
+    def per_batch() -> Iterator[tuple[int, tuple]]:
+        for feeds, labels in data:
+            loss = supervised_loss(graph, feeds, labels)
+            yield _batch_size(feeds), torch.autograd.grad(loss, weights, allow_unused=True)
+
+    return dict(zip(names, _sample_mean(weights, per_batch()), strict=True))
 
 
 def per_batch_products(graph: TorchGraph, data: list[Batch]) -> list[dict[str, torch.Tensor]]:
@@ -105,19 +118,14 @@ def hessian_gradient(graph: TorchGraph, data: list[Batch]) -> dict[str, torch.Te
     """``H g`` with ``g`` the full-data gradient and ``H`` the Hessian of the mean loss."""
     g = gradient(graph, data)
     names, weights = _weights(graph)
-    total = [torch.zeros_like(w) for w in weights]
-    samples = 0
-    for feeds, labels in data:
-        count = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
-        loss = supervised_loss(graph, feeds, labels)
-        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-        dot = sum((gi * g[n]).sum() for n, gi in zip(names, grads, strict=True)
-                  if gi is not None)
-        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
-            continue
-        hg = torch.autograd.grad(dot, weights, allow_unused=True)
-        for acc, h in zip(total, hg, strict=True):
-            if h is not None:
-                acc.add_(h.detach(), alpha=count)
-        samples += count
-    return {n: t / max(samples, 1) for n, t in zip(names, total, strict=True)}
+
+    def per_batch() -> Iterator[tuple[int, tuple]]:
+        for feeds, labels in data:
+            loss = supervised_loss(graph, feeds, labels)
+            grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+            dot = sum((gi * g[n]).sum() for n, gi in zip(names, grads, strict=True)
+                      if gi is not None)
+            if isinstance(dot, torch.Tensor) and dot.requires_grad:
+                yield _batch_size(feeds), torch.autograd.grad(dot, weights, allow_unused=True)
+
+    return dict(zip(names, _sample_mean(weights, per_batch()), strict=True))
