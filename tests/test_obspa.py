@@ -30,8 +30,8 @@ from tests.test_prune_golden import BIG, MODELS, signature, source
 DIGITS = GOLDEN / "digits"
 TEST = np.load(DIGITS / "test.npz")
 CALIB = DIGITS / "calib.npz"
-FAST = "samples=4;positions=64"
-LIGHT_OPTIONS = "samples=2;positions=32;max-columns=1200"
+FAST = "hessian=noise;samples=4;positions=64"
+LIGHT_OPTIONS = "hessian=noise;samples=2;positions=32;max-columns=1200"
 """Zoo graphs at 224x224 with up to 25088-wide layers: a light setting keeps them quick."""
 
 
@@ -189,3 +189,21 @@ def test_greedy_and_bn_fallback() -> None:
     rows = report.to_dict()["obspa"]["layers"]
     # the dynamo export folded BatchNorm away: every layer falls back, and says so
     assert rows and all(r["source"].startswith("identity") for r in rows)
+
+
+def test_data_free_default_synthesizes_inputs_when_the_extra_is_installed(monkeypatch) -> None:
+    pytest.importorskip("torch")
+    import spa_opt.passes.synthesize as synthesize
+
+    class ShortSynthesis(synthesize.SynthesizePass):  # the wiring, not the optimiser: 3 steps
+        def __init__(self, **options):
+            super().__init__(steps=3, **options)
+
+    monkeypatch.setattr(synthesize, "SynthesizePass", ShortSynthesis)
+    _, report = optimize(GOLDEN / "digits" / "resnet_bn.onnx",
+                         "couple,group,obspa<samples=4;positions=64>,prune", target_flops=0.5)
+    data = report.to_dict()
+    assert data["obspa"]["hessian"]["mode"] == "synth"
+    assert data["obspa"]["hessian"]["source"].startswith("synthesized:bn")
+    assert data["synthesize"]["samples"] == 4
+

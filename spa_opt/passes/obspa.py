@@ -70,11 +70,13 @@ NO_CONSUMER = ("obspa: no consumer layer (Conv with group 1, Gemm, or MatMul wit
 class ObspaOptions:
     """Options of ``obspa``."""
 
-    hessian: Literal["auto", "data", "noise", "bn"] = option(
-        "auto", "source of the layer Hessians: data (--calib), noise, bn, or auto "
-        "(data when --calib is given, else noise)")
-    samples: int = option(128, "noise inputs to draw; with data, the most calibration "
-                               "inputs used (0: all)")
+    hessian: Literal["auto", "data", "synth", "noise", "bn"] = option(
+        "auto", "source of the layer Hessians: data (--calib or an earlier synthesize), "
+        "synth (synthesize inputs now), noise, bn, or auto (data when there are calibration "
+        "inputs, else synth when the autodiff extra is installed and the inputs are float, "
+        "else noise)")
+    samples: int = option(128, "noise or synthesized inputs to make; with data, the most "
+                               "calibration inputs used (0: all)")
     noise: Literal["pink", "white"] = option("pink", "noise spectrum for float inputs")
     exponent: float = option(1.0, "pink noise amplitude falls as 1/f^exponent")
     exponent_max: float = option(
@@ -205,8 +207,13 @@ class ObspaPass(SpaPass):
                   layers: dict[int, _LayerInfo]) -> dict[str, Any]:
         o = self.options
         mode = o.hessian
+        fallback = ""
         if mode == "auto":
-            mode = "data" if context.calibration is not None else "noise"
+            mode = "data" if context.calibration is not None else (
+                "synth" if _can_synthesize(model) else "noise")
+        if mode == "synth" and layers:
+            fallback = _synthesize(model, context, o.hessian == "synth", o.samples)
+            mode = "noise" if fallback else "synth"
         for info in layers.values():
             info.with_bias = o.bias and info.layer.bias is not None
         if not layers:
@@ -221,7 +228,7 @@ class ObspaPass(SpaPass):
                 info.source = "bn" if found is not None else "identity (no BatchNorm source)"
                 dampen(info.hessian, o.damp)
             return {"mode": "bn"}
-        calibration = self._calibration(model, context, mode)
+        calibration = self._calibration(model, context, "data" if mode == "synth" else mode)
         from spa_opt.passes.obs.hessian import key_of
         from spa_opt.passes.obs.propagate import accumulate
 
@@ -243,7 +250,11 @@ class ObspaPass(SpaPass):
                 hessian = identity_hessian(hessian.shape[0])
                 info.source = f"identity ({mode} activations overflow)"
             info.hessian = dampen(hessian, o.damp)
-        return {"mode": mode, "source": calibration.source, "samples": calibration.samples}
+        facts = {"mode": mode, "source": calibration.source, "samples": calibration.samples}
+        if fallback:
+            facts["fallback"] = fallback
+        return facts
+
 
     def _calibration(self, model: ir.Model, context: PipelineContext, mode: str) -> Any:
         o = self.options
@@ -331,3 +342,32 @@ def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:
                 if id(layer.weight) not in seen:
                     seen.add(id(layer.weight))
                     yield layer
+
+
+def _can_synthesize(model: ir.Model) -> bool:
+    """Whether the data-free default can synthesize inputs: the extra, float inputs only."""
+    from spa_opt import autodiff
+
+    inputs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+    return autodiff.available() and bool(inputs) and all(
+        v.dtype is not None and v.dtype.is_floating_point() for v in inputs)
+
+
+def _synthesize(model: ir.Model, context: PipelineContext, explicit: bool, samples: int
+                ) -> str:
+    """Run ``synthesize`` (its defaults, ``samples`` inputs) into the context; why not, or ''.
+
+    Asked for explicitly (``hessian=synth``) a failure is the user's error; as the
+    data-free default it falls back to noise and the report says why.
+    """
+    from spa_opt.passes.synthesize import SynthesizePass
+
+    synthesizer = SynthesizePass(**({"samples": samples} if samples else {}))
+    synthesizer.stats = {}
+    try:
+        synthesizer.run(model, context)
+    except InputError as error:
+        if explicit:
+            raise
+        return f"synthesize failed, noise used: {error}"
+    return ""

@@ -77,9 +77,13 @@ class SynthesizeOptions:
     l2: float = option(0.01, "weight of the mean square of the inputs (relative to std)")
     input_stats: float = option(
         1.0, "weight of matching each channel's batch mean and std to mean and std")
+    init: float = option(1.0, "std of the initial pink noise, as a fraction of std")
     jitter: int = option(2, "largest random shift of images per step, in pixels")
     mean: float = option(0.0, "per-channel mean of the inputs (their normalisation)")
     std: float = option(1.0, "per-channel standard deviation of the inputs")
+    param: Literal["pixel", "fourier"] = option(
+        "fourier", "optimise pixels, or the 2-D spectrum of images scaled by 1/f^decay")
+    decay: float = option(1.0, "spectral decay of the fourier parametrisation")
     jobs: int = option(0, "torch threads (0: torch's default)")
 
 
@@ -144,6 +148,11 @@ def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOpt
     seed = context.targets.seed
     start = noise_calibration(model, o.samples, kind="pink", mean=(o.mean,), std=(o.std,),
                               seed=seed, dims=context.input_dims, exponent=(1.0, 3.0))
+    for array in start.feeds.values():
+        if array.dtype.kind == "f" and array.ndim:
+            array -= np.asarray(o.mean, array.dtype)
+            array *= np.asarray(o.init, array.dtype)
+            array += np.asarray(o.mean, array.dtype)
     threads = torch.get_num_threads()
     if o.jobs:
         torch.set_num_threads(o.jobs)
@@ -241,7 +250,7 @@ class _Objective:
             stats = stats + _stats(x, o.mean, o.std)
         terms.update(tv=o.tv * tv, l2=o.l2 * l2, input_stats=o.input_stats * stats)
         loss = sum(terms.values(), torch.zeros(()))
-        return loss, {k: float(v) for k, v in terms.items()}
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _spatial(x: torch.Tensor) -> tuple[int, ...]:
@@ -305,17 +314,18 @@ def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: Synthesize
         for begin, end in chunks:
             fixed = {k: torch.from_numpy(np.ascontiguousarray(a[begin:end] if a.ndim else a))
                      for k, a in start.items() if k not in floats}
-            params = {k: torch.tensor(start[k][begin:end], dtype=torch.float32,
-                                      requires_grad=True) for k in floats}
+            views = {k: _View(torch.tensor(start[k][begin:end], dtype=torch.float32),
+                              o.param, o.decay) for k in floats}
             targets = torch.arange(begin, end) % max(objective.classes, 1)
-            adam = torch.optim.Adam(list(params.values()), lr=o.lr)
+            adam = torch.optim.Adam([p for v in views.values() for p in v.parameters()],
+                                    lr=o.lr)
             terms: dict[str, float] = {}
             for index in range(o.steps):
                 for group in adam.param_groups:
                     group["lr"] = o.lr * 0.5 * (1 + math.cos(math.pi * index / o.steps))
                 adam.zero_grad(set_to_none=True)
-                feeds = {**fixed, **{k: _jitter(v, o.jitter, generator)
-                                     for k, v in params.items()}}
+                feeds = {**fixed, **{k: _jitter(v.image(), o.jitter, generator)
+                                     for k, v in views.items()}}
                 loss, terms = objective(feeds, floats, targets)
                 loss.backward()
                 adam.step()
@@ -323,15 +333,54 @@ def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: Synthesize
                     bar.update()
             if not o.steps:
                 with torch.no_grad():
-                    _, terms = objective({**fixed, **params}, floats, targets)
+                    _, terms = objective({**fixed, **{k: v.image() for k, v in views.items()}},
+                                         floats, targets)
             for term, value in terms.items():
                 sums[term] = sums.get(term, 0.0) + value * (end - begin) / samples
-            for k, v in params.items():
-                out[k][begin:end] = v.detach().numpy().astype(out[k].dtype)
+            for k, v in views.items():
+                with torch.no_grad():
+                    out[k][begin:end] = v.image().numpy().astype(out[k].dtype)
     finally:
         if bar is not None:
             bar.close()
     return out, sums
+
+
+class _View:
+    """An input as the optimiser sees it: its pixels, or its scaled 2-D spectrum."""
+
+    def __init__(self, x: torch.Tensor, param: str, decay: float) -> None:
+        import torch
+
+        self.axes = _spatial(x)
+        self.shape = x.shape
+        self.scale = None
+        if param == "fourier" and self.axes and x.shape[self.axes[0]] * x.shape[self.axes[1]] > 1:
+            h, w = (x.shape[a] for a in self.axes)
+            fy = torch.fft.fftfreq(h)[:, None]
+            fx = torch.fft.rfftfreq(w)[None, :]
+            low = 1.0 / max(h, w)
+            self.scale = (low / torch.clamp(torch.hypot(fy, fx), min=low)) ** decay
+            if self.axes == (1, 2):
+                self.scale = self.scale[:, :, None]
+            spectrum = torch.fft.rfft2(x, dim=self.axes, norm="ortho") / self.scale
+            self.param = torch.view_as_real(spectrum).clone().requires_grad_(True)
+        else:
+            self.param = x.clone().requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The tensors the optimiser changes."""
+        return self.param if isinstance(self.param, list) else [self.param]
+
+    def image(self) -> torch.Tensor:
+        """The input the parameters stand for."""
+        import torch
+
+        if self.scale is None:
+            return self.param
+        spectrum = torch.view_as_complex(self.param) * self.scale
+        h, w = (self.shape[a] for a in self.axes)
+        return torch.fft.irfft2(spectrum, s=(h, w), dim=self.axes, norm="ortho")
 
 
 def _batch_size(graph: TorchGraph, start: dict[str, np.ndarray], batch: int) -> int:
