@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--calib", metavar="FILE.npz|DIR",
                        help="unlabeled calibration inputs: an .npz/.npy of input arrays keyed "
                             "by input name, or a folder of images")
+    calib.add_argument("--save-calib", metavar="FILE.npz",
+                       help="save the calibration inputs the pipeline used or made (--calib, "
+                            "synthesize, obspa's synthesized default) to FILE.npz")
     calib.add_argument("--calib-limit", type=_positive_int, metavar="N",
                        help="use at most the first N calibration inputs")
     calib.add_argument("--calib-mean", type=_floats, metavar="M[,M...]",
@@ -250,6 +253,29 @@ def prune_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_save_calib(args: argparse.Namespace, pass_names: set[str]) -> None:
+    """Refuse ``--save-calib`` up front when nothing could make calibration inputs."""
+    if not args.save_calib:
+        return
+    if not args.save_calib.lower().endswith(".npz"):
+        raise InputError(f"--save-calib: '{args.save_calib}' must end in .npz")
+    if args.calib is None and not pass_names & {"synthesize", "obspa"}:
+        raise InputError("--save-calib needs calibration inputs: give --calib or put "
+                         "synthesize (or obspa's data-free default) in the pipeline")
+
+
+def _save_calibration(model: Any, path: str) -> None:
+    """Write the context's calibration before any output, so an error leaves no file."""
+    from spa_opt.calibration import save_calibration
+    from spa_opt.passes.context import PipelineContext
+
+    calibration = PipelineContext.of(model).calibration
+    if calibration is None:
+        raise InputError("--save-calib: the pipeline made no calibration inputs (obspa "
+                         "used noise); add synthesize or give --calib")
+    save_calibration(calibration, path)
+
+
 def _calibration_spec(args: argparse.Namespace) -> Any:
     from spa_opt.calibration import CalibrationSpec
 
@@ -285,6 +311,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.print_groups and "group" not in {p.name for p in passes}:
         raise InputError("--print-groups needs the group pass in the pipeline (-p couple,group)")
     source, destination = _check_paths(args)
+    _check_save_calib(args, {p.name for p in passes})
     instruments = _instruments(args)
 
     from spa_opt.api import optimize
@@ -296,6 +323,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
         calibration=_calibration_spec(args), input_dims=dict(args.input_dim),
     )
+    if args.save_calib:
+        _save_calibration(model, args.save_calib)
     _save_outputs(model, destination, args.report, report.to_dict(),
                   True if args.external_data else None, source)
     if args.print_groups:

@@ -185,3 +185,19 @@ def test_cli_without_the_extra_exits_2_naming_it(tmp_path: Path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "spa-opt[autodiff]" in lines[0], result.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_save_calib_keeps_synthesized_inputs(capsys, tmp_path):
+    code, _, err = run_cli_in(capsys, tmp_path, [
+        "-p", "couple,group,synthesize<samples=4;steps=2>,snip<samples=4>,prune",
+        "--target-flops", "0.5", "--save-calib", "syn.npz",
+        str(DIGITS / "resnet_bn.onnx"), "out.onnx"])
+    assert code == 0, err
+    from spa_opt.calibration import load_calibration
+
+    saved = load_calibration(tmp_path / "syn.npz", ir.load(DIGITS / "resnet_bn.onnx"))
+    assert saved.feeds["image"].shape == (4, 1, 32, 32) and saved.labels.shape == (4,)
+    code, _, err = run_cli_in(capsys, tmp_path, [
+        "-p", "couple,group,l1,prune", "--target-flops", "0.5", "--save-calib", "x.npz",
+        str(DIGITS / "resnet.onnx"), "none.onnx"])
+    assert code == 2 and "--save-calib" in err and not (tmp_path / "none.onnx").exists()
