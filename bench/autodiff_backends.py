@@ -25,6 +25,10 @@ hang costs one cell; imports and JAX's compilation cache are not shared):
   ``jaxort_only_allow_initializers_as_static_args`` set to False: shapes computed from the
   inputs (``Shape -> ... -> Reshape/Expand``) are taken from the sample input at conversion
   instead of being refused, so the function is specialized to the input shapes.
+- ``jax-x64``: ``jax-dynshape`` with ``jax_enable_x64``: without it JAX truncates int64
+  to int32, so a ``Slice`` ending at ``INT64_MAX`` (torch's "to the end") ends at -1
+  and drops an element (the RoPE halves of the llama and qwen3 exports). Float
+  initializers and inputs stay float32; float64 constants may promote some ops.
 - ``spa``: spa-opt's own interpreter, ``spa_opt.autodiff.TorchGraph(model)`` (torch eager;
   ``named_initializers()`` gives the parameters by ONNX name). Listed by default when
   ``spa_opt.autodiff`` imports.
@@ -58,10 +62,13 @@ Per model and backend:
    trusted: kinks crossed).
 4. **times**: *convert s* (the conversion call, imports excluded), *1st s* (the first
    forward+backward: the jit compilation for JAX), *f+b ms* (forward + backward w.r.t. all
-   float initializers and float inputs, median of 5 calls after that warm-up), and for
-   scale *ort fwd ms* (onnxruntime's forward alone, median of 5). One thread everywhere
+   float initializers and float inputs, median wall time of ``--repeat`` calls, default
+   5, after that warm-up), *min ms* (the fastest of them) and *cpu ms* (median process
+   CPU time per call: less sensitive to other work on a shared machine), and for scale
+   *ort fwd ms* (onnxruntime's forward alone, median). One thread everywhere
    (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``, XLA single-threaded,
-   onnxruntime ``intra_op_num_threads=1``).
+   onnxruntime ``intra_op_num_threads=1``). The load average is printed at the start and
+   the end of the run.
 5. **keys**: how gradients are found by ONNX initializer name. ``name``: the backend keys
    them by name (``name a/b (rest: BN stats)``: BatchNorm running statistics are buffers,
    not parameters). ``value a/b`` (onnx2torch): the converted module copies weights into
@@ -90,11 +97,13 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -107,7 +116,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import format_table, machine  # noqa: E402
 
-BACKENDS = ("onnx2torch", "onnx2torch-op17", "jax", "jax-dynshape", "spa")
+BACKENDS = ("onnx2torch", "onnx2torch-op17", "jax", "jax-dynshape", "jax-x64", "spa")
 DEFAULT_MODELS = "golden_models/**/*.onnx"
 MAX_BYTES = 200 * 2**20
 RESULT_MARK = "@@bench-autodiff-result "
@@ -132,14 +141,55 @@ THREAD_ENV = {
 # --------------------------------------------------------------------------- helpers
 
 
-def short(error: BaseException, width: int = 110) -> str:
-    """``Class: first line of the message``, cut to ``width`` characters."""
+def short(error: BaseException, width: int = 300) -> str:
+    """``Class: first line of the message (in file.py)``, cut to ``width`` characters.
+
+    ``in file.py``: the innermost frame in a backend's per-op code (onnx2torch's
+    ``node_converters``, jaxonnxruntime's ``onnx_ops``) of the error or of its causes,
+    which names the op at fault.
+    """
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     first = lines[0] if lines else ""
     if "Assertion `false` failed: " in first:  # onnx's C++ asserts: keep the message only
         first = first.split("Assertion `false` failed: ", 1)[1]
     text = f"{type(error).__name__}: {first}"
+    frames, seen = [], error
+    while seen is not None:  # JAX raises in the backward pass: the op is in the cause
+        frames += [f.filename for f in traceback.extract_tb(seen.__traceback__)
+                   if "/onnx_ops/" in f.filename or "/node_converters/" in f.filename]
+        seen = seen.__cause__ or seen.__context__
+    if frames:
+        text += f" (in {Path(frames[-1]).name})"
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+REASONS = (  # (pattern in the error, compact reason): what the tables print
+    (r"operation_type='(\w+)', version=(\d+)", r"no converter for \1-\2"),
+    (r"No Previous Version of (\w+) exists", r"version_converter: \1 has no version < 18"),
+    (r"No Adapter From Version \$(\d+) for (\w+)", r"version_converter: no adapter for \2-\1"),
+    (r'"allowzero=1" is not implemented', "Reshape allowzero=1 not implemented"),
+    (r"^convert: NotImplementedError: (?!Converter)(\w+) is not implemented",
+     r"no handler for \1"),
+    (r"clip\(\) got an unexpected keyword argument 'a_max'",
+     "Clip: jnp.clip(a_max=) gone from jax"),
+    (r"Trilu's `k` is not constant", "Trilu k computed, refused as static arg"),
+    (r"used as `shape` of Reshape", "Reshape shape computed, refused as static arg"),
+    (r"static argument `shape` when `jax.jit` the `Expand`",
+     "Expand shape computed, refused as static arg"),
+    (r"only_allow_initializers_as_static_args = True but", "Cast of a computed value refused"),
+    (r"mul got incompatible shapes", "Slice to INT64_MAX cut short (int32), Mul shapes"),
+    (r"Linearization failed.*\(in (\w+)\.py\)", r"\1 not reverse-differentiable"),
+    (r"native_batch_norm' is not differentiable", "BN running stats not differentiable"),
+)
+
+
+def reason(error: str) -> str:
+    """A compact reason for a table cell, from a recorded error."""
+    for pattern, replacement in REASONS:
+        found = re.search(pattern, error)
+        if found:
+            return error.split(":", 1)[0] + ": " + found.expand(replacement)
+    return error if len(error) <= 80 else error[:77] + "..."
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -155,7 +205,7 @@ def available_backends() -> list[str]:
     if importlib.util.find_spec("onnx2torch") is not None:
         found += ["onnx2torch", "onnx2torch-op17"]
     if importlib.util.find_spec("jaxonnxruntime") is not None:
-        found += ["jax", "jax-dynshape"]
+        found += ["jax", "jax-dynshape", "jax-x64"]
     try:
         importlib.import_module("spa_opt.autodiff")
         found.append("spa")
@@ -652,7 +702,11 @@ class Spa(TorchBackend):
 class Jax(Backend):
     """``jaxonnxruntime.call_onnx.call_onnx_model``; params keyed by initializer name."""
 
-    def __init__(self, static_inputs: bool = False) -> None:
+    def __init__(self, static_inputs: bool = False, x64: bool = False) -> None:
+        import jax
+
+        if x64:
+            jax.config.update("jax_enable_x64", True)
         self.static_inputs = static_inputs
         self.step: Any = None
         importlib.import_module("jaxonnxruntime.call_onnx")  # not in the timed convert
@@ -665,6 +719,7 @@ class Jax(Backend):
 
     def convert(self, model: Any, feeds: dict[str, Any]) -> None:
         """Trace the model on ``feeds``; split params into float (differentiated) and rest."""
+        import jax
         import numpy as np
         from jaxonnxruntime import call_onnx
 
@@ -674,6 +729,7 @@ class Jax(Backend):
         self.floats = {k: v for k, v in params.items()
                        if np.issubdtype(np.asarray(v).dtype, np.floating)}
         self.rest = {k: v for k, v in params.items() if k not in self.floats}
+        self.floats = jax.device_put(self.floats)  # held as jax arrays, as in training
 
     def forward(self, feeds: dict[str, Any]) -> list[Any]:
         """All outputs as numpy arrays (eager)."""
@@ -737,6 +793,8 @@ def make_backend(name: str) -> Backend:
         return Jax()
     if name == "jax-dynshape":
         return Jax(static_inputs=True)
+    if name == "jax-x64":
+        return Jax(static_inputs=True, x64=True)
     if name == "spa":
         return Spa()
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
@@ -746,8 +804,8 @@ def make_backend(name: str) -> Backend:
 
 
 def measure_backend(name: str, model: Any, feeds: dict[str, Any], expected: list[Any],
-                    ref: Reference, weight: Any, checks: dict[str, tuple[Any, float]]
-                    ) -> dict[str, Any]:
+                    ref: Reference, weight: Any, checks: dict[str, dict[str, Any]],
+                    repeat: int = REPEAT) -> dict[str, Any]:
     """Convert, forward, gradient check and time one backend on one model."""
     import numpy as np
 
@@ -795,16 +853,20 @@ def measure_backend(name: str, model: Any, feeds: dict[str, Any], expected: list
     row["input_err"] = None if None in input_errs else max(input_errs, default=None)
     row["grad_err"] = (None if None in errors.values()
                        else max(errors.values(), default=0.0))
-    times = []
-    for _ in range(REPEAT):
+    walls, cpus = [], []
+    for _ in range(repeat):
+        cpu = time.process_time()
         _, seconds = timed(lambda: backend.grads(feeds, weight))
-        times.append(seconds)
-    row["fb_s"] = statistics.median(times)
+        cpus.append(time.process_time() - cpu)
+        walls.append(seconds)
+    row["fb_s"] = statistics.median(walls)
+    row["fb_min_s"] = min(walls)
+    row["fb_cpu_s"] = statistics.median(cpus)
     row["note"] = backend.note
     return row
 
 
-def child(path: Path, backend: str) -> dict[str, Any]:
+def child(path: Path, backend: str, repeat: int) -> dict[str, Any]:
     """One backend on one model (runs in its own subprocess)."""
     import numpy as np
     import onnx
@@ -821,8 +883,8 @@ def child(path: Path, backend: str) -> dict[str, Any]:
         value = ref.weights.get(name, feeds.get(name))
         checks[name] = make_check(ref, feeds, weight, name, value, rng)
     ref.run(feeds)
-    ort_times = [timed(lambda: ref.run(feeds))[1] for _ in range(REPEAT)]
-    row = measure_backend(backend, model, feeds, expected, ref, weight, checks)
+    ort_times = [timed(lambda: ref.run(feeds))[1] for _ in range(repeat)]
+    row = measure_backend(backend, model, feeds, expected, ref, weight, checks, repeat)
     return {"checked": list(checks), "ort_s": statistics.median(ort_times),
             "fd_spread": max((c["fd_spread"] for c in checks.values()), default=0.0),
             "row": row}
@@ -831,10 +893,10 @@ def child(path: Path, backend: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parent
 
 
-def run_child(path: Path, backend: str, timeout: float) -> dict[str, Any]:
+def run_child(path: Path, backend: str, timeout: float, repeat: int) -> dict[str, Any]:
     """One subprocess per model and backend (no imports or jit caches shared)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(path),
-               "--backends", backend]
+               "--backends", backend, "--repeat", str(repeat)]
     env = dict(os.environ, **THREAD_ENV)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -883,16 +945,17 @@ def status(row: dict[str, Any]) -> str:
 def long_table(results: list[dict[str, Any]]) -> str:
     """One line per model and backend."""
     lines = [["model", "backend", "status", "fwd err", "w err", "x err", "keys", "convert s",
-              "1st s", "f+b ms", "ort fwd ms", "error / note"]]
+              "1st s", "f+b ms", "min ms", "cpu ms", "ort fwd ms", "error / note"]]
     for result in results:
         for row in result["rows"]:
             lines.append([
                 model_label(result["model"]), row["backend"], status(row), _e(row.get("fwd_err")),
                 _e(row.get("weight_err")), _e(row.get("input_err")), row.get("keys", "-"),
                 _s(row.get("convert_s")), _s(row.get("first_s")), _ms(row.get("fb_s")),
-                _ms(result.get("ort_s")), row.get("error") or row.get("note") or "",
+                _ms(row.get("fb_min_s")), _ms(row.get("fb_cpu_s")), _ms(result.get("ort_s")),
+                reason(row["error"]) if "error" in row else row.get("note") or "",
             ])
-    return format_table(lines, left={0, 1, 2, 6, 11})
+    return format_table(lines, left={0, 1, 2, 6, 13})
 
 
 def summary(results: list[dict[str, Any]], backends: Sequence[str]) -> str:
@@ -905,7 +968,7 @@ def summary(results: list[dict[str, Any]], backends: Sequence[str]) -> str:
                 if r["backend"] == name and status(r) == "ok"} for name in backends]
     common = set.intersection(*ok_sets) if ok_sets else set()
     lines = [["backend", "models", "convert", "fwd ok", "grad ok", "med convert s",
-              "med 1st s", "med f+b ms"]]
+              "med 1st s", "med f+b ms", "med min ms", "med cpu ms"]]
     for name in backends:
         rows = [r for res in results for r in res["rows"] if r["backend"] == name]
         shared = [r for res in results for r in res["rows"]
@@ -919,6 +982,7 @@ def summary(results: list[dict[str, Any]], backends: Sequence[str]) -> str:
             str(sum(1 for r in rows if r.get("fwd_err", float("inf")) <= 1e-3)),
             str(sum(1 for r in rows if status(r) == "ok")),
             _s(median("convert_s")), _s(median("first_s")), _ms(median("fb_s")),
+            _ms(median("fb_min_s")), _ms(median("fb_cpu_s")),
         ])
     table = format_table(lines, left={0})
     ort = [res["ort_s"] for res in results if res["model"] in common and res.get("ort_s")]
@@ -931,23 +995,30 @@ def summary(results: list[dict[str, Any]], backends: Sequence[str]) -> str:
 
 
 def markdown(results: list[dict[str, Any]], backends: Sequence[str]) -> str:
-    """One row per model, one cell per backend: status, errors and f+b time, or the error."""
-    head = "| model | " + " | ".join(backends) + " |"
-    lines = [head, "|---" * (len(backends) + 1) + "|"]
+    """One row per model, one cell per backend (for docs/autodiff.md).
+
+    A cell is the status with, when the backend ran, the largest gradient error and the
+    median CPU ms of forward+backward; else the compact reason. *fwd err* is the largest
+    forward error over the backends that ran.
+    """
+    lines = ["| model | fwd err | " + " | ".join(backends) + " |",
+             "|---|---:|" + "---|" * len(backends)]
     for result in results:
         rows = {r["backend"]: r for r in result["rows"]}
+        fwd = [r["fwd_err"] for r in rows.values() if "fwd_err" in r]
         cells = []
         for name in backends:
-            row = rows.get(name, {})
-            if "error" in row:
-                cells.append(f"{status(row)}: `{row['error'].replace('|', '/')}`")
-            elif row:
-                cells.append(f"{status(row)}: fwd {_e(row.get('fwd_err'))}, grad "
-                             f"{_e(row.get('grad_err'))}, {1e3 * row['fb_s']:.1f} ms "
-                             f"(convert {row['convert_s']:.2f} s)")
-            else:
+            row = rows.get(name)
+            if row is None:
                 cells.append("")
-        lines.append(f"| {model_label(result['model'])} | " + " | ".join(cells) + " |")
+            elif "error" in row:
+                text = reason(row["error"]).removeprefix("convert: ")
+                cells.append(f"{status(row)}: {text}".replace("|", "/"))
+            else:
+                cells.append(f"{status(row)} {_e(row.get('grad_err'))}, "
+                             f"{_ms(row.get('fb_cpu_s'))} ms")
+        lines.append(f"| {model_label(result['model'])} | {_e(max(fwd, default=None))} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -961,6 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: those importable here)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT,
                         help="seconds per model subprocess")
+    parser.add_argument("--repeat", type=int, default=REPEAT,
+                        help=f"timed forward+backward calls after the warm-up (default {REPEAT})")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the per-model table as Markdown (docs/autodiff.md)")
@@ -982,12 +1055,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault(key, value)
         if len(backends) != 1:
             parser.error("--child takes one backend")
-        result = child(Path(args.child), backends[0])
+        result = child(Path(args.child), backends[0], args.repeat)
         print(RESULT_MARK + json.dumps(result), flush=True)
         return 0
     shown = ["python", "bench/autodiff_backends.py", *(argv if argv is not None else sys.argv[1:])]
     header = [f"Reproduce (from the repo root): {shlex.join(shown)}", machine(),
-              f"backends: {', '.join(backends)}; {versions()}"]
+              f"backends: {', '.join(backends)}; {versions()}",
+              f"load average at start: {load()}"]
     paths, skipped = [], []
     for name in sorted(glob.glob(str(ROOT / args.models), recursive=True)):
         path = Path(name)
@@ -1001,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {"model": str(path.relative_to(ROOT)), "rows": []}
         for backend in backends:
             print(f"    {backend}", file=sys.stderr, flush=True)
-            done = run_child(path, backend, args.timeout)
+            done = run_child(path, backend, args.timeout, args.repeat)
             result["rows"].append(done["row"])
             for key in ("checked", "fd_spread", "ort_s"):
                 result.setdefault(key, done.get(key))
@@ -1009,8 +1083,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # after every model, so a long run can be looked at midway
             Path(args.json).write_text(json.dumps(
                 {"header": header, "backends": backends, "results": results}, indent=1))
+    header.append(f"load average at end: {load()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"header": header, "backends": backends, "results": results}, indent=1))
+    print(header[-1])
     report(results, backends, args.markdown)
     return 0
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews the times)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def report(results: list[dict[str, Any]], backends: Sequence[str], markdown_too: bool) -> None:

@@ -22,8 +22,15 @@ INSTALL_HINT = "pip install 'spa-opt[autodiff]'"
 
 
 def available() -> bool:
-    """Whether the extra is installed (PyTorch importable)."""
-    return importlib.util.find_spec("torch") is not None
+    """Whether the extra is installed (PyTorch importable).
+
+    False as well when ``sys.modules["torch"]`` is None (an import blocked on purpose,
+    as tests simulate a missing extra) or holds a module without a spec.
+    """
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def require(who: str) -> None:

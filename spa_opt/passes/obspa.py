@@ -366,8 +366,8 @@ def _synthesize(model: ir.Model, context: PipelineContext, explicit: bool, sampl
     synthesizer.stats = {}
     try:
         synthesizer.run(model, context)
-    except InputError as error:
+    except Exception as error:  # the data-free default must not fail where noise works
         if explicit:
             raise
-        return f"synthesize failed, noise used: {error}"
+        return f"synthesize failed, noise used: {type(error).__name__}: {error}"
     return ""

@@ -4,36 +4,46 @@ Rules:
 
 - the result is the context's ``calibration`` (:class:`spa_opt.calibration.Calibration`,
   source ``"synthesized:<method> (<samples> samples, <steps> steps)"``, ``labels`` the
-  class each sample was optimised for), which ``obspa<hessian=data>`` and the
-  data-driven criteria read as they read ``--calib``, and ``--save-calib`` writes;
+  class each sample was optimised for), which ``obspa`` (``hessian=data``, and its
+  data-free default) and the data-driven criteria read as they read ``--calib``, and
+  ``--save-calib`` writes;
 - float inputs only: a model with an integer (token id) input is refused with a one-line
-  error (give ``--calib``, or use obspa's ``hessian=noise``); bool inputs are all True
-  and rank-0 float inputs keep their initial value; symbolic dims other than the batch
-  take their sizes from ``--input-dim`` as for noise inputs (:mod:`spa_opt.noise`);
-- the inputs start as pink noise with per-channel ``mean`` and ``std`` (the input's
-  normalisation, when known: 0 and 1 for a model that takes normalised inputs), then
-  ``steps`` steps of Adam (``lr``, cosine decay) run on each chunk of ``batch`` samples,
-  through the graph in torch (:mod:`spa_opt.autodiff`, model in eval mode), minimising:
+  error (give ``--calib``, or use obspa's ``hessian=noise``); bool inputs are all True and
+  rank-0 float inputs keep their initial value; symbolic dims other than the batch take
+  their sizes from ``--input-dim`` as for noise inputs (:mod:`spa_opt.noise`); a fixed
+  batch dim ``k`` makes chunks of ``k`` samples (a remainder is dropped);
+- the inputs start as pink noise (:func:`spa_opt.noise.noise_calibration`, spectral
+  exponent drawn from [1, 3]) with per-channel ``mean`` and ``std``, the statistics of the
+  model's (normalised) inputs, then ``steps`` steps of Adam (``lr`` with cosine decay) run
+  on each chunk of ``batch`` samples through the graph in torch
+  (:mod:`spa_opt.autodiff`, eval mode), minimising:
 
   - ``method=bn`` (DeepInversion): over every BatchNormalization node whose running
     statistics are constants, ``||mean_b - running_mean||₂ + ||var_b - running_var||₂``
-    of its input's batch statistics (per channel), the first node's term ``first-bn``
-    times; plus ``ce`` times the cross-entropy of the targets;
-  - ``method=inversion`` (class-conditional inversion): the cross-entropy of the targets
-    on the ``(N, classes)`` output (the input of a final Softmax when there is one);
+    of its input's per-channel batch statistics (the first node's term ``first-bn``
+    times), plus ``ce`` times the cross-entropy of the targets when there are classes;
+  - ``method=inversion`` (class-conditional inversion): ``ce`` times the cross-entropy
+    of the targets on the ``(N, classes)`` output (the input of a final Softmax when
+    there is one);
   - both: the image prior, ``tv`` times the mean squared difference of neighbouring
-    pixels and ``l2`` times the mean square of the inputs (relative to ``std``), and
-    ``input-stats`` times the squared distance of each channel's batch mean and std from
-    ``mean`` and ``std``; images are shifted at random by up to ``jitter`` pixels
-    (circularly) at every step;
-  - ``method=auto``: ``bn`` when the graph has BatchNormalization nodes, else ``inversion``;
-- the targets are spread evenly over the classes (sample ``i`` gets class ``i mod C``);
+    pixels (summed over the two image axes) and ``l2`` times the mean square of the
+    inputs over ``std²``; and ``input-stats`` times the squared distance of each
+    channel's batch mean and std from ``mean`` and ``std`` (over ``std²``);
+  - images (rank 4, NCHW or NHWC as for image folders) are rolled by a random shift of
+    up to ``jitter`` pixels at every step; with ``resolution = r > 1`` they are
+    optimised at ``1/r`` of their size and upsampled bilinearly (a smoothness prior);
+    the inputs saturate at [``low``, ``high``] (clipped in the forward pass, no gradient
+    beyond: the range of the normalised inputs when known, ``(0 - m) / s`` and
+    ``(1 - m) / s`` for images in [0, 1] normalised by ``m`` and ``s``);
+  - ``method=auto``: ``bn`` when the graph has such BatchNormalization nodes, else
+    ``inversion``;
+- the targets are spread evenly over the classes: sample ``i`` gets class ``i mod C``;
 - everything is seeded by the run's seed (``--seed``), so a seed reproduces the inputs
-  on the same machine and thread count (``jobs``).
+  on the same machine and torch thread count (``jobs``).
 
-The report's ``synthesize`` has the method, samples, steps, the final loss terms and the
-seconds. Needs the ``autodiff`` extra (PyTorch); without it the pass fails with a
-one-line error naming the extra.
+The report's ``synthesize`` has the method, samples, steps, the final loss terms, the
+fraction of samples the model assigns to their target class, and the seconds. Needs the
+``autodiff`` extra (PyTorch); without it the pass fails with a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -68,22 +78,21 @@ class SynthesizeOptions:
         "auto", "bn: match BatchNorm running statistics; inversion: class-conditional "
         "inversion of the outputs; auto: bn when the graph has BatchNormalization nodes")
     samples: int = option(128, "inputs to synthesize")
-    steps: int = option(200, "optimisation steps per batch")
+    steps: int = option(100, "optimisation steps per batch")
     batch: int = option(128, "samples optimised together (BatchNorm statistics are per batch)")
-    lr: float = option(0.1, "Adam learning rate on the inputs (cosine decay to 0)")
+    lr: float = option(0.05, "Adam learning rate on the inputs (cosine decay to 0)")
     ce: float = option(1.0, "weight of the cross-entropy of the target classes")
     first_bn: float = option(1.0, "weight of the first BatchNorm's statistics (bn method)")
-    tv: float = option(0.5, "weight of total variation: mean squared neighbour difference")
-    l2: float = option(0.01, "weight of the mean square of the inputs (relative to std)")
+    tv: float = option(20.0, "weight of total variation: mean squared neighbour difference")
+    l2: float = option(0.01, "weight of the mean square of the inputs (over std^2)")
     input_stats: float = option(
         1.0, "weight of matching each channel's batch mean and std to mean and std")
-    init: float = option(1.0, "std of the initial pink noise, as a fraction of std")
     jitter: int = option(2, "largest random shift of images per step, in pixels")
-    mean: float = option(0.0, "per-channel mean of the inputs (their normalisation)")
-    std: float = option(1.0, "per-channel standard deviation of the inputs")
-    param: Literal["pixel", "fourier"] = option(
-        "fourier", "optimise pixels, or the 2-D spectrum of images scaled by 1/f^decay")
-    decay: float = option(1.0, "spectral decay of the fourier parametrisation")
+    resolution: int = option(1, "optimise images at 1/resolution of their size, upsampled")
+    mean: float = option(0.0, "per-channel mean of the (normalised) inputs")
+    std: float = option(1.0, "per-channel standard deviation of the (normalised) inputs")
+    low: float = option(float("-inf"), "smallest input value (inputs are clipped)")
+    high: float = option(float("inf"), "largest input value (inputs are clipped)")
     jobs: int = option(0, "torch threads (0: torch's default)")
 
 
@@ -98,11 +107,12 @@ class SynthesizePass(SpaPass):
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Optimise inputs; store them as the context's calibration; report."""
         o = self.options
-        if o.samples < 1 or o.steps < 0 or o.batch < 1 or o.jitter < 0 or o.jobs < 0:
-            raise InputError("synthesize: samples and batch must be >= 1; steps, jitter and "
-                             "jobs >= 0")
-        if o.lr <= 0 or o.std <= 0 or min(o.ce, o.first_bn, o.tv, o.l2, o.input_stats) < 0:
-            raise InputError("synthesize: lr and std must be positive, weights >= 0")
+        if min(o.samples, o.batch, o.resolution) < 1 or min(o.steps, o.jitter, o.jobs) < 0:
+            raise InputError("synthesize: samples, batch and resolution must be >= 1; steps, "
+                             "jitter and jobs >= 0")
+        if o.lr <= 0 or o.std <= 0 or min(o.ce, o.first_bn, o.tv, o.l2, o.input_stats) < 0 \
+                or not o.low < o.high or not math.isfinite(o.mean):
+            raise InputError("synthesize: lr and std must be positive, weights >= 0, low < high")
         from spa_opt import autodiff
 
         autodiff.require("synthesize")
@@ -124,8 +134,8 @@ def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOpt
 
     Raises:
         InputError: integer inputs, no BatchNormalization for ``method=bn``, no
-            ``(N, classes)`` output for ``method=inversion``, or an operator the autodiff
-            backend cannot run.
+            ``(N, classes)`` output for ``method=inversion``, too few samples for a fixed
+            batch, or an operator the autodiff backend cannot run.
     """
     import torch
 
@@ -134,7 +144,8 @@ def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOpt
     from spa_opt.noise import noise_calibration
 
     o = options
-    if ints := [i.name for i in _inputs(model) if i.kind == "int"]:
+    inputs = _inputs(model)
+    if ints := [i.name for i in inputs if i.kind == "int"]:
         raise InputError(f"synthesize: input(s) {', '.join(ints)} take integer ids, and only "
                          "float inputs can be synthesized: give --calib, or use "
                          "obspa<hessian=noise>")
@@ -145,14 +156,15 @@ def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOpt
         raise InputError("synthesize<method=bn>: the graph has no BatchNormalization node with "
                          "constant running statistics (exporters fold them): use "
                          "method=inversion")
+    fixed = {i.declared[0] for i in inputs if i.declared and isinstance(i.declared[0], int)}
+    chunk = min(fixed) if fixed else o.batch
+    samples = o.samples - o.samples % chunk if fixed else o.samples
+    if samples < 1:
+        raise InputError(f"synthesize: the model takes batches of exactly {chunk}; ask for at "
+                         f"least that many samples")
     seed = context.targets.seed
-    start = noise_calibration(model, o.samples, kind="pink", mean=(o.mean,), std=(o.std,),
+    start = noise_calibration(model, samples, kind="pink", mean=(o.mean,), std=(o.std,),
                               seed=seed, dims=context.input_dims, exponent=(1.0, 3.0))
-    for array in start.feeds.values():
-        if array.dtype.kind == "f" and array.ndim:
-            array -= np.asarray(o.mean, array.dtype)
-            array *= np.asarray(o.init, array.dtype)
-            array += np.asarray(o.mean, array.dtype)
     threads = torch.get_num_threads()
     if o.jobs:
         torch.set_num_threads(o.jobs)
@@ -160,20 +172,20 @@ def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOpt
         graph = TorchGraph(model).eval()
         for parameter in graph.parameters():
             parameter.requires_grad_(False)
-        logits_name, classes = _logits(model, graph, start.feeds)
-        if method == "inversion" and logits_name is None:
+        logits, classes = _logits(model, graph, start.feeds, chunk if fixed else 2)
+        if method == "inversion" and logits is None:
             raise InputError("synthesize<method=inversion> needs a (batch, classes) output: "
                              "use obspa<hessian=noise>")
-        objective = _Objective(graph, model, method, o, logits_name, classes)
+        objective = _Objective(graph, model, method, o, logits, classes)
         generator = torch.Generator().manual_seed(seed)
-        feeds, terms = _optimise(objective, start.feeds, o, generator, context)
+        feeds, terms, hit = _optimise(objective, start.feeds, o, chunk, generator, context)
     finally:
         torch.set_num_threads(threads)
-    samples = start.samples
     labels = np.arange(samples, dtype=np.int64) % classes if classes else None
     source = f"synthesized:{method} ({samples} samples, {o.steps} steps)"
-    facts = {"method": method, "samples": samples, "steps": o.steps, "batch": o.batch,
-             "source": source, "loss": terms}
+    facts: dict[str, Any] = {"method": method, "samples": samples, "steps": o.steps,
+                             "batch": chunk, "classes": classes, "source": source,
+                             "loss": terms, "target_hit": hit}
     return Calibration(feeds, source, labels=labels), facts
 
 
@@ -184,12 +196,12 @@ def _bn_nodes(model: ir.Model) -> list[ir.Node]:
             and n.inputs[0] is not None and n.inputs[0].name]
 
 
-def _logits(model: ir.Model, graph: TorchGraph, feeds: dict[str, np.ndarray]
+def _logits(model: ir.Model, graph: TorchGraph, feeds: dict[str, np.ndarray], probe: int
             ) -> tuple[str | None, int]:
     """The first ``(N, classes)`` output (before a final Softmax) and its class count."""
     import torch
 
-    probe = {k: (a[:2] if a.ndim else a) for k, a in feeds.items()}
+    batch = {k: (a[:probe] if a.ndim else a) for k, a in feeds.items()}
     names = []
     for value in model.graph.outputs:
         producer = value.producer()
@@ -198,11 +210,12 @@ def _logits(model: ir.Model, graph: TorchGraph, feeds: dict[str, np.ndarray]
         else:
             names.append(value.name)
     with torch.no_grad():
-        found = graph.run(probe, capture=names)
+        found = graph.run(batch, capture=names)
+    rows = next((a.shape[0] for a in batch.values() if a.ndim), None)
     for name in names:
         tensor = found[name]
-        if tensor.is_floating_point() and tensor.ndim == 2 and tensor.shape[1] > 1 \
-                and tensor.shape[0] == min(2, next(iter(probe.values())).shape[0]):
+        if tensor.is_floating_point() and tensor.ndim == 2 and tensor.shape[0] == rows \
+                and tensor.shape[1] > 1:
             return name, int(tensor.shape[1])
     return None, 0
 
@@ -212,7 +225,7 @@ class _Objective:
 
     def __init__(self, graph: TorchGraph, model: ir.Model, method: str,
                  options: SynthesizeOptions, logits: str | None, classes: int) -> None:
-        self.graph, self.method, self.o = graph, method, options
+        self.graph, self.o = graph, options
         self.logits, self.classes = logits, classes
         self.bn: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         if method == "bn":
@@ -223,7 +236,8 @@ class _Objective:
         self.capture = [name for name, _, _ in self.bn] + ([logits] if logits else [])
 
     def __call__(self, feeds: dict[str, torch.Tensor], floats: list[str],
-                 targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                 targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Total loss, its terms, and the outputs' class scores (or an empty tensor)."""
         import torch
 
         o = self.o
@@ -239,9 +253,9 @@ class _Objective:
                     torch.linalg.vector_norm(batch_var - var)
                 total = total + term * (o.first_bn if index == 0 else 1.0)
             terms["bn"] = total
+        scores = found[self.logits] if self.logits is not None else torch.zeros(0)
         if self.logits is not None and o.ce:
-            logits = found[self.logits]
-            terms["ce"] = o.ce * torch.nn.functional.cross_entropy(logits, targets)
+            terms["ce"] = o.ce * torch.nn.functional.cross_entropy(scores, targets)
         tv = l2 = stats = torch.zeros(())
         for name in floats:
             x = feeds[name]
@@ -250,7 +264,7 @@ class _Objective:
             stats = stats + _stats(x, o.mean, o.std)
         terms.update(tv=o.tv * tv, l2=o.l2 * l2, input_stats=o.input_stats * stats)
         loss = sum(terms.values(), torch.zeros(()))
-        return loss, {k: float(v.detach()) for k, v in terms.items()}
+        return loss, {k: float(v.detach()) for k, v in terms.items()}, scores.detach()
 
 
 def _spatial(x: torch.Tensor) -> tuple[int, ...]:
@@ -259,11 +273,6 @@ def _spatial(x: torch.Tensor) -> tuple[int, ...]:
 
     layout = _layout(tuple(x.shape))
     return () if layout is None else (2, 3) if layout == "NCHW" else (1, 2)
-
-
-def _channel_axis(x: torch.Tensor) -> int | None:
-    spatial = _spatial(x)
-    return None if not spatial else 1 if spatial == (2, 3) else 3
 
 
 def _tv(x: torch.Tensor) -> torch.Tensor:
@@ -280,7 +289,8 @@ def _stats(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """Squared distance of per-channel batch mean and std from ``mean`` and ``std``."""
     import torch
 
-    channel = _channel_axis(x)
+    spatial = _spatial(x)
+    channel = None if not spatial else 1 if spatial == (2, 3) else 3
     axes = [a for a in range(x.ndim) if a != channel]
     var, avg = torch.var_mean(x, dim=axes, unbiased=False)
     return ((avg - mean).pow(2).mean() + (var.clamp_min(1e-12).sqrt() - std).pow(2).mean()) \
@@ -297,100 +307,96 @@ def _jitter(x: torch.Tensor, jitter: int, generator: torch.Generator) -> torch.T
     return torch.roll(x, shifts=shifts, dims=spatial)
 
 
+class _Image:
+    """One chunk of an input as the optimiser sees it.
+
+    The parameter holds the values, images at 1/resolution of their size (upsampled
+    bilinearly); values outside [low, high] saturate (clipped, with no gradient), as
+    pixels do at black and white.
+    """
+
+    def __init__(self, x: torch.Tensor, resolution: int, low: float, high: float) -> None:
+        import torch.nn.functional as F
+
+        self.bounds = (low, high) if math.isfinite(low) or math.isfinite(high) else None
+
+        spatial = _spatial(x)
+        self.nhwc = spatial == (1, 2)
+        self.size: tuple[int, int] | None = None
+        if spatial and resolution > 1:
+            nchw = x.permute(0, 3, 1, 2) if self.nhwc else x
+            self.size = (nchw.shape[2], nchw.shape[3])
+            small = (max(1, self.size[0] // resolution), max(1, self.size[1] // resolution))
+            x = F.interpolate(nchw, size=small, mode="area")
+            x = x.permute(0, 2, 3, 1) if self.nhwc else x
+        self.param = x.detach().clone().requires_grad_(True)
+
+    def value(self) -> torch.Tensor:
+        """The input the parameter stands for."""
+        import torch.nn.functional as F
+
+        x = self.param
+        if self.size is not None:
+            nchw = x.permute(0, 3, 1, 2) if self.nhwc else x
+            up = F.interpolate(nchw, size=self.size, mode="bilinear", align_corners=False)
+            x = up.permute(0, 2, 3, 1) if self.nhwc else up
+        return x if self.bounds is None else x.clamp(*self.bounds)
+
+
 def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: SynthesizeOptions,
-              generator: torch.Generator, context: PipelineContext
-              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Optimise the float inputs chunk by chunk; the results and the final mean loss terms."""
+              chunk: int, generator: torch.Generator, context: PipelineContext
+              ) -> tuple[dict[str, np.ndarray], dict[str, float], float | None]:
+    """Optimise the float inputs chunk by chunk.
+
+    Returns:
+        The inputs, the final loss terms (mean over chunks), and the fraction of samples
+        scored highest for their target class (None without classes).
+    """
     import torch
 
     samples = next((a.shape[0] for a in start.values() if a.ndim), 1)
     floats = [k for k, a in start.items() if a.ndim and a.dtype.kind == "f"]
     out = {k: a.copy() for k, a in start.items()}
-    step = _batch_size(objective.graph, start, o.batch)
-    chunks = [(s, min(s + step, samples)) for s in range(0, samples, step)]
+    chunks = [(s, min(s + chunk, samples)) for s in range(0, samples, chunk)]
     bar = _bar(context, o.steps * len(chunks))
     sums: dict[str, float] = {}
+    hits = 0
     try:
         for begin, end in chunks:
             fixed = {k: torch.from_numpy(np.ascontiguousarray(a[begin:end] if a.ndim else a))
                      for k, a in start.items() if k not in floats}
-            views = {k: _View(torch.tensor(start[k][begin:end], dtype=torch.float32),
-                              o.param, o.decay) for k in floats}
+            images = {k: _Image(torch.from_numpy(start[k][begin:end]).float(), o.resolution,
+                                o.low, o.high) for k in floats}
             targets = torch.arange(begin, end) % max(objective.classes, 1)
-            adam = torch.optim.Adam([p for v in views.values() for p in v.parameters()],
-                                    lr=o.lr)
-            terms: dict[str, float] = {}
+            adam = torch.optim.Adam([image.param for image in images.values()], lr=o.lr)
             for index in range(o.steps):
                 for group in adam.param_groups:
                     group["lr"] = o.lr * 0.5 * (1 + math.cos(math.pi * index / o.steps))
                 adam.zero_grad(set_to_none=True)
-                feeds = {**fixed, **{k: _jitter(v.image(), o.jitter, generator)
-                                     for k, v in views.items()}}
-                loss, terms = objective(feeds, floats, targets)
+                feeds = {**fixed, **{k: _jitter(image.value(), o.jitter, generator)
+                                     for k, image in images.items()}}
+                loss, _, _ = objective(feeds, floats, targets)
                 loss.backward()
                 adam.step()
                 if bar is not None:
                     bar.update()
-            if not o.steps:
-                with torch.no_grad():
-                    _, terms = objective({**fixed, **{k: v.image() for k, v in views.items()}},
-                                         floats, targets)
+            with torch.no_grad():
+                final = {k: image.value().detach() for k, image in images.items()}
+                _, terms, scores = objective({**fixed, **final}, floats, targets)
+            if scores.numel():
+                hits += int((scores.argmax(dim=1) == targets).sum())
             for term, value in terms.items():
                 sums[term] = sums.get(term, 0.0) + value * (end - begin) / samples
-            for k, v in views.items():
-                with torch.no_grad():
-                    out[k][begin:end] = v.image().numpy().astype(out[k].dtype)
+            for k, value in final.items():
+                out[k][begin:end] = value.numpy().astype(out[k].dtype)
     finally:
         if bar is not None:
             bar.close()
-    return out, sums
-
-
-class _View:
-    """An input as the optimiser sees it: its pixels, or its scaled 2-D spectrum."""
-
-    def __init__(self, x: torch.Tensor, param: str, decay: float) -> None:
-        import torch
-
-        self.axes = _spatial(x)
-        self.shape = x.shape
-        self.scale = None
-        if param == "fourier" and self.axes and x.shape[self.axes[0]] * x.shape[self.axes[1]] > 1:
-            h, w = (x.shape[a] for a in self.axes)
-            fy = torch.fft.fftfreq(h)[:, None]
-            fx = torch.fft.rfftfreq(w)[None, :]
-            low = 1.0 / max(h, w)
-            self.scale = (low / torch.clamp(torch.hypot(fy, fx), min=low)) ** decay
-            if self.axes == (1, 2):
-                self.scale = self.scale[:, :, None]
-            spectrum = torch.fft.rfft2(x, dim=self.axes, norm="ortho") / self.scale
-            self.param = torch.view_as_real(spectrum).clone().requires_grad_(True)
-        else:
-            self.param = x.clone().requires_grad_(True)
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The tensors the optimiser changes."""
-        return self.param if isinstance(self.param, list) else [self.param]
-
-    def image(self) -> torch.Tensor:
-        """The input the parameters stand for."""
-        import torch
-
-        if self.scale is None:
-            return self.param
-        spectrum = torch.view_as_complex(self.param) * self.scale
-        h, w = (self.shape[a] for a in self.axes)
-        return torch.fft.irfft2(spectrum, s=(h, w), dim=self.axes, norm="ortho")
-
-
-def _batch_size(graph: TorchGraph, start: dict[str, np.ndarray], batch: int) -> int:
-    """``batch``, unless an input fixes its batch dim (then that size)."""
-    del graph, start
-    return batch
+    return out, sums, (hits / samples if objective.classes else None)
 
 
 def _bar(context: PipelineContext, total: int) -> Any:
-    if not context.show_progress:
+    if not context.show_progress or not total:
         return None
     import sys
 
