@@ -165,7 +165,7 @@ def short(error: BaseException, width: int = 300) -> str:
 
 REASONS = (  # (pattern in the error, compact reason): what the tables print
     (r"operation_type='(\w+)', version=(\d+)", r"no converter for \1-\2"),
-    (r"No Previous Version of (\w+) exists", r"version_converter: \1 has no version < 18"),
+    (r"No Previous Version of (\w+) exists", r"version_converter: \1 has no older version"),
     (r"No Adapter From Version \$(\d+) for (\w+)", r"version_converter: no adapter for \2-\1"),
     (r'"allowzero=1" is not implemented', "Reshape allowzero=1 not implemented"),
     (r"^convert: NotImplementedError: (?!Converter)(\w+) is not implemented",
