@@ -256,7 +256,7 @@ def floor_layers(path: Path, obspa: str) -> tuple[list[dict[str, Any]], dict[str
     import spa_opt
     from spa_opt.api import resolve_pipeline
     from spa_opt.ir.shapes import temporary_shapes
-    from spa_opt.passes.context import PipelineContext
+    from spa_opt.passes._infra.context import PipelineContext
     from spa_opt.passes.obs.hessian import key_of
     from spa_opt.passes.obspa import layers_of
 

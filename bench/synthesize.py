@@ -44,7 +44,7 @@ from common import format_table, machine, revision  # noqa: E402
 
 from spa_opt.api import optimize  # noqa: E402
 from spa_opt.ort import session_from_model  # noqa: E402
-from spa_opt.passes.context import PipelineContext  # noqa: E402
+from spa_opt.passes._infra.context import PipelineContext  # noqa: E402
 
 DIGITS = ROOT / "golden_models" / "digits"
 CALIB = DIGITS / "calib.npz"

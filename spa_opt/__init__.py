@@ -9,13 +9,12 @@ grouping, criteria, OBSPA and pruning as they land), save the result::
     spa_opt.save_model(model, "out.onnx")
 """
 
-__version__ = "0.1.0"
-
 from spa_opt import passes  # registers every pass
-from spa_opt.api import optimize
+from spa_opt._version import __version__
+from spa_opt.api import make_session, optimize
 from spa_opt.errors import InputError, SpaOptError, VerificationError
 from spa_opt.ir import count_cost, load_model, save_model
-from spa_opt.ort import make_session, session_from_model
+from spa_opt.ort import session_from_model
 from spa_opt.report import Report
 
 __all__ = [

@@ -26,10 +26,10 @@ from spa_opt.errors import InputError, VerificationError
 from spa_opt.ir.cost import count_cost
 from spa_opt.ir.io import ModelSource, load_model
 from spa_opt.ort import quiet_session_options, session_from_model
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.context import PipelineContext, Targets
-from spa_opt.passes.manager import Instrument, PassManager
-from spa_opt.passes.pipeline import PassSpec, parse_pipeline
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext, Targets
+from spa_opt.passes._infra.manager import Instrument, PassManager
+from spa_opt.passes._infra.pipeline import PassSpec, parse_pipeline
 from spa_opt.report import Report
 from spa_opt.verify import compare, random_inputs, run_all
 
@@ -157,3 +157,28 @@ def _targets_dict(targets: Targets) -> dict:
     values = dataclasses.asdict(targets)
     values["ignore"] = list(values["ignore"])
     return values
+
+
+def make_session(
+    model: Any,
+    pipeline: str,
+    *,
+    sess_options: ort.SessionOptions | None = None,
+    providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+    **targets: Any,
+) -> ort.InferenceSession:
+    """Run a spa-opt pipeline in memory and return an onnxruntime session of the result.
+
+    Args:
+        model: Anything :func:`spa_opt.optimize` accepts (path, bytes, proto, ir.Model).
+        pipeline: Pipeline text, e.g. ``"fold-constants,dce"``.
+        sess_options: onnxruntime session options, passed through.
+        providers: onnxruntime execution providers, passed through.
+        **targets: Pruning targets, as for :func:`spa_opt.optimize`.
+
+    Returns:
+        The session; use :func:`optimize` and :func:`~spa_opt.ort.session_from_model`
+        directly when you also want the report.
+    """
+    optimized, _ = optimize(model, pipeline, **targets)
+    return session_from_model(optimized, sess_options, providers)

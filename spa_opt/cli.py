@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spa_opt.errors import InputError, SpaOptError
+from spa_opt.errors import InputError, SpaOptError, did_you_mean
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -149,14 +149,13 @@ def list_passes() -> str:
 
 def _instruments(args: argparse.Namespace) -> list[Any]:
     from spa_opt.passes import all_passes
-    from spa_opt.passes.instruments import (
+    from spa_opt.passes._infra.instruments import (
         PrintIRAfterInstrument,
         ProgressInstrument,
         StatsInstrument,
         TimingInstrument,
         VerifyEachInstrument,
     )
-    from spa_opt.passes.registry import did_you_mean
 
     for name in args.print_ir_after:
         if name != "all" and name not in all_passes():
@@ -267,7 +266,7 @@ def _check_save_calib(args: argparse.Namespace, pass_names: set[str]) -> None:
 def _save_calibration(model: Any, path: str) -> None:
     """Write the context's calibration before any output, so an error leaves no file."""
     from spa_opt.calibration import save_calibration
-    from spa_opt.passes.context import PipelineContext
+    from spa_opt.passes._infra.context import PipelineContext
 
     calibration = PipelineContext.of(model).calibration
     if calibration is None:
@@ -292,7 +291,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run; returns the exit code instead of exiting."""
     args = build_parser().parse_args(argv)
     if args.version:
-        from spa_opt import __version__
+        from spa_opt._version import __version__
 
         print(f"spa-opt {__version__}")
         return EXIT_OK
@@ -328,7 +327,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     _save_outputs(model, destination, args.report, report.to_dict(),
                   True if args.external_data else None, source)
     if args.print_groups:
-        from spa_opt.passes.group import format_groups
+        from spa_opt.report import format_groups
 
         data = report.to_dict()
         print(format_groups(data.get("groups") or [], data.get("coupling")))

@@ -7,6 +7,9 @@ data path, an unknown pass or option). Everything else is our fault and exits 1.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class SpaOptError(Exception):
     """Base class of every error spa-opt raises on purpose."""
@@ -18,3 +21,13 @@ class InputError(SpaOptError):
 
 class VerificationError(SpaOptError):
     """A pass left the model invalid; the message names the pass."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string.
+
+    Every "unknown name" message (passes, options, flags) ends with this, so a typo
+    costs one look at the message.
+    """
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

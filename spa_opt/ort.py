@@ -80,30 +80,3 @@ def session_from_model(
     )
     session._spa_opt_keepalive = (arrays, ort_values)  # type: ignore[attr-defined]
     return session
-
-
-def make_session(
-    model: Any,
-    pipeline: str,
-    *,
-    sess_options: ort.SessionOptions | None = None,
-    providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
-    **targets: Any,
-) -> ort.InferenceSession:
-    """Run a spa-opt pipeline in memory and return an onnxruntime session of the result.
-
-    Args:
-        model: Anything :func:`spa_opt.optimize` accepts (path, bytes, proto, ir.Model).
-        pipeline: Pipeline text, e.g. ``"fold-constants,dce"``.
-        sess_options: onnxruntime session options, passed through.
-        providers: onnxruntime execution providers, passed through.
-        **targets: Pruning targets, as for :func:`spa_opt.optimize`.
-
-    Returns:
-        The session; use :func:`spa_opt.optimize` and :func:`session_from_model`
-        directly when you also want the report.
-    """
-    from spa_opt.api import optimize
-
-    optimized, _ = optimize(model, pipeline, **targets)
-    return session_from_model(optimized, sess_options, providers)

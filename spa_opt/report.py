@@ -35,7 +35,7 @@ import dataclasses
 from typing import Any
 
 from spa_opt.ir.cost import Cost
-from spa_opt.passes.manager import PassRecord
+from spa_opt.passes._infra.manager import PassRecord
 from spa_opt.verify import VerifyResult
 
 
@@ -53,7 +53,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dictionary."""
-        from spa_opt import __version__
+        from spa_opt._version import __version__
 
         def pair(field: str) -> dict[str, int]:
             return {"before": getattr(self.cost_before, field),
@@ -73,3 +73,32 @@ class Report:
             "verify": self.verify.to_dict() if self.verify else None,
             **{k: v for k, v in self.extra.items() if k not in ("coupling", "groups", "channels")},
         }
+
+
+def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
+    """The ``--print-groups`` table, from the report's ``groups`` entries."""
+    header = ("group", "units x block", "channels", "status", "first weight", "members", "why")
+    rows = []
+    for g in groups:
+        if not g["prunable"]:
+            status = "pinned"
+        elif g["pinned_units"]:
+            status = f"{g['pinned_units']} pinned"
+        else:
+            status = "prunable"
+        why = "; ".join(g["why_not"] or g["reasons"])
+        rows.append((g["id"], f"{g['units']} x {g['block']}", str(g["channels"]), status,
+                     g["primary"], str(len(g["members"])), why))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    if summary:
+        cov = summary["coverage"]
+        lines.append(
+            f"{summary['groups']} groups, {summary['prunable']} prunable; "
+            f"{cov['prunable']} of {cov['channels']} produced channels prunable "
+            f"({cov['share']:.0%})"
+        )
+    return "\n".join(lines)

@@ -16,7 +16,8 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir import set_constant
-from spa_opt.passes import SpaPass, all_passes, register, registry
+from spa_opt.passes import SpaPass, all_passes, register
+from spa_opt.passes._infra import registry
 
 
 def _first_conv_weight(model: ir.Model) -> ir.Value:

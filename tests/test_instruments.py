@@ -26,7 +26,7 @@ from spa_opt.passes import (
     SpaPass,
     TopoSortPass,
 )
-from spa_opt.passes.instruments import (
+from spa_opt.passes._infra.instruments import (
     PrintIRAfterInstrument,
     ProgressInstrument,
     StatsInstrument,

@@ -23,7 +23,7 @@ import spa_opt
 from spa_opt.api import optimize
 from spa_opt.ir import count_cost, load_model
 from spa_opt.ort import session_from_model
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
 from tests.conftest import GOLDEN, ROOT
 from tests.test_prune_golden import BIG, MODELS, signature, source
 

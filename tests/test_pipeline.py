@@ -115,7 +115,7 @@ def test_registering_a_pass_with_literal_and_float_options():
         with pytest.raises(InputError, match="may not contain"):
             ToyPass(mode="x;y")
     finally:
-        from spa_opt.passes import registry
+        from spa_opt.passes._infra import registry
 
         registry._PASSES.pop("test-toy-literal")
 

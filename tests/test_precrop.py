@@ -28,18 +28,18 @@ from spa_opt.ir import count_cost, load_model
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ort import session_from_model
 from spa_opt.passes import build_pipeline
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes.group import groups_of
-from spa_opt.passes.precrop import layer_weights
-from spa_opt.passes.pruning.costmodel import CostModel
-from spa_opt.passes.pruning.plan import plan_selection
-from spa_opt.passes.pruning.posynomial import (
+from spa_opt.passes.posynomial import (
     Constraint,
     Polynomial,
     cost_polynomials,
     kkt_residual,
     solve,
 )
+from spa_opt.passes.precrop import layer_weights
+from spa_opt.passes.pruning.costmodel import CostModel
+from spa_opt.passes.pruning.plan import plan_selection
 from tests.conftest import GOLDEN, make_model, run_cli_in
 
 DIGITS = GOLDEN / "digits"

@@ -25,7 +25,7 @@ import pytest
 import spa_opt
 from spa_opt.ir import count_cost, load_model
 from spa_opt.ir.tensors import constant_array
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.passes.group import groups_of

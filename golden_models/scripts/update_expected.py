@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from spa_opt.api import optimize
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "golden_models"

@@ -20,9 +20,9 @@ from onnx_ir.passes.common import CheckerPass
 
 from spa_opt.errors import VerificationError
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.context import PipelineContext
-from spa_opt.passes.registry import register
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 
 
 def _dim(value: ir.Value | None, axis: int) -> int | None:

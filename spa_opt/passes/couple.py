@@ -19,10 +19,10 @@ from typing import Literal
 import onnx_ir as ir
 
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.solver import CoupleOptions, Coupling, solve
-from spa_opt.passes.registry import register
 
 
 @dataclasses.dataclass

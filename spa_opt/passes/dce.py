@@ -17,9 +17,9 @@ from onnx_ir.passes.common import (
     RemoveUnusedOpsetsPass,
 )
 
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.context import PipelineContext
-from spa_opt.passes.registry import register
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 
 
 def _sizes(model: ir.Model) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Rules:
 
 - propagates zero facts per group unit through the graph with the rules of
-  :mod:`spa_opt.passes.pruning.zeros` (zero weight slices and biases, zero
+  :mod:`spa_opt.passes.zeros` (zero weight slices and biases, zero
   normalization scale and shift, multiplication by a zero channel, ...);
 - a unit is dead when it is zero wherever the group's channels are read by a node
   that does not pass them on (a contraction, a reduction): a nonzero producer row
@@ -19,11 +19,11 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.group import groups_of
-from spa_opt.passes.pruning.zeros import dead_units
-from spa_opt.passes.registry import register
+from spa_opt.passes.zeros import dead_units
 
 
 @register

@@ -29,9 +29,9 @@ import onnxscript.optimizer
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
 
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext
-from spa_opt.passes.registry import register
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 
 _LAYOUT_OPS = frozenset(
     ["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"]

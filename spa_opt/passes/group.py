@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.couple import couple_model
 from spa_opt.passes.coupling.groups import Group, build_groups
-from spa_opt.passes.registry import register
 
 
 def coverage(groups: list[Group]) -> dict[str, Any]:
@@ -54,35 +54,6 @@ def summarize(groups: list[Group]) -> dict[str, Any]:
         "pinned": sum(not g.prunable for g in groups),
         "coverage": coverage(groups),
     }
-
-
-def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
-    """The ``--print-groups`` table, from the report's ``groups`` entries."""
-    header = ("group", "units x block", "channels", "status", "first weight", "members", "why")
-    rows = []
-    for g in groups:
-        if not g["prunable"]:
-            status = "pinned"
-        elif g["pinned_units"]:
-            status = f"{g['pinned_units']} pinned"
-        else:
-            status = "prunable"
-        why = "; ".join(g["why_not"] or g["reasons"])
-        rows.append((g["id"], f"{g['units']} x {g['block']}", str(g["channels"]), status,
-                     g["primary"], str(len(g["members"])), why))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    lines = []
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    if summary:
-        cov = summary["coverage"]
-        lines.append(
-            f"{summary['groups']} groups, {summary['prunable']} prunable; "
-            f"{cov['prunable']} of {cov['channels']} produced channels prunable "
-            f"({cov['share']:.0%})"
-        )
-    return "\n".join(lines)
 
 
 def groups_of(model: ir.Model, context: PipelineContext, *, rebuild: bool = False) -> list[Group]:

@@ -48,8 +48,9 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.obs.layers import Layer, consumers
@@ -57,7 +58,6 @@ from spa_opt.passes.obs.linalg import dampen, energy, error, reconstruct
 from spa_opt.passes.obs.order import Consumer, OrderTask, solve_order
 from spa_opt.passes.obs.threads import run_tasks
 from spa_opt.passes.pruning.plan import plan_selection
-from spa_opt.passes.registry import register
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -346,7 +346,7 @@ def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:
 
 def _can_synthesize(model: ir.Model) -> bool:
     """Whether the data-free default can synthesize inputs: the extra, float inputs only."""
-    from spa_opt import autodiff
+    import spa_opt.autodiff as autodiff
 
     inputs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
     return autodiff.available() and bool(inputs) and all(

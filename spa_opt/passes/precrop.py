@@ -69,16 +69,16 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext, Targets
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext, Targets
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
+from spa_opt.passes.posynomial import Constraint, Posynomial, cost_polynomials, solve
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.growth import growth_problem
 from spa_opt.passes.pruning.plan import Plan, eligible
-from spa_opt.passes.pruning.posynomial import Constraint, Posynomial, cost_polynomials, solve
 from spa_opt.passes.pruning.select import Candidate
-from spa_opt.passes.registry import register
 
 
 @dataclasses.dataclass

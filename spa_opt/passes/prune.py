@@ -36,9 +36,10 @@ import onnx_ir as ir
 
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ir.tensors import set_constant
-from spa_opt.passes.base import SpaPass, option
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.check import check_model
-from spa_opt.passes.context import PipelineContext
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.dce import DeadCodeEliminationPass
 from spa_opt.passes.group import groups_of
@@ -46,7 +47,6 @@ from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
 from spa_opt.passes.pruning.growth import apply_growth, set_grown_shapes
 from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
-from spa_opt.passes.registry import register
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -16,9 +16,9 @@ import dataclasses
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext
-from spa_opt.passes.registry import register
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 
 
 def _shaped_values(model: ir.Model) -> int:

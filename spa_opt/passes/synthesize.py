@@ -57,9 +57,9 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.errors import InputError
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext
-from spa_opt.passes.registry import register
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +113,7 @@ class SynthesizePass(SpaPass):
         if o.lr <= 0 or o.std <= 0 or min(o.ce, o.first_bn, o.tv, o.l2, o.input_stats) < 0 \
                 or not o.low < o.high or not math.isfinite(o.mean):
             raise InputError("synthesize: lr and std must be positive, weights >= 0, low < high")
-        from spa_opt import autodiff
+        import spa_opt.autodiff as autodiff
 
         autodiff.require("synthesize")
         started = time.perf_counter()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.context import PipelineContext
-from spa_opt.passes.registry import register
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 
 
 @register

@@ -30,11 +30,11 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.tensors import constant_array
-from spa_opt.passes.base import SpaPass, option
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import get_pass
 from spa_opt.passes.coupling.groups import Group, Member
 from spa_opt.passes.group import groups_of
-from spa_opt.passes.registry import get_pass
 
 
 @dataclasses.dataclass

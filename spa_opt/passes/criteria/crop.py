@@ -16,10 +16,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.criteria.gradient import GradientCriterion
 from spa_opt.passes.criteria.snip import AtInitOptions
-from spa_opt.passes.registry import register
 
 
 @register

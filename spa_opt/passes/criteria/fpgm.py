@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Member
 from spa_opt.passes.criteria.base import CriterionPass, unit_slices
-from spa_opt.passes.registry import register
 
 _PAIRS_PER_CHUNK = 1 << 22
 

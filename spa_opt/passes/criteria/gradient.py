@@ -25,10 +25,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt import autodiff
+import spa_opt.autodiff as autodiff
 from spa_opt.errors import InputError
-from spa_opt.passes.base import option
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import option
+from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes.coupling.groups import Member
 from spa_opt.passes.criteria.base import CriterionOptions, CriterionPass, per_unit, slice_sums
 

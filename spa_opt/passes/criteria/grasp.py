@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from spa_opt.passes.base import option
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.criteria.gradient import GradientCriterion
 from spa_opt.passes.criteria.snip import AtInitOptions
-from spa_opt.passes.registry import register
 
 
 @dataclasses.dataclass

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Member
 from spa_opt.passes.criteria.base import CriterionPass, per_unit, slice_sums
-from spa_opt.passes.registry import register
 
 
 @register

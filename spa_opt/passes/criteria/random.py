@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group, Member
 from spa_opt.passes.criteria.base import CriterionPass
-from spa_opt.passes.registry import register
 
 
 @register

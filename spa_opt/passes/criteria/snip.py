@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from spa_opt.passes.base import option
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.base import option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.criteria.gradient import GradientCriterion, GradientOptions
-from spa_opt.passes.registry import register
 
 
 @dataclasses.dataclass

@@ -26,14 +26,14 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.noise import noise_calibration
-from spa_opt.passes.base import option
-from spa_opt.passes.context import PipelineContext, Targets
+from spa_opt.passes._infra.base import option
+from spa_opt.passes._infra.context import PipelineContext, Targets
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.criteria.base import CriterionOptions
 from spa_opt.passes.criteria.gradient import GradientCriterion
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.pruning.plan import plan_selection
-from spa_opt.passes.registry import register
 
 
 @dataclasses.dataclass

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Member
 from spa_opt.passes.criteria.base import per_unit, slice_sums
 from spa_opt.passes.criteria.gradient import GradientCriterion
-from spa_opt.passes.registry import register
 
 
 @register

@@ -90,7 +90,7 @@ class CostModel:
         """The cost with every member axis of extent ``E`` resized to ``resize(E, slots)``.
 
         ``slots`` lists the ``(group index, block)`` pairs the axis hosts. :meth:`cost`
-        resizes with integers; :mod:`~spa_opt.passes.pruning.posynomial` resizes with
+        resizes with integers; :mod:`~spa_opt.passes.posynomial` resizes with
         polynomials in each group's kept fraction, which the formulas of
         :mod:`spa_opt.ir.cost` multiply and add like integers, so the cost comes out as
         a polynomial, exactly (the fields of the result are then polynomials too).

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.passes.context import PipelineContext
+from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.patches import problem

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from spa_opt.passes.context import Targets
+from spa_opt.passes._infra.context import Targets
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
 

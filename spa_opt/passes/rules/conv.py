@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa_opt.passes.coupling.node import NodeCoupling
-from spa_opt.passes.rules import rule
+from spa_opt.passes.rules.registry import rule
 
 
 def _grouped(c: NodeCoupling, weight_out_axis: int, weight_in_axis: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from spa_opt.passes.coupling.node import NodeCoupling
-from spa_opt.passes.rules import rule
+from spa_opt.passes.rules.registry import rule
 
 UNARY = (
     "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BitwiseNot",

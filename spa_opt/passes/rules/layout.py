@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.passes.coupling.node import NodeCoupling
-from spa_opt.passes.rules import rule
+from spa_opt.passes.rules.registry import rule
 
 _PAST_END = 1 << 62
 

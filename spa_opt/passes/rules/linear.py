@@ -21,8 +21,8 @@ import string
 import onnx_ir as ir
 
 from spa_opt.passes.coupling.node import NodeCoupling
-from spa_opt.passes.rules import rule
 from spa_opt.passes.rules.elementwise import broadcast_into
+from spa_opt.passes.rules.registry import rule
 
 
 def contract(

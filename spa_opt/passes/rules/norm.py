@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from spa_opt.passes.coupling.node import NodeCoupling
-from spa_opt.passes.rules import rule
 from spa_opt.passes.rules.elementwise import broadcast_into, link_all_axes
 from spa_opt.passes.rules.layout import normalized
+from spa_opt.passes.rules.registry import rule
 
 
 @rule("BatchNormalization", "InstanceNormalization")

@@ -18,8 +18,8 @@ Rules:
 from __future__ import annotations
 
 from spa_opt.passes.coupling.node import NodeCoupling
-from spa_opt.passes.rules import rule
 from spa_opt.passes.rules.layout import axes_argument, follow_shape_entry, normalized
+from spa_opt.passes.rules.registry import rule
 
 REDUCE = (
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",

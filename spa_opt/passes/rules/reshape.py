@@ -32,8 +32,8 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.passes.coupling.node import Dims, NodeCoupling
-from spa_opt.passes.rules import rule
 from spa_opt.passes.rules.layout import follow_shape_entry
+from spa_opt.passes.rules.registry import rule
 
 
 def _ranges(dims: Dims) -> list[tuple[int, int] | None]:

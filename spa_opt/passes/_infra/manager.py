@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from spa_opt.passes.base import SpaPass
+from spa_opt.passes._infra.base import SpaPass
 
 
 @dataclasses.dataclass

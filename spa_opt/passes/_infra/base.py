@@ -8,7 +8,7 @@ A pass is an ``onnx_ir.passes.InPlacePass`` with three additions:
 - ``stats``: counters the pass fills while it runs, collected by the pass manager.
 
 Subclasses implement :meth:`SpaPass.run`, which also receives the model's
-:class:`~spa_opt.passes.context.PipelineContext`. Because the base class keeps the
+:class:`~spa_opt.passes._infra.context.PipelineContext`. Because the base class keeps the
 ``InPlacePass`` contract, every spa-opt pass runs inside ``onnx_ir.passes.Sequential``
 or any toolchain that already runs onnx_ir passes.
 """
@@ -22,8 +22,8 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import onnx_ir as ir
 
-from spa_opt.errors import InputError
-from spa_opt.passes.context import PipelineContext
+from spa_opt.errors import InputError, did_you_mean
+from spa_opt.passes._infra.context import PipelineContext
 
 _FORBIDDEN_IN_VALUES = ",;<>="
 
@@ -143,8 +143,6 @@ class SpaPass(ir.passes.InPlacePass):
     @classmethod
     def make_options(cls, values: Mapping[str, Any]) -> Any:
         """Build ``Options`` from Python values keyed by field or kebab-case name."""
-        from spa_opt.passes.registry import did_you_mean
-
         infos = cls.option_infos()
         by_field = {info.field: info for info in infos.values()}
         kwargs = {}

@@ -14,8 +14,8 @@ from typing import TextIO
 import onnx_ir as ir
 
 from spa_opt.errors import VerificationError
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.manager import Instrument, PassRecord
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.manager import Instrument, PassRecord
 
 
 class TimingInstrument(Instrument):

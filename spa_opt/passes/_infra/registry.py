@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable
 from typing import TypeVar
 
-from spa_opt.errors import InputError
-from spa_opt.passes.base import SpaPass
+from spa_opt.errors import InputError, did_you_mean
+from spa_opt.passes._infra.base import SpaPass
 
 _PASSES: dict[str, type[SpaPass]] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -25,12 +23,6 @@ def register(cls: P) -> P:
         raise ValueError(f"pass name {cls.name!r} is taken by {existing.__name__}")
     _PASSES[cls.name] = cls
     return cls
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def get_pass(name: str) -> type[SpaPass]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from spa_opt.errors import InputError
-from spa_opt.passes.base import SpaPass
-from spa_opt.passes.registry import did_you_mean, get_pass
+from spa_opt.errors import InputError, did_you_mean
+from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.registry import get_pass
 
 
 @dataclasses.dataclass(frozen=True)
