@@ -36,12 +36,13 @@ from typing import Any
 
 import onnx_ir as ir
 
+from spa_opt.ir.ops import WEIGHTED
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table
 
 PIPELINE = "couple,group,l1,prune"
 RATIO = 0.5
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -72,7 +73,7 @@ def weights(model: ir.Model) -> list[ir.Value]:
     """The constant weight of every Conv/Gemm/MatMul, in graph order."""
     found = []
     for node in model.graph.all_nodes():
-        weight = node.inputs[1] if node.op_type in _WEIGHTED and len(node.inputs) > 1 else None
+        weight = node.inputs[1] if node.op_type in WEIGHTED and len(node.inputs) > 1 else None
         if weight is not None and weight.const_value is not None:
             found.append(weight)
     return found

@@ -20,8 +20,8 @@ RESNET = GOLDEN / "resnet_tiny.onnx"
 def test_couple_then_group_fills_context_and_report() -> None:
     model, report = optimize(str(RESNET), "couple,group")
     context = PipelineContext.of(model)
-    assert "couplings" in context.analyses
-    groups = context.analyses["groups"]
+    assert context.analyses.couplings is not None
+    groups = context.analyses.groups
     data = report.to_dict()
     assert [g["id"] for g in data["groups"]] == [g.id for g in groups]
     assert data["coupling"]["groups"] == len(groups)
@@ -33,7 +33,7 @@ def test_couple_then_group_fills_context_and_report() -> None:
 
 def test_group_alone_computes_couplings_on_demand() -> None:
     model, report = optimize(str(RESNET), "group")
-    groups = PipelineContext.of(model).analyses["groups"]
+    groups = PipelineContext.of(model).analyses.groups
     assert report.to_dict()["coupling"]["groups"] == len(groups)
 
 

@@ -51,7 +51,7 @@ def scores_of(model: ir.Model, name: str, seed: int = 0, **options) -> dict[str,
     context = PipelineContext(targets=Targets(seed=seed)).attach(model)
     result = get_pass(name)(**options)(model)
     assert not result.modified
-    return context.analyses["scores"]
+    return context.analyses.scores
 
 
 def the_scores(model: ir.Model, name: str, **options) -> np.ndarray:
@@ -72,8 +72,8 @@ def test_every_prunable_group_of_golden_models_gets_a_score_per_unit(golden, mod
     model = golden[model_name]
     context = PipelineContext().attach(model)
     get_pass(criterion)()(model)
-    prunable = [g for g in context.analyses["groups"] if g.prunable]
-    scores, report = context.analyses["scores"], context.report["criterion"]
+    prunable = [g for g in context.analyses.groups if g.prunable]
+    scores, report = context.analyses.scores, context.report["criterion"]
     assert prunable and report["name"] == criterion
     if criterion == "bn-scale" and model_name != "resnet_tiny.onnx":  # no BatchNorm there
         assert scores == {} and report["scored"] == 0
@@ -175,8 +175,8 @@ def test_the_criterion_does_not_modify_the_model() -> None:
 def test_the_last_criterion_wins_and_groups_are_computed_on_demand() -> None:
     model, report = spa_opt.optimize(GOLDEN / "resnet_tiny.onnx", "fpgm,l1<agg=max;norm=none>")
     context = PipelineContext.of(model)
-    assert context.analyses["criterion"] == "l1<agg=max;norm=none>"
-    assert "couplings" in context.analyses and "groups" in context.analyses
+    assert context.analyses.criterion == "l1<agg=max;norm=none>"
+    assert context.analyses.couplings is not None and context.analyses.groups is not None
     assert report.to_dict()["criterion"]["pipeline"] == "l1<agg=max;norm=none>"
     assert report.to_dict()["groups"] is None  # on-demand groups are not reported
 
@@ -189,7 +189,7 @@ def test_pipeline_text_through_the_api() -> None:
                                  "scored": 6, "unscored": []}
     stats = data["passes"][-1]["stats"]
     assert stats == {"groups-scored": 6, "groups-unscored": 0}
-    assert len(PipelineContext.of(model).analyses["scores"]) == 6
+    assert len(PipelineContext.of(model).analyses.scores) == 6
 
 
 def test_pipeline_text_through_the_cli(tmp_path: Path, capsys) -> None:
@@ -230,7 +230,7 @@ def test_score_groups_defaults_to_l1() -> None:
     model, context = conv_relu_conv(), PipelineContext()
     scores = score_groups(model, context, norm="none")
     np.testing.assert_allclose(next(iter(scores.values())), EXACT["l1"])
-    assert context.analyses["criterion"] == "l1<agg=mean;norm=none>"
+    assert context.analyses.criterion == "l1<agg=mean;norm=none>"
     assert context.report["criterion"]["scored"] == 1
 
 

@@ -107,7 +107,7 @@ def test_snip_scores_are_summed_connection_sensitivities():
     w = dict(graph.named_initializers())
     s1 = (w["W1"] * g["W1"]).abs().detach().numpy().reshape(3, -1).sum(1)
     s2 = (w["W2"] * g["W2"]).abs().detach().numpy().reshape(2, 3, -1).sum((0, 2))
-    np.testing.assert_allclose(next(iter(context.analyses["scores"].values())), s1 + s2,
+    np.testing.assert_allclose(next(iter(context.analyses.scores.values())), s1 + s2,
                                rtol=1e-5)
 
 
@@ -116,8 +116,8 @@ def test_criteria_score_every_group_of_the_digits_resnet(resnet, labelled, name)
     options = {"synflow": {"iterations": 3}, "grasp": {"samples": 8, "batch": 8},
                "crop": {"samples": 8, "batch": 8}}.get(name, {"samples": 32, "batch": 16})
     context = run_criterion(resnet, name, labelled, **options)
-    scores = context.analyses["scores"]
-    prunable = [g for g in context.analyses["groups"] if g.prunable]
+    scores = context.analyses.scores
+    prunable = [g for g in context.analyses.groups if g.prunable]
     assert set(scores) == {g.id for g in prunable}
     for group in prunable:
         s = scores[group.id]
@@ -128,11 +128,11 @@ def test_criteria_score_every_group_of_the_digits_resnet(resnet, labelled, name)
 
 
 def test_taylor_uses_labels_when_given_else_predictions(resnet, labelled):
-    with_labels = run_criterion(resnet, "taylor", labelled, samples=32).analyses["scores"]
+    with_labels = run_criterion(resnet, "taylor", labelled, samples=32).analyses.scores
     unlabelled = Calibration(labelled.feeds, "no labels")
-    predicted = run_criterion(resnet, "taylor", unlabelled, samples=32).analyses["scores"]
+    predicted = run_criterion(resnet, "taylor", unlabelled, samples=32).analyses.scores
     wrong = Calibration(labelled.feeds, "shifted", (labelled.labels + 1) % 10)
-    shifted = run_criterion(resnet, "taylor", wrong, samples=32).analyses["scores"]
+    shifted = run_criterion(resnet, "taylor", wrong, samples=32).analyses.scores
     # The trained model predicts the test labels (100% accuracy): same loss, same scores.
     for gid in with_labels:
         np.testing.assert_allclose(with_labels[gid], predicted[gid], rtol=1e-4)
@@ -142,15 +142,15 @@ def test_taylor_uses_labels_when_given_else_predictions(resnet, labelled):
 def test_synflow_prunes_iteratively_without_collapsing_a_layer(resnet):
     one_shot = run_criterion(resnet, "synflow", None, iterations=1)
     iterative = run_criterion(resnet, "synflow", None, iterations=5)
-    groups = {g.id: g for g in iterative.analyses["groups"]}
+    groups = {g.id: g for g in iterative.analyses.groups}
     changed = 0
-    for gid, scores in iterative.analyses["scores"].items():
+    for gid, scores in iterative.analyses.scores.items():
         assert (scores > 0).sum() >= 1, gid  # no group lost every unit on the way
-        changed += not np.allclose(scores / scores.max(), one_shot.analyses["scores"][gid]
-                                   / one_shot.analyses["scores"][gid].max())
+        changed += not np.allclose(scores / scores.max(), one_shot.analyses.scores[gid]
+                                   / one_shot.analyses.scores[gid].max())
         assert groups[gid].units == scores.size
     assert changed  # the schedule re-scored after masking
-    zeroed = sum(int((s == 0).sum()) for s in iterative.analyses["scores"].values())
+    zeroed = sum(int((s == 0).sum()) for s in iterative.analyses.scores.values())
     assert zeroed > 0  # units masked along the schedule score zero, so prune takes them first
 
 

@@ -29,6 +29,7 @@ from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ort import session_from_model
 from spa_opt.passes import build_pipeline
 from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes.criteria import current_scores
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.posynomial import (
     Constraint,
@@ -166,7 +167,8 @@ def test_budget_met_and_objective_beats_uniform(name: str, metric: str) -> None:
     setattr(context.targets, f"target_{metric}", 0.5)
     groups = groups_of(original, context)
     with temporary_shapes(original):
-        plan = plan_selection(original, groups, context)
+        plan = plan_selection(original, groups, context.targets,
+                              current_scores(original, context))
     assert objective["rounded"] > objective_of(original, context, plan.selection)
 
 
@@ -176,13 +178,13 @@ def test_units_that_go_are_the_lowest_scored_by_the_criterion_before() -> None:
     context.targets.target_flops = 0.5
     for pass_ in build_pipeline("couple,group,random,precrop"):
         pass_(model)
-    scores, selection = context.analyses["scores"], context.analyses["selection"]
-    assert context.analyses["criterion"].startswith("random")
-    assert selection and context.analyses["growth"] == {}
+    scores, selection = context.analyses.scores, context.analyses.selection
+    assert context.analyses.criterion.startswith("random")
+    assert selection and context.analyses.growth == {}
     for group_id, units in selection.items():
         ranked = np.argsort(scores[group_id], kind="stable")
         assert set(units.tolist()) == set(ranked[:len(units)].tolist())
-    assert context.analyses["plan"].target["reached"]
+    assert context.analyses.plan.target["reached"]
 
 
 def test_round_to_and_ratio_only_budget() -> None:

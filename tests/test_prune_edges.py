@@ -186,7 +186,7 @@ def test_round_to_keeps_multiples_of_eight(name: str, tmp_path: Path) -> None:
 def cost_of(removed: dict[str, int]) -> CostModel:
     """A cost model of resnet_tiny over the groups in ``removed`` (same order)."""
     model, _ = spa_opt.optimize(RESNET, "couple,group")
-    groups = {g.id: g for g in PipelineContext.of(model).analyses["groups"]}
+    groups = {g.id: g for g in PipelineContext.of(model).analyses.groups}
     with temporary_shapes(model):
         return CostModel(model, [groups[gid] for gid in removed])
 

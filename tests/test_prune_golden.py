@@ -150,7 +150,7 @@ def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
     context = PipelineContext().attach(model)
     groups = groups_of(model, context)
     killed = _kill_everywhere(model, groups, seed=0)
-    normalized = {(id(v), a) for _, v, a in context.analyses["couplings"].normalizers}
+    normalized = {(id(v), a) for _, v, a in context.analyses.couplings.normalizers}
     lossless = {g.id for g in groups
                 if not any((id(m.value), m.axis) in normalized for m in g.members)}
     proto = ir.serde.serialize_model(model)

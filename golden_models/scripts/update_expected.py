@@ -37,7 +37,7 @@ def golden_models() -> dict[str, Path]:
 def expectation(path: Path) -> dict:
     """The groups of one model as the expectation files record them."""
     model, report = optimize(str(path), PIPELINE)
-    groups = PipelineContext.of(model).analyses["groups"]
+    groups = PipelineContext.of(model).analyses.groups
     coupling = report.to_dict()["coupling"]
     coupling["coverage"]["share"] = round(coupling["coverage"]["share"], 4)
     return {

@@ -12,7 +12,7 @@ Conventions, chosen to match what pruning papers and Torch-Pruning report:
     so attention's ``Q·Kᵀ`` and ``A·V`` count): ``|Y| * K``
 - ``flops``: ``2 * macs`` plus one operation per output element of bias adds,
   elementwise ops and pooling windows, and a small constant per element for
-  normalizations and softmax (listed in :data:`PER_ELEMENT_FLOPS`).
+  normalizations and softmax (the ``flops`` column of :mod:`spa_opt.ir.ops`).
 
 Symbolic dimensions count as 1 (batch size one), so numbers are per sample.
 """
@@ -25,31 +25,12 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
+from spa_opt.ir.ops import OPS, op_info
 from spa_opt.ir.shapes import temporary_shapes
 
-#: Operations per output element of ops that are not contractions.
+#: Operations per output element of ops that are not contractions (from the op table).
 PER_ELEMENT_FLOPS: dict[str, int] = {
-    **dict.fromkeys(
-        [
-            "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "PRelu", "Relu",
-            "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
-            "Gelu", "Softplus", "Mish", "Elu", "Selu", "Exp", "Log", "Sqrt", "Neg", "Abs",
-            "Reciprocal", "Sum", "Mean", "Sign", "Floor", "Ceil", "Round", "Swish",
-        ],
-        1,
-    ),
-    "BatchNormalization": 2,
-    "LayerNormalization": 5,
-    "InstanceNormalization": 5,
-    "GroupNormalization": 5,
-    "RMSNormalization": 4,
-    "Softmax": 3,
-    "LogSoftmax": 3,
-}
-
-_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
-               "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp", "GlobalAveragePool",
-               "GlobalMaxPool")
+    op: info.flops for op, info in OPS.items() if isinstance(info.flops, int) and info.flops}
 
 
 @dataclasses.dataclass
@@ -110,12 +91,13 @@ def _node_flops(node: ir.Node, macs: int, dims_of: DimsOf) -> int:
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     if op in ("Conv", "ConvTranspose", "Gemm"):
         return 2 * macs + (output if has_bias else 0)
-    if op in ("MaxPool", "AveragePool", "LpPool"):
+    per_element = op_info(op).flops
+    if per_element == "window":
         kernel = node.attributes.get_ints("kernel_shape", ())
         return output * math.prod(kernel)
-    if op in _REDUCTIONS:
+    if per_element == "reduce":
         return _numel(node.inputs[0], dims_of) or 0
-    return 2 * macs + output * PER_ELEMENT_FLOPS.get(op, 0)
+    return 2 * macs + output * per_element
 
 
 def _node_params(node: ir.Node, dims_of: DimsOf) -> int:

@@ -8,7 +8,9 @@ Rules:
 - the solver of :mod:`spa_opt.passes.coupling.solver` tracks channel axes forward and
   backward from every weighted operator, then unites coupled channels into removal
   units with index maps; operators without a rule pin what reaches them;
-- the result goes to the context as ``couplings``, read by ``group``.
+- the result goes to the context as ``couplings``, read by ``group``; setting it
+  clears every analysis derived from earlier couplings (groups, scores, dead units,
+  selections, reconstructed weights: see :mod:`spa_opt.passes._infra.context`).
 """
 
 from __future__ import annotations
@@ -53,9 +55,7 @@ class CouplePass(SpaPass):
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Solve and store the couplings in the context."""
         coupling = couple_model(model, self.options.heads)
-        for stale in ("groups", "scores", "dead", "selection"):  # built on older couplings
-            context.analyses.pop(stale, None)
-        context.analyses["couplings"] = coupling
+        context.analyses.couplings = coupling  # clears everything derived from older ones
         for key, value in coupling.stats.items():
             self.count(key, value)
         return ir.passes.PassResult(model, False)

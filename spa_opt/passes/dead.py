@@ -36,11 +36,11 @@ class DeadPass(SpaPass):
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Propagate zero facts and store the dead units."""
         groups = groups_of(model, context)
-        coupling = context.analyses["couplings"]
+        coupling = context.analyses.couplings
         normalized = {(id(value), axis) for _, value, axis in coupling.normalizers}
         with temporary_shapes(model):
             dead, blocked = dead_units(model.graph, groups, normalized)
-        context.analyses["dead"] = dead
+        context.analyses.dead = dead
         by_id = {g.id: g for g in groups}
         context.report["dead"] = {
             "groups": [{"group": gid, "units": flags.nonzero()[0].tolist(),

@@ -63,15 +63,15 @@ def groups_of(model: ir.Model, context: PipelineContext, *, rebuild: bool = Fals
     running the coupling analysis with its defaults first when those are absent too,
     and stores both in ``context.analyses``. Reports nothing: that is ``group``'s job.
     """
-    groups = context.analyses.get("groups")
+    groups = context.analyses.groups
     if groups is not None and not rebuild:
         return groups
-    coupling = context.analyses.get("couplings")
+    coupling = context.analyses.couplings
     if coupling is None:
         coupling = couple_model(model)
-        context.analyses["couplings"] = coupling
+        context.analyses.couplings = coupling
     groups = build_groups(coupling, model.graph)
-    context.analyses["groups"] = groups
+    context.analyses.groups = groups
     return groups
 
 

@@ -73,12 +73,13 @@ from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext, Targets
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
+from spa_opt.passes.criteria.base import current_scores
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.posynomial import Constraint, Posynomial, cost_polynomials, solve
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.growth import growth_problem
 from spa_opt.passes.pruning.plan import Plan, eligible
-from spa_opt.passes.pruning.select import Candidate
+from spa_opt.passes.pruning.select import Candidate, round_step
 
 
 @dataclasses.dataclass
@@ -123,7 +124,7 @@ def allowed_counts(candidate: Candidate, round_to: int, min_keep: float, most: i
     """Unit counts the group may keep: rounding steps from its least count up to ``most``."""
     group = candidate.group
     units = group.units
-    step = round_to // math.gcd(round_to, group.block)
+    step = round_step(round_to, group.block)
     least = max(units - candidate.order.size, math.ceil(min_keep * units - 1e-9), 1)
     counts = {units} | set(range(-(-least // step) * step, most + 1, step))
     return np.array(sorted(c for c in counts if c >= least or c == units))
@@ -218,12 +219,8 @@ class PrecropPass(SpaPass):
              goals: dict[str, float]) -> None:
         started = time.perf_counter()
         o, targets = self.options, context.targets
-        scores = context.analyses.get("scores")
-        if scores is None:
-            from spa_opt.passes.criteria import score_groups
-
-            scores = score_groups(model, context, "l1")
-        candidates, skipped = eligible(model, groups, context, scores)
+        scores = current_scores(model, context)
+        candidates, skipped = eligible(model, groups, targets, scores, context.analyses.dead)
         variables = [c.group for c in candidates]
         units = np.array([g.units for g in variables], dtype=np.int64)
         cost_model = CostModel(model, variables)
@@ -262,15 +259,14 @@ class PrecropPass(SpaPass):
                   if n > g.units}
         outcome = self._outcome(costs, costs(kept), [c.cost.value(solution.x)
                                                      for c in constraints])
-        context.analyses["selection"] = selection
-        context.analyses["plan"] = Plan(selection, skipped, outcome)
-        context.analyses["growth"] = growth
+        context.analyses.update(selection=selection, plan=Plan(selection, skipped, outcome),
+                                growth=growth)
         rounded = float(weights @ np.log(kept / units)) if variables else 0.0
         self.count("groups-shrunk", len(selection))
         self.count("groups-grown", len(growth))
         context.report["precrop"] = {
             "options": self.pipeline_text(),
-            "criterion": context.analyses.get("criterion"),
+            "criterion": context.analyses.criterion,
             "budgets": outcome,
             "layers": n_layers,
             "objective": {"continuous": solution.objective, "rounded": rounded,

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.ir.ops import WEIGHTED
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ir.tensors import set_constant
 from spa_opt.passes._infra.base import SpaPass, option
@@ -41,14 +42,13 @@ from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.check import check_model
 from spa_opt.passes.coupling.groups import Group
+from spa_opt.passes.criteria.base import current_scores
 from spa_opt.passes.dce import DeadCodeEliminationPass
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
 from spa_opt.passes.pruning.growth import apply_growth, set_grown_shapes
 from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
-
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ class PruneOptions:
 def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
     layers = {}
     for node in graph.all_nodes():
-        weight = node.inputs[1] if node.op_type in _WEIGHTED and len(node.inputs) > 1 else None
+        weight = node.inputs[1] if node.op_type in WEIGHTED and len(node.inputs) > 1 else None
         if weight is not None and weight.const_value is not None:
             layers[node.name or ""] = (node.op_type, weight.name or "",
                                        [int(d) for d in weight.const_value.shape])
@@ -70,7 +70,7 @@ def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
 
 def _write_reconstructed(context: PipelineContext) -> int:
     """Give the weights an earlier pass reconstructed their new values, before slicing."""
-    reconstructed = context.analyses.get("reconstructed") or {}
+    reconstructed = context.analyses.reconstructed or {}
     for value, data in reconstructed.items():
         set_constant(value, data)
     return len(reconstructed)
@@ -78,14 +78,13 @@ def _write_reconstructed(context: PipelineContext) -> int:
 
 def _nothing_removed(context: PipelineContext, skipped: list) -> str:
     """Why a run with prunable groups removed nothing, in words."""
-    targets = context.targets
-    if "selection" in context.analyses:
+    if context.analyses.selection is not None:
         return "nothing removed: the given selection is empty"
-    if any(t is not None for t in (targets.ratio, targets.target_flops, targets.target_params)):
+    if context.targets.given:
         if skipped:
             return f"nothing removed: every eligible group was skipped ({len(skipped)})"
         return "nothing removed: the targets are met without removing a unit"
-    if "dead" in context.analyses:
+    if context.analyses.dead is not None:
         return "nothing removed: the dead analysis found no removable zero channels"
     return ("nothing removed: give --ratio, --target-flops or --target-params, "
             "or run the dead analysis before prune")
@@ -106,19 +105,21 @@ class PrunePass(SpaPass):
         skipped: list[dict[str, str]] = []
         outcome = None
         with temporary_shapes(model):
-            selection = context.analyses.get("selection")
+            selection = context.analyses.selection
             if selection is None:
-                plan = plan_selection(model, groups, context)
+                targets = context.targets
+                scores = current_scores(model, context) if targets.given else None
+                plan = plan_selection(model, groups, targets, scores, context.analyses.dead)
                 selection, skipped, outcome = plan.selection, plan.skipped, plan.target
-            elif "plan" in context.analyses:  # the selecting pass kept its plan's report
-                skipped, outcome = context.analyses["plan"].skipped, context.analyses["plan"].target
+            elif context.analyses.plan is not None:  # the selecting pass kept its plan's report
+                skipped, outcome = context.analyses.plan.skipped, context.analyses.plan.target
             removal = Removal(groups, selection)
             if removal:
                 self.count("weights-reconstructed", _write_reconstructed(context))
                 patches = [p for g in groups if g.id in selection for p in g.patches]
                 for key, value in apply_removal(model.graph, removal, patches).items():
                     self.count(key, value)
-            growth = context.analyses.get("growth") or {}
+            growth = context.analyses.growth or {}
             grown: list[dict[str, Any]] = []
             if growth:
                 grown, patched = apply_growth(model.graph, groups, growth, context.targets.seed)

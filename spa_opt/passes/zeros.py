@@ -36,23 +36,14 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.ir.ops import WEIGHTED, ops_where
 from spa_opt.ir.tensors import constant_array
 from spa_opt.passes.coupling.groups import Group, Member
 
-MOVING = frozenset({
-    "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice",
-    "Gather", "Expand", "Tile", "Identity", "Dropout", "Cast", "DepthToSpace", "SpaceToDepth",
-    "Resize", "Upsample", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "Relu", "LeakyRelu", "PRelu", "Tanh",
-    "Neg", "Abs", "Sqrt", "Erf", "Gelu", "Elu", "Selu", "Celu", "Mish", "HardSwish", "Sin",
-    "Sign", "Floor", "Ceil", "Round", "Softsign", "Asin", "Atan", "Sinh", "Asinh", "Atanh",
-    "Tan", "ThresholdedRelu", "Clip", "Pow",
-})
-SUM_LIKE = frozenset({"Add", "Sub", "Sum", "Max", "Min", "Mean", "Where"})
-PRODUCT = frozenset({"Mul", "And", "MatMul", "Div"})
-WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-NORMS = frozenset({"BatchNormalization", "LayerNormalization", "RMSNormalization",
-                   "InstanceNormalization", "GroupNormalization"})
+MOVING = ops_where(zero="moving")
+SUM_LIKE = ops_where(zero="sum")
+PRODUCT = ops_where(zero="product")
+NORMS = ops_where(zero="norm")
 
 Key = tuple[int, int]
 

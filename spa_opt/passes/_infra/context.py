@@ -1,33 +1,42 @@
 """The pipeline context: how passes hand results to each other.
 
-Data flows one way: the driver sets the :class:`Targets`, analyses fill the
-``analyses`` slots, transforms read them. The context lives in the model's
+Data flows one way: the driver sets the :class:`Targets`, analyses fill the typed
+slots of :class:`Analyses`, transforms read them. The context lives in the model's
 ``meta`` store (scratch space onnx_ir never saves), so passes composed with plain
 ``onnx_ir.passes.Sequential`` find it without any wiring::
 
     ctx = PipelineContext.of(model)
     ctx.targets = Targets(ratio=0.5)
 
-A pass that changes the graph and does not declare ``preserves_analyses``
-invalidates the analyses: a grouping computed before a transform never reaches a
-transform after it.
+Invalidation is a mechanism, not a list kept by hand:
 
-Slots filled by later passes (one name each, documented where they are produced):
-``couplings`` (couple), ``groups`` (group), ``scores`` (criteria), ``dead`` (dead),
-``selection`` (obspa; ``prune`` plans its own when absent), ``plan`` (obspa: the skipped
-groups and target outcome behind ``selection``), ``reconstructed`` (obspa: new data for
-weights, keyed by their ``ir.Value``, written by ``prune`` before slicing), ``growth``
-(precrop with PreConfig: units to add per group, applied by ``prune``).
+- every analysis slot declares the slots it is derived from (``groups`` from
+  ``couplings``, ``selection`` from ``groups``, ``scores`` and ``dead``, ...); setting a
+  slot clears every slot derived from it, transitively, so a result can never outlive
+  what it was computed from (``couple,group,obspa,couple,prune``: the second ``couple``
+  clears obspa's selection *and* the weights it reconstructed for it, and ``prune``
+  plans afresh; a criterion run after ``obspa`` supersedes obspa's selection the same
+  way, so the last word wins);
+- a pass that changes the graph and does not declare ``preserves_analyses`` clears
+  every slot: a grouping computed before a transform never reaches a transform after it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 import onnx_ir as ir
 
 from spa_opt.errors import InputError
+
+if TYPE_CHECKING:  # annotations only: the infrastructure imports no pass
+    import numpy as np
+
+    from spa_opt.passes.coupling.groups import Group
+    from spa_opt.passes.coupling.solver import Coupling
+    from spa_opt.passes.pruning.plan import Plan
 
 _META_KEY = "spa_opt.context"
 
@@ -53,14 +62,94 @@ class Targets:
     """Seed of every random choice (random criterion, synthetic inputs)."""
 
     def __post_init__(self) -> None:
+        # Messages name the field as the Python API spells it (``target_flops``); the CLI
+        # checks its flags before it builds a Targets, so users of either see their words.
         for name in ("ratio", "target_flops", "target_params"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+                raise InputError(f"{name} must be in [0, 1], got {value}")
         if self.scope not in ("local", "global"):
-            raise InputError(f"--scope must be 'local' or 'global', got '{self.scope}'")
+            raise InputError(f"scope must be 'local' or 'global', got {self.scope!r}")
         if self.round_to < 1:
-            raise InputError(f"--round-to must be at least 1, got {self.round_to}")
+            raise InputError(f"round_to must be at least 1, got {self.round_to}")
+
+    @property
+    def given(self) -> bool:
+        """Whether any removal target (ratio, FLOPs or params) is set.
+
+        Without one, selection removes only provably dead units and scores are not
+        needed; with one, units go in score order.
+        """
+        return any(t is not None for t in (self.ratio, self.target_flops, self.target_params))
+
+
+def _slot(*derived_from: str, doc: str) -> Any:
+    """An analysis slot: empty until a pass fills it, cleared when what it derives from is."""
+    return dataclasses.field(default=None, metadata={"derived_from": derived_from, "doc": doc})
+
+
+@dataclasses.dataclass
+class Analyses:
+    """The analysis results of one pipeline, each in a typed slot (None: not computed).
+
+    Assigning a slot clears the slots derived from it (see the module docstring); use
+    :meth:`update` to set several slots that were computed together.
+    """
+
+    couplings: Coupling | None = _slot(doc="coupled channels (``couple``)")
+    groups: list[Group] | None = _slot("couplings", doc="channel groups (``group``)")
+    scores: dict[str, np.ndarray] | None = _slot(
+        "groups", doc="one score per unit, per group id (a criterion, or ``obspa``)")
+    criterion: str | None = _slot("scores", doc="pipeline text of the pass that scored")
+    dead: dict[str, np.ndarray] | None = _slot(
+        "groups", doc="per group id, a mask of the units provably zero (``dead``)")
+    selection: dict[str, np.ndarray] | None = _slot(
+        "groups", "scores", "dead",
+        doc="units to remove per group id, chosen by ``obspa`` or ``precrop``; ``prune`` "
+            "plans its own when empty")
+    plan: Plan | None = _slot(
+        "selection", doc="skipped groups and target outcome behind ``selection``")
+    reconstructed: dict[ir.Value, np.ndarray] | None = _slot(
+        "selection", doc="new data for weights, written by ``prune`` before slicing (obspa)")
+    growth: dict[str, int] | None = _slot(
+        "selection", doc="units to add per group id (precrop with PreConfig), applied by prune")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.update(**{name: value})
+
+    def update(self, **values: Any) -> None:
+        """Set slots computed together; clear every other slot derived from any of them."""
+        unknown = set(values) - _SLOTS.keys()
+        if unknown:
+            raise AttributeError(f"no analysis slot {sorted(unknown)}")
+        for stale in _dependents(values) - values.keys():
+            object.__setattr__(self, stale, None)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def clear(self) -> None:
+        """Forget every result: the graph they describe has changed."""
+        for name in _SLOTS:
+            object.__setattr__(self, name, None)
+
+    def filled(self) -> dict[str, Any]:
+        """The slots that hold a result, by name, in declaration order."""
+        return {name: value for name in _SLOTS if (value := getattr(self, name)) is not None}
+
+
+_SLOTS: dict[str, tuple[str, ...]] = {
+    f.name: f.metadata["derived_from"] for f in dataclasses.fields(Analyses)}
+
+
+def _dependents(names: Iterable[str]) -> set[str]:
+    """Every slot derived, directly or through others, from any of ``names``."""
+    found: set[str] = set()
+    frontier = set(names)
+    while frontier:
+        frontier = {slot for slot, sources in _SLOTS.items()
+                    if slot not in found and frontier & set(sources)}
+        found |= frontier
+    return found
 
 
 @dataclasses.dataclass
@@ -68,7 +157,7 @@ class PipelineContext:
     """Everything passes share for one model, besides the model itself."""
 
     targets: Targets = dataclasses.field(default_factory=Targets)
-    analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
+    analyses: Analyses = dataclasses.field(default_factory=Analyses)
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Facts passes add to the run's report (``groups``, ``channels``, ...); never invalidated."""
     calibration: Any = None

@@ -3,11 +3,18 @@
 Importing this package registers ``l1``, ``l2``, ``random``, ``bn-scale``, ``lamp``,
 ``fpgm`` and the gradient criteria ``taylor``, ``snip``, ``grasp``, ``crop`` and
 ``synflow`` (these need the autodiff extra when they run, never when imported). Each
-fills ``context.analyses["scores"]``; see :mod:`.base` for the shared options ``agg``
-and ``norm``. :func:`score_groups` runs one on demand.
+fills ``context.analyses.scores``; see :mod:`.base` for the shared options ``agg``
+and ``norm``. :func:`score_groups` runs one on demand; :func:`current_scores` gives the
+scores a selection should use (the last criterion's, else :data:`DEFAULT_CRITERION`'s).
 """
 
-from spa_opt.passes.criteria.base import CriterionOptions, CriterionPass, score_groups
+from spa_opt.passes.criteria.base import (
+    DEFAULT_CRITERION,
+    CriterionOptions,
+    CriterionPass,
+    current_scores,
+    score_groups,
+)
 from spa_opt.passes.criteria.bn_scale import BatchNormScaleCriterion
 from spa_opt.passes.criteria.crop import CropCriterion
 from spa_opt.passes.criteria.fpgm import FpgmCriterion
@@ -21,6 +28,7 @@ from spa_opt.passes.criteria.synflow import SynFlowCriterion
 from spa_opt.passes.criteria.taylor import TaylorCriterion
 
 __all__ = [
+    "DEFAULT_CRITERION",
     "BatchNormScaleCriterion",
     "CriterionOptions",
     "CriterionPass",
@@ -34,5 +42,6 @@ __all__ = [
     "SnipCriterion",
     "SynFlowCriterion",
     "TaylorCriterion",
+    "current_scores",
     "score_groups",
 ]

@@ -14,9 +14,9 @@ over its block positions of per-position scores). Then:
   scores as they are (``minmax`` then gives zeros).
 
 The defaults, ``agg=mean`` and ``norm=mean``, follow Torch-Pruning's ``group_reduction``
-and ``normalizer``. Results go to ``context.analyses["scores"]`` (a new dict each run,
+and ``normalizer``. Results go to ``context.analyses.scores`` (a new dict each run,
 ``{group.id: float64 array of shape (group.units,)}``: the last criterion of a pipeline
-wins) and ``context.analyses["criterion"]`` (its pipeline text). Groups the criterion
+wins) and ``context.analyses.criterion`` (its pipeline text). Groups the criterion
 cannot score get no entry and are listed, with why, in the report's ``criterion``.
 """
 
@@ -154,8 +154,7 @@ class CriterionPass(SpaPass):
                 unscored.append({"group": group.id, "why": self.unscored_why})
             else:
                 scores[group.id] = result
-        context.analyses["scores"] = scores
-        context.analyses["criterion"] = self.pipeline_text()
+        context.analyses.update(scores=scores, criterion=self.pipeline_text())
         context.report["criterion"] = {
             "name": self.name,
             "pipeline": self.pipeline_text(),
@@ -165,6 +164,21 @@ class CriterionPass(SpaPass):
         self.count("groups-scored", len(scores))
         self.count("groups-unscored", len(unscored))
         return ir.passes.PassResult(model, False)
+
+
+DEFAULT_CRITERION = "l1"
+"""The criterion that scores units when targets are given and no criterion ran."""
+
+
+def current_scores(model: ir.Model, context: PipelineContext) -> dict[str, np.ndarray]:
+    """The context's scores, or the default criterion's when no criterion ran.
+
+    The one place that decides what "no criterion" means: ``prune`` and ``precrop``
+    plan from these; planning itself (:mod:`spa_opt.passes.pruning.plan`) never scores.
+    """
+    if context.analyses.scores is not None:
+        return context.analyses.scores
+    return score_groups(model, context, DEFAULT_CRITERION)
 
 
 def score_groups(
@@ -181,4 +195,6 @@ def score_groups(
     criterion = cls(**options)
     criterion.stats = {}
     criterion.run(model, context)
-    return context.analyses["scores"]
+    scores = context.analyses.scores
+    assert scores is not None  # set by CriterionPass.run
+    return scores

@@ -84,9 +84,7 @@ class SynFlowCriterion(GradientCriterion):
                  for name, a in noise_calibration(model, 1, kind="white",
                                                   dims=context.input_dims).feeds.items()}
         targets = context.targets
-        wanted = any(t is not None for t in
-                     (targets.ratio, targets.target_flops, targets.target_params))
-        rounds = self.options.iterations if wanted else 1
+        rounds = self.options.iterations if targets.given else 1
         groups = groups_of(model, context)
         for k in range(1, rounds + 1):
             saliency = self._flow(graph, feeds)
@@ -97,11 +95,9 @@ class SynFlowCriterion(GradientCriterion):
             for index, group in enumerate(groups):
                 if group.prunable and (s := self.score_group(group, index, context)) is not None:
                     scores[group.id] = s
-            step = PipelineContext(targets=_partial(targets, k / rounds),
-                                   analyses={"scores": scores})
-            if "dead" in context.analyses:
-                step.analyses["dead"] = context.analyses["dead"]
-            self._mask(graph, groups, plan_selection(model, groups, step).selection)
+            plan = plan_selection(model, groups, _partial(targets, k / rounds), scores,
+                                  context.analyses.dead)
+            self._mask(graph, groups, plan.selection)
         raise AssertionError("unreachable")
 
     @staticmethod

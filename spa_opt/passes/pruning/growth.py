@@ -1,6 +1,6 @@
 """Grow channel groups: add units to every member of a group (PreConfig's wider layers).
 
-``precrop<preconfig=true>`` stores a growth plan (``context.analyses["growth"]``, group
+``precrop<preconfig=true>`` stores a growth plan (``context.analyses.growth``, group
 id to units added) next to its selection; ``prune`` applies both. A group can grow when
 :func:`growth_problem` finds nothing in the way:
 

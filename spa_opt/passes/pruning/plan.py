@@ -6,6 +6,10 @@ follow a removal. Each eligible group becomes a
 :class:`~spa_opt.passes.pruning.select.Candidate`, and
 :func:`~spa_opt.passes.pruning.select.select` turns the candidates and the targets
 into unit counts.
+
+Planning is a pure function of its inputs (model, groups, targets, scores, dead units):
+it never runs a criterion. Which scores to plan from when no criterion ran is the
+caller's choice (:func:`spa_opt.passes.criteria.current_scores`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.context import Targets
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.patches import problem
@@ -43,21 +47,21 @@ def names_of(graph: ir.Graph) -> dict[int, set[str]]:
     return names
 
 
-def eligible(model: ir.Model, groups: list[Group], context: PipelineContext,
-             scores: dict[str, np.ndarray] | None, unscored: dict[str, str] | None = None
+def eligible(model: ir.Model, groups: list[Group], targets: Targets,
+             scores: dict[str, np.ndarray] | None, dead: dict[str, np.ndarray] | None = None,
+             unscored: dict[str, str] | None = None
              ) -> tuple[list[Candidate], list[dict[str, str]]]:
     """The candidates (eligible groups with their removal order) and the skipped groups.
 
     Args:
         model: The model the groups describe.
         groups: Its groups.
-        context: Targets and ``dead``.
+        targets: What to achieve (``--ignore`` patterns, scope and ratio cap included).
         scores: Per group unit scores; None when no target needs them (the order is
             then dead units first, then group order).
+        dead: Per group, the mask of provably dead units (the ``dead`` analysis).
         unscored: Why the criterion left some groups without a score, for the report.
     """
-    targets = context.targets
-    dead = context.analyses.get("dead")
     names = names_of(model.graph)
     unscored = unscored or {}
     skipped: list[dict[str, str]] = []
@@ -79,27 +83,25 @@ def eligible(model: ir.Model, groups: list[Group], context: PipelineContext,
     return candidates, skipped
 
 
-def plan_selection(model: ir.Model, groups: list[Group], context: PipelineContext,
+def plan_selection(model: ir.Model, groups: list[Group], targets: Targets,
+                   scores: dict[str, np.ndarray] | None,
+                   dead: dict[str, np.ndarray] | None = None,
                    unscored: dict[str, str] | None = None) -> Plan:
-    """Choose the units to remove from the context's scores, dead units and targets.
+    """Choose the units to remove from scores, dead units and targets.
 
     Args:
         model: The model the groups describe.
         groups: Its groups.
-        context: Targets, ``scores`` (``l1`` is run when targets need scores and none
-            exist) and ``dead``.
+        targets: What to achieve; without any target only dead units go.
+        scores: Per group unit scores, needed when ``targets.given`` (a group without
+            one is skipped as unscored); ignored otherwise.
+        dead: Per group, the mask of provably dead units, removed first.
         unscored: Why the criterion left some groups without a score, for the report.
     """
-    targets = context.targets
-    wanted = any(t is not None for t in
-                 (targets.ratio, targets.target_flops, targets.target_params))
-    scores = context.analyses.get("scores")
-    if wanted and scores is None:
-        from spa_opt.passes.criteria import score_groups
-
-        scores = score_groups(model, context)
-    candidates, skipped = eligible(model, groups, context, scores if wanted else None,
-                                   unscored)
+    if targets.given and scores is None:
+        raise ValueError("plan_selection: targets are given but no scores")
+    candidates, skipped = eligible(model, groups, targets,
+                                   scores if targets.given else None, dead, unscored)
     counts, outcome = select(candidates, targets,
                              lambda: CostModel(model, [c.group for c in candidates]))
     selection = {c.group.id: np.sort(c.order[:k])

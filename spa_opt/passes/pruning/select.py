@@ -71,7 +71,8 @@ def candidate(group: Group, scores: np.ndarray | None, dead: np.ndarray | None,
     order = np.concatenate([np.flatnonzero(dead_mask), alive[np.argsort(score[alive],
                                                                         kind="stable")]])
     cap = order.size if group.pinned.any() else min(order.size, group.units - 1)
-    if targets.ratio is not None and (targets.target_flops or targets.target_params) is not None:
+    if targets.ratio is not None and (targets.target_flops is not None
+                                      or targets.target_params is not None):
         cap = min(cap, max(int(dead_mask.sum()), _ratio_count(group.units, targets.ratio)))
     order = order[:cap]
     n_dead = min(int(dead_mask.sum()), order.size)
@@ -87,10 +88,18 @@ def _ratio_count(units: int, ratio: float) -> int:
     return units - math.floor(units * (1.0 - ratio) + 1e-9)
 
 
+def round_step(round_to: int, block: int) -> int:
+    """Units per ``round_to`` channels: kept units move in steps of this many.
+
+    A unit is ``block`` channels, so keeping a multiple of ``round_to`` channels means
+    keeping a multiple of ``round_to / gcd(round_to, block)`` units.
+    """
+    return round_to // math.gcd(round_to, block)
+
+
 def _rounded(candidate: Candidate, count: int, round_to: int) -> int:
     """Fewest-channels-kept rounding: channels kept become a multiple of ``round_to``."""
-    block = candidate.group.block
-    step = round_to // math.gcd(round_to, block)
+    step = round_step(round_to, candidate.group.block)
     if step == 1 or count == 0:
         return count
     units = candidate.group.units
@@ -109,9 +118,7 @@ def select(candidates: Sequence[Candidate], targets: Targets,
     merged = owner[np.lexsort((position, owner, keys))]
     n_dead = sum(c.dead for c in candidates)
 
-    targets_given = any(t is not None for t in
-                        (targets.ratio, targets.target_flops, targets.target_params))
-    round_to = targets.round_to if targets_given else 1  # dead units alone go exactly
+    round_to = targets.round_to if targets.given else 1  # dead units alone go exactly
 
     def counts(prefix: int) -> np.ndarray:
         raw = np.bincount(merged[:prefix], minlength=len(candidates))

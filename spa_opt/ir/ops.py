@@ -1,0 +1,109 @@
+"""One table of what spa-opt knows about each operator, besides its coupling rule.
+
+Every analysis that treats operators by kind reads this table instead of keeping its
+own set, so adding an operator is one coupling rule (:mod:`spa_opt.passes.rules`)
+plus one row here. A row says:
+
+- ``weighted``: the node applies a weight tensor at input 1 whose axes carry
+  channels (Conv, ConvTranspose, Gemm, MatMul). Pruning reports these layers' weight
+  shapes; the cost model counts their contraction; the checker compares their channel
+  counts; obspa looks for its consumer layers among them (:data:`RECONSTRUCTIBLE`);
+- ``zero``: how a channel that is zero for every input crosses the node, for the
+  ``dead`` analysis (:mod:`spa_opt.passes.zeros`):
+
+  - ``"moving"``: the output channel is zero when its input channel is (layout,
+    pooling, unary ``f`` with ``f(0) = 0``);
+  - ``"sum"``: zero when every input that carries the channel is zero (and inputs
+    broadcast along it are all-zero constants);
+  - ``"product"``: zero when any input carrying the channel is zero, or an input
+    broadcast along it is an all-zero constant;
+  - ``"weighted"``: contraction with a constant weight (see ``weighted``);
+  - ``"norm"``: normalizations, zero when the channel's scale and shift are zero;
+  - ``None``: nothing is known (the channel is not proved zero);
+- ``flops``: operations per output element for ops that are not contractions
+  (``"reduce"``: one per *input* element, ``"window"``: one per window element);
+- ``moments``: obspa's analytic Hessians carry BatchNorm moments through it unchanged.
+
+The table is about the default ONNX domain; an operator missing from it is simply
+unknown to these analyses (no zero facts, no elementwise FLOPs), never an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+ZeroKind = Literal["moving", "sum", "product", "weighted", "norm"]
+FlopKind = int | Literal["reduce", "window"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    """What spa-opt's analyses know of one operator (see the module docstring)."""
+
+    weighted: bool = False
+    zero: ZeroKind | None = None
+    flops: FlopKind = 0
+    moments: bool = False
+
+
+def _rows(names: str, **info: object) -> dict[str, OpInfo]:
+    return dict.fromkeys(names.split(), OpInfo(**info))  # type: ignore[arg-type]
+
+
+OPS: dict[str, OpInfo] = {
+    # Contractions with a weight at input 1.
+    **_rows("Conv ConvTranspose Gemm", weighted=True, zero="weighted"),
+    # MatMul: a weighted layer with a constant weight, a product of two activations
+    # otherwise (attention); the dead analysis tells the two apart.
+    "MatMul": OpInfo(weighted=True, zero="product"),
+    # Layout and indexing: channels move, values do not change.
+    **_rows("Transpose Squeeze Unsqueeze Concat Split Slice Gather Expand Tile "
+            "DepthToSpace SpaceToDepth Resize Upsample Cast", zero="moving"),
+    **_rows("Reshape Flatten Identity Dropout", zero="moving", moments=True),
+    # Pooling and reductions over other axes.
+    **_rows("MaxPool AveragePool", zero="moving", flops="window"),
+    "LpPool": OpInfo(flops="window"),
+    **_rows("GlobalAveragePool GlobalMaxPool ReduceSum ReduceMean ReduceMax ReduceMin",
+            zero="moving", flops="reduce"),
+    **_rows("ReduceL2 ReduceL1 ReduceProd ReduceSumSquare ReduceLogSumExp", flops="reduce"),
+    # Unary ops with f(0) = 0, one operation per element.
+    **_rows("Relu LeakyRelu PRelu Tanh Neg Abs Sqrt Erf Gelu Elu Selu Mish HardSwish "
+            "Sign Floor Ceil Round Clip Pow", zero="moving", flops=1),
+    **_rows("Celu Sin Softsign Asin Atan Sinh Asinh Atanh Tan ThresholdedRelu",
+            zero="moving"),
+    # Unary ops with f(0) != 0.
+    **_rows("Sigmoid HardSigmoid Softplus Exp Log Reciprocal Swish", flops=1),
+    # Broadcasting n-ary ops.
+    **_rows("Add Sub Sum Max Min Mean Where", zero="sum", flops=1),
+    **_rows("Mul Div", zero="product", flops=1),
+    "And": OpInfo(zero="product"),
+    # Normalizations (operations per element).
+    "BatchNormalization": OpInfo(zero="norm", flops=2),
+    **_rows("LayerNormalization InstanceNormalization GroupNormalization", zero="norm",
+            flops=5),
+    "RMSNormalization": OpInfo(zero="norm", flops=4),
+    **_rows("Softmax LogSoftmax", flops=3),
+}
+
+_UNKNOWN = OpInfo()
+
+
+def op_info(op_type: str, domain: str = "") -> OpInfo:
+    """The row of ``op_type`` (an empty row for operators the table does not know)."""
+    if domain not in ("", "ai.onnx"):
+        return _UNKNOWN
+    return OPS.get(op_type, _UNKNOWN)
+
+
+def ops_where(**conditions: object) -> frozenset[str]:
+    """Operators whose row matches every ``field=value`` given."""
+    return frozenset(op for op, info in OPS.items()
+                     if all(getattr(info, key) == value for key, value in conditions.items()))
+
+
+WEIGHTED: frozenset[str] = ops_where(weighted=True)
+"""Operators with a channel-carrying weight at input 1."""
+
+RECONSTRUCTIBLE: frozenset[str] = frozenset({"Conv", "Gemm", "MatMul"})
+"""Weighted operators obspa can see as ``Y = W X`` (ConvTranspose cannot yet)."""
