@@ -257,8 +257,8 @@ def floor_layers(path: Path, obspa: str) -> tuple[list[dict[str, Any]], dict[str
     from spa_opt.api import resolve_pipeline
     from spa_opt.ir.shapes import temporary_shapes
     from spa_opt.passes._infra.context import PipelineContext
-    from spa_opt.passes.obs.hessian import key_of
     from spa_opt.passes.obspa import layers_of
+    from spa_opt.passes.obspa_graph.layers import key_of
 
     options = resolve_pipeline(f"obspa<{obspa}>" if obspa else "obspa")[0][0].options
     model, _ = spa_opt.optimize(path, "couple,group")
@@ -303,8 +303,8 @@ def floors(layers: list[dict[str, Any]], repeat: int) -> None:
     import scipy.linalg
     from threadpoolctl import threadpool_limits
 
-    from spa_opt.passes.obs.linalg import inverse
-    from spa_opt.passes.obs.threads import cores
+    from spa_opt.obs.linalg import inverse
+    from spa_opt.obs.threads import cores
 
     rng = np.random.default_rng(0)
     with threadpool_limits(limits=cores(0), user_api="blas"):
@@ -354,7 +354,7 @@ def child(key: str, path: Path, obspa: str, repeat: int) -> dict[str, Any]:
     import scipy.linalg  # noqa: F401
     from latency import busy_cores, others_during
 
-    import spa_opt  # noqa: F401
+    import spa_opt.api  # noqa: F401  (all of spa_opt: the package imports lazily)
 
     start, began = busy_cores(), time.perf_counter()
     result = {"model": key, "pipeline": run_pipeline(path, obspa, repeat)}

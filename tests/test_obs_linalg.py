@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa_opt.passes.obs.linalg import (
+from spa_opt.obs.linalg import (
     block_costs,
     dampen,
     energy,
@@ -14,7 +14,7 @@ from spa_opt.passes.obs.linalg import (
     reconstruct,
     remove,
 )
-from spa_opt.passes.obs.order import Consumer, OrderTask, solve_order
+from spa_opt.obs.order import Consumer, OrderTask, solve_order
 
 
 def _layer(rows: int, d: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

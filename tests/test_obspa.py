@@ -111,10 +111,11 @@ def test_hessian_is_that_of_the_layer_input() -> None:
     """Accumulated H equals 2XXᵀ/N of the im2col input that reproduces the conv output."""
     from spa_opt.calibration import load_calibration
     from spa_opt.ir.shapes import temporary_shapes
+    from spa_opt.obs.hessian import features
     from spa_opt.passes.group import groups_of
-    from spa_opt.passes.obs.hessian import features, geometry, key_of
-    from spa_opt.passes.obs.propagate import _session, accumulate
     from spa_opt.passes.obspa import layers_of
+    from spa_opt.passes.obspa_graph.layers import geometry, key_of
+    from spa_opt.passes.obspa_graph.propagate import _session, accumulate
 
     model = load_model(DIGITS / "resnet.onnx")
     calibration = load_calibration(CALIB, model, limit=3)

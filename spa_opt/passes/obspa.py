@@ -2,9 +2,10 @@
 
 Rules:
 
-- every prunable group's consumer layers (:mod:`.obs.layers`: Conv with ``group = 1``,
-  Gemm, MatMul with a constant weight) get a layer-wise Hessian ``H = 2 X Xᵀ / N``,
-  dampened by ``damp`` times its mean diagonal (:mod:`.obs.linalg`), from ``hessian``:
+- every prunable group's consumer layers (:mod:`.obspa_graph.layers`: Conv with
+  ``group = 1``, Gemm, MatMul with a constant weight) get a layer-wise Hessian
+  ``H = 2 X Xᵀ / N``, dampened by ``damp`` times its mean diagonal
+  (:mod:`spa_opt.obs.linalg`), from ``hessian``:
 
   - ``data``: the calibration inputs given with ``--calib`` (an ``.npz``/``.npy`` of
     input arrays or a folder of images, :mod:`spa_opt.calibration`), at most
@@ -15,13 +16,19 @@ Rules:
     ``white``; per-channel ``mean`` and ``std`` (the defaults 0 and 1 match a model
     that takes normalised inputs, as exported vision models do); integer inputs get
     uniform token ids;
-  - ``bn``: analytic, from BatchNormalization statistics (:mod:`.obs.analytic`);
-  - ``auto``: ``data`` when calibration inputs were given, else ``noise``;
+  - ``synth``: inputs synthesized from the model alone by the ``synthesize`` pass
+    (run with its defaults and ``samples``; needs the ``autodiff`` extra), then used
+    as ``data``;
+  - ``bn``: analytic, from BatchNormalization statistics (:mod:`.obspa_graph.analytic`);
+  - ``auto``: ``data`` when there are calibration inputs (``--calib`` or an earlier
+    ``synthesize``), else ``synth`` when the ``autodiff`` extra is installed and every
+    input is float (falling back to ``noise``, with the reason in the report, when
+    ``synthesize`` fails), else ``noise``;
 - each group's units are ordered by structured OBS over all its consumers, greedily
   one unit at a time (``order=greedy``) or ``rounds`` blocks per group
-  (``order=blocks``), downdating ``H⁻¹`` after every removal (:mod:`.obs.order`); the
-  costs become the context's ``scores`` (raw, or divided per group by its consumers'
-  output energy with ``norm=relative``);
+  (``order=blocks``), downdating ``H⁻¹`` after every removal
+  (:mod:`spa_opt.obs.order`); the costs become the context's ``scores`` (raw, or
+  divided per group by its consumers' output energy with ``norm=relative``);
 - the selection is planned from those scores and the targets exactly as ``prune``
   plans it, and stored as ``selection`` (and ``plan``);
 - every consumer layer that loses columns gets the least-squares optimal weights of
@@ -32,8 +39,10 @@ Rules:
   ``--stats`` prints the same per layer.
 
 Layers are independent given their Hessians, so ordering and reconstruction run as one
-task per group or layer on ``jobs`` threads (numpy and LAPACK release the GIL). Only
-numpy, scipy and onnxruntime are used.
+task per group or layer on ``jobs`` threads (numpy and LAPACK release the GIL). The
+numeric kernels are the graph-free library :mod:`spa_opt.obs` (numpy and scipy only);
+this module and :mod:`.obspa_graph` tie them to the graph and onnxruntime. Only
+``synth`` imports torch.
 """
 
 from __future__ import annotations
@@ -48,15 +57,15 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.shapes import temporary_shapes
+from spa_opt.obs.linalg import dampen, energy, error, reconstruct
+from spa_opt.obs.order import Consumer, OrderTask, solve_order
+from spa_opt.obs.threads import run_tasks
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
-from spa_opt.passes.obs.layers import Layer, consumers
-from spa_opt.passes.obs.linalg import dampen, energy, error, reconstruct
-from spa_opt.passes.obs.order import Consumer, OrderTask, solve_order
-from spa_opt.passes.obs.threads import run_tasks
+from spa_opt.passes.obspa_graph.layers import Layer, consumers
 from spa_opt.passes.pruning.plan import plan_selection
 
 T = TypeVar("T")
@@ -219,7 +228,7 @@ class ObspaPass(SpaPass):
         if not layers:
             return {"mode": mode}
         if mode == "bn":
-            from spa_opt.passes.obs.analytic import bn_hessian, identity_hessian
+            from spa_opt.passes.obspa_graph.analytic import bn_hessian, identity_hessian
 
             for info in layers.values():
                 found = bn_hessian(info.layer, info.with_bias)
@@ -229,8 +238,8 @@ class ObspaPass(SpaPass):
                 dampen(info.hessian, o.damp)
             return {"mode": "bn"}
         calibration = self._calibration(model, context, "data" if mode == "synth" else mode)
-        from spa_opt.passes.obs.hessian import key_of
-        from spa_opt.passes.obs.propagate import accumulate
+        from spa_opt.passes.obspa_graph.layers import key_of
+        from spa_opt.passes.obspa_graph.propagate import accumulate
 
         bar = _bar(context, calibration.samples, "obspa hessians", "sample")
         try:
@@ -241,7 +250,7 @@ class ObspaPass(SpaPass):
         finally:
             if bar is not None:
                 bar.close()
-        from spa_opt.passes.obs.analytic import identity_hessian
+        from spa_opt.passes.obspa_graph.analytic import identity_hessian
 
         for info in layers.values():
             hessian = accumulators[key_of(info.layer)].hessian(info.with_bias)

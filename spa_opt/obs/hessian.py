@@ -1,5 +1,11 @@
 """Layer-wise Hessians ``H = 2 X Xᵀ / N`` from activations, one accumulator per input.
 
+Everything here works on plain arrays and a plain :class:`Geometry` (the convolution's
+kernel, strides, pads, dilations), not on graph objects: the graph side
+(:func:`spa_opt.passes.obspa_graph.layers.geometry`) reads a node's attributes into a
+:class:`Geometry`, and :func:`spa_opt.passes.obspa_graph.propagate.accumulate` feeds
+the activations in.
+
 ``X`` holds one column per output position the layer computes:
 
 - ``Conv``: im2col columns, ``C·K`` rows in the weight's ``(c, k...)`` order, over every
@@ -25,8 +31,6 @@ import dataclasses
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from spa_opt.passes.obs.layers import Layer
-
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
@@ -39,21 +43,18 @@ class Geometry:
     dilations: tuple[int, ...] = ()
     auto_pad: str = "NOTSET"
 
+    @classmethod
+    def conv(cls, kernel: tuple[int, ...], strides: tuple[int, ...] | None = None,
+             pads: tuple[int, ...] | None = None, dilations: tuple[int, ...] | None = None,
+             auto_pad: str = "NOTSET") -> Geometry:
+        """A convolution's geometry, missing parameters at ONNX ``Conv``'s defaults.
 
-def geometry(layer: Layer) -> Geometry:
-    """The layer's :class:`Geometry`."""
-    if layer.kind != "conv":
-        return Geometry("linear")
-    attrs = layer.node.attributes
-    nd = len(layer.kernel)
-    return Geometry(
-        "conv",
-        layer.kernel,
-        tuple(attrs.get_ints("strides", [1] * nd)),
-        tuple(attrs.get_ints("pads", [0] * (2 * nd))),
-        tuple(attrs.get_ints("dilations", [1] * nd)),
-        attrs.get_string("auto_pad", "NOTSET"),
-    )
+        For callers that hold plain parameters rather than a node (a remote worker, a
+        test): stride and dilation 1, no padding.
+        """
+        nd = len(kernel)
+        return cls("conv", tuple(kernel), tuple(strides or (1,) * nd),
+                   tuple(pads or (0,) * (2 * nd)), tuple(dilations or (1,) * nd), auto_pad)
 
 
 def _same_pads(size: tuple[int, ...], geo: Geometry) -> list[tuple[int, int]]:
@@ -141,7 +142,3 @@ class Accumulator:
         size = self.total.shape[0] if with_bias else self.total.shape[0] - 1
         return self.total[:size, :size] * (2.0 / self.count)
 
-
-def key_of(layer: Layer) -> tuple[int, Geometry]:
-    """Layers with equal keys share an accumulator."""
-    return id(layer.activation), geometry(layer)

@@ -25,10 +25,11 @@ import numpy as np
 import onnx_ir as ir
 import scipy.stats
 
+from spa_opt.ir.ops import ops_where
 from spa_opt.ir.tensors import constant_array
-from spa_opt.passes.obs.layers import Layer
+from spa_opt.passes.obspa_graph.layers import Layer
 
-_KEEP = frozenset({"Identity", "Dropout", "Flatten", "Reshape"})
+_KEEP = ops_where(moments=True)
 
 
 def _clipped(mean: np.ndarray, var: np.ndarray, low: float, high: float

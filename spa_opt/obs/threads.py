@@ -7,6 +7,10 @@ small products tens of times slower (measured: a 145 x 1024 float32 ``X Xᵀ`` t
 0.5 ms on one thread and 32 ms on two, on a 2-core machine). So small tasks run on
 ``jobs`` threads with BLAS limited to one thread each, and tasks above ``BIG_WIDTH``
 columns run one at a time with BLAS on all ``jobs`` threads.
+
+BLAS threads are limited with threadpoolctl, the one dependency here beyond the standard
+library: it is tiny and pure Python, and the only portable way to reach OpenBLAS's, MKL's
+and BLIS's thread counts at run time.
 """
 
 from __future__ import annotations

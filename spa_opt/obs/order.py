@@ -5,10 +5,10 @@ weights ``W``, dampened Hessian ``H`` and the columns of every unit. The task:
 
 1. inverts every ``H`` (Cholesky);
 2. costs each remaining unit as the sum over consumers of its OBS cost
-   (:func:`~spa_opt.passes.obs.linalg.block_costs`);
+   (:func:`~spa_opt.obs.linalg.block_costs`);
 3. removes the cheapest unit (``greedy``) or the cheapest ``ceil(removable / rounds)``
    (``blocks``) from every consumer at once, updating the kept weights and downdating
-   every ``H⁻¹`` (:func:`~spa_opt.passes.obs.linalg.remove`); then back to 2.
+   every ``H⁻¹`` (:func:`~spa_opt.obs.linalg.remove`); then back to 2.
 
 A unit's score is its cost when it was removed, raised to be strictly above the score
 of the unit removed before it, so sorting by score gives back the removal order (what
@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from spa_opt.passes.obs.linalg import block_costs, energy, inverse, remove
+from spa_opt.obs.linalg import block_costs, energy, inverse, remove
 
 
 @dataclasses.dataclass

@@ -19,8 +19,9 @@ the kept columns under ``H``::
 
     W'_K = W · H_:K · (H_KK)⁻¹          (W'_M = 0)
 
-:func:`reconstruct` uses that form (one Cholesky of ``H_KK``); :class:`Solver` uses the
-inverse form to rank blocks greedily. Everything is float64.
+:func:`reconstruct` uses that form (one Cholesky of ``H_KK``); :func:`block_costs` and
+:func:`remove` use the inverse form, which :func:`spa_opt.obs.order.solve_order` applies
+to rank a group's units greedily or in rounds. Everything is float64.
 """
 
 from __future__ import annotations

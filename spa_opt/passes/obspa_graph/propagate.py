@@ -3,7 +3,7 @@
 Every consumer layer's activation becomes an extra output of the model for the
 duration of one onnxruntime session (the graph is restored afterwards). The inputs go
 through in batches sized so that one batch's activations take about ``batch_bytes``;
-each batch feeds every :class:`~spa_opt.passes.obs.hessian.Accumulator` and is then
+each batch feeds every :class:`~spa_opt.obs.hessian.Accumulator` and is then
 dropped, so memory holds one batch plus the running ``Σ X Xᵀ`` per accumulator.
 
 Every layer sees the original network's activations, not those of a network already
@@ -20,9 +20,9 @@ import onnx_ir as ir
 
 from spa_opt.calibration import Calibration
 from spa_opt.errors import InputError
-from spa_opt.passes.obs.hessian import Accumulator, key_of
-from spa_opt.passes.obs.layers import Layer
-from spa_opt.passes.obs.threads import run_tasks
+from spa_opt.obs.hessian import Accumulator
+from spa_opt.obs.threads import run_tasks
+from spa_opt.passes.obspa_graph.layers import Layer, key_of
 
 DEFAULT_BATCH_BYTES = 256 << 20
 
@@ -68,7 +68,7 @@ def accumulate(model: ir.Model, layers: Iterable[Layer], calibration: Calibratio
         progress: Called with the number of samples after each batch.
 
     Returns:
-        Accumulators keyed by :func:`~spa_opt.passes.obs.hessian.key_of`.
+        Accumulators keyed by :func:`~spa_opt.passes.obspa_graph.layers.key_of`.
     """
     accumulators: dict[tuple, Accumulator] = {}
     reads: dict[tuple, ir.Value] = {}

@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir.tensors import constant_array, constant_tensor
+from spa_opt.obs.hessian import Geometry
 from spa_opt.passes.coupling.groups import Group, Member
 
 Kind = Literal["conv", "gemm", "matmul"]
@@ -189,3 +190,24 @@ def consumers(group: Group) -> list[tuple[Layer, np.ndarray]]:
         if layer is not None:
             found.append((layer, layer.columns(member.index_map.positions)))
     return found
+
+
+def geometry(layer: Layer) -> Geometry:
+    """How the layer reads its activation, from the node's attributes."""
+    if layer.kind != "conv":
+        return Geometry("linear")
+    attrs = layer.node.attributes
+    nd = len(layer.kernel)
+    return Geometry(
+        "conv",
+        layer.kernel,
+        tuple(attrs.get_ints("strides", [1] * nd)),
+        tuple(attrs.get_ints("pads", [0] * (2 * nd))),
+        tuple(attrs.get_ints("dilations", [1] * nd)),
+        attrs.get_string("auto_pad", "NOTSET"),
+    )
+
+
+def key_of(layer: Layer) -> tuple[int, Geometry]:
+    """Layers with equal keys read the same activation the same way: one accumulator."""
+    return id(layer.activation), geometry(layer)
