@@ -23,6 +23,21 @@ class VerificationError(SpaOptError):
     """A pass left the model invalid; the message names the pass."""
 
 
+class PassError(Exception):
+    """A pass failed with an unexpected exception: a bug, reported with the pass's name.
+
+    The pass manager wraps every exception that is not a :class:`SpaOptError` in this
+    (as onnx_ir's ``PassError`` does), so "internal error" always says where; the
+    original exception is its ``__cause__``. Deliberate errors (:class:`InputError`,
+    :class:`VerificationError`) pass through unchanged, with ``pass_name`` set.
+    """
+
+    def __init__(self, pass_name: str, error: BaseException) -> None:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        super().__init__(f"pass '{pass_name}' failed: {type(error).__name__}: {detail}")
+        self.pass_name = pass_name
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or an empty string.
 

@@ -317,7 +317,8 @@ def test_internal_error_with_debug_shows_the_traceback(tmp_path: Path, capsys) -
     code, _, err = run_cli_in(capsys, tmp_path, ["-p", "dce,test-explode", "--debug", *_IO])
     assert code == 1
     assert "Traceback" in err and "RuntimeError: test-explode went off" in err
-    assert err.splitlines()[-1].startswith("spa-opt: internal error: test-explode went off")
+    assert err.splitlines()[-1].startswith(
+        "spa-opt: internal error: pass 'test-explode' failed: RuntimeError: test-explode went off")
     assert_untouched_except(before, snapshot(tmp_path))
 
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_ir.passes.common import TopologicalSortPass
 
 import spa_opt  # noqa: F401  (registers passes)
-from spa_opt.errors import VerificationError
+from spa_opt.errors import InputError, PassError, VerificationError
 from spa_opt.ir import set_constant
 from spa_opt.passes import (
     DeadCodeEliminationPass,
@@ -198,8 +198,10 @@ def test_an_exception_in_a_pass_propagates_and_stops_the_run() -> None:
 
     manager = PassManager([LogPass("p1", log), Boom(), LogPass("p3", log)],
                           [RecordingInstrument("A", log)])
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(PassError, match="pass 'boom' failed: RuntimeError: boom") as caught:
         manager(make_model())
+    assert caught.value.pass_name == "boom"
+    assert isinstance(caught.value.__cause__, RuntimeError)
     assert ("run", "p3") not in log
     assert ("A", "after_run", ("p1",)) not in log
     assert [r.name for r in manager.records] == ["p1"]
@@ -369,3 +371,18 @@ def test_modifying_pass_invalidates_analyses_and_preserving_pass_keeps_them() ->
     assert context.analyses.filled() == {"groups": "stale"}
     DeadCodeEliminationPass()(model)  # modifies the graph
     assert context.analyses.filled() == {}
+
+
+
+def test_deliberate_errors_keep_their_type_and_words_and_name_the_pass() -> None:
+    class Refuse(SpaPass):
+        """Raise a deliberate InputError."""
+
+        name = "test-refuse"
+
+        def run(self, model, context):
+            raise InputError("this input cannot be used")
+
+    with pytest.raises(InputError, match=r"^this input cannot be used$") as refused:
+        PassManager([TopoSortPass(), Refuse()])(make_model())
+    assert refused.value.pass_name == "test-refuse"

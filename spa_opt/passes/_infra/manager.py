@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
+from spa_opt.errors import PassError, SpaOptError
 from spa_opt.passes._infra.base import SpaPass
 
 
@@ -66,7 +67,7 @@ class PassManager(ir.passes.InPlacePass):
             for instrument in self.instruments:
                 instrument.before_pass(pass_, model)
             start = time.perf_counter()
-            result = pass_(model)
+            result = self._run_one(pass_, model)
             record = PassRecord(
                 pass_.name, time.perf_counter() - start, result.modified, dict(pass_.stats)
             )
@@ -76,3 +77,15 @@ class PassManager(ir.passes.InPlacePass):
         for instrument in self.instruments:
             instrument.after_run(model, self.records)
         return ir.passes.PassResult(model, any(r.modified for r in self.records))
+
+    @staticmethod
+    def _run_one(pass_: SpaPass, model: ir.Model) -> ir.passes.PassResult:
+        """Run one pass; an unexpected failure becomes a :class:`PassError` naming it."""
+        try:
+            return pass_(model)
+        except SpaOptError as error:  # deliberate: keep its type and words, say where
+            if getattr(error, "pass_name", None) is None:
+                error.pass_name = pass_.name  # type: ignore[attr-defined]
+            raise
+        except Exception as error:
+            raise PassError(pass_.name, error) from error
