@@ -19,6 +19,24 @@ class InputError(SpaOptError):
     """The user's input (file, pipeline text, option) cannot be used as given."""
 
 
+class OptionError(InputError):
+    """A bad value for one option, named the way the caller spelled it.
+
+    The Python API says the keyword (``target_flops must be in [0, 1]``); the CLI shows
+    the same error with the flag (``--target-flops must be in [0, 1]``), so neither
+    kind of user reads the other's vocabulary.
+    """
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option} {problem}")
+        self.option = option
+        self.problem = problem
+
+    def as_flag(self) -> str:
+        """The message with the option written as its command-line flag."""
+        return f"--{self.option.replace('_', '-')} {self.problem}"
+
+
 class VerificationError(SpaOptError):
     """A pass left the model invalid; the message names the pass."""
 

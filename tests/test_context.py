@@ -90,3 +90,26 @@ def test_obspa_then_prune_does_write_the_reconstructed_weights() -> None:
     got, want = _weights(reconstructed), _weights(plain)
     assert any(got[n].shape != want[n].shape or not np.array_equal(got[n], want[n])
                for n in want if n in got)
+
+
+@pytest.mark.parametrize("keyword, value, words", [
+    ("ratio", 1.5, "ratio must be in [0, 1], got 1.5"),
+    ("target_flops", -0.1, "target_flops must be in [0, 1], got -0.1"),
+    ("round_to", 0, "round_to must be at least 1, got 0"),
+    ("scope", "planet", "scope must be 'local' or 'global', got 'planet'"),
+])
+def test_api_errors_name_the_keyword_the_caller_used(keyword, value, words) -> None:
+    from spa_opt.errors import OptionError
+
+    with pytest.raises(OptionError) as caught:
+        spa_opt.optimize(str(RESNET), "dce", **{keyword: value})
+    assert str(caught.value) == words
+    assert caught.value.as_flag() == "--" + words.replace("_", "-", 1) \
+        if keyword != "round_to" else "--round-to must be at least 1, got 0"
+
+
+def test_an_ignore_pattern_matching_nothing_is_named_as_used() -> None:
+    from spa_opt.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"^ignore 'nothing\*' matches no node name$"):
+        spa_opt.optimize(str(RESNET), "dce", ignore=["nothing*"])

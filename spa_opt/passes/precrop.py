@@ -101,8 +101,9 @@ def budget_goals(targets: Targets) -> dict[str, float]:
     if not goals and targets.ratio is not None:
         goals["channels"] = 1.0 - targets.ratio
     if not goals:
-        raise InputError("precrop needs a budget: give --target-flops, --target-params "
-                         "or --ratio")
+        raise InputError("precrop needs a budget: a FLOPs, params or ratio target "
+                         "(--target-flops, --target-params or --ratio; target_flops=, "
+                         "target_params= or ratio= in the API)")
     return goals
 
 

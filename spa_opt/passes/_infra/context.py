@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import onnx_ir as ir
 
-from spa_opt.errors import InputError
+from spa_opt.errors import OptionError
 
 if TYPE_CHECKING:  # annotations only: the infrastructure imports no pass
     import numpy as np
@@ -62,16 +62,15 @@ class Targets:
     """Seed of every random choice (random criterion, synthetic inputs)."""
 
     def __post_init__(self) -> None:
-        # Messages name the field as the Python API spells it (``target_flops``); the CLI
-        # checks its flags before it builds a Targets, so users of either see their words.
+        # OptionError names the keyword; the CLI shows it as the flag.
         for name in ("ratio", "target_flops", "target_params"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {value}")
+                raise OptionError(name, f"must be in [0, 1], got {value}")
         if self.scope not in ("local", "global"):
-            raise InputError(f"scope must be 'local' or 'global', got {self.scope!r}")
+            raise OptionError("scope", f"must be 'local' or 'global', got {self.scope!r}")
         if self.round_to < 1:
-            raise InputError(f"round_to must be at least 1, got {self.round_to}")
+            raise OptionError("round_to", f"must be at least 1, got {self.round_to}")
 
     @property
     def given(self) -> bool:
@@ -83,9 +82,9 @@ class Targets:
         return any(t is not None for t in (self.ratio, self.target_flops, self.target_params))
 
 
-def _slot(*derived_from: str, doc: str) -> Any:
-    """An analysis slot: empty until a pass fills it, cleared when what it derives from is."""
-    return dataclasses.field(default=None, metadata={"derived_from": derived_from, "doc": doc})
+def _slot(*derived_from: str, doc: str) -> dict[str, Any]:
+    """Metadata of an analysis slot: what it is derived from (cleared when they change)."""
+    return {"derived_from": derived_from, "doc": doc}
 
 
 @dataclasses.dataclass
@@ -96,23 +95,32 @@ class Analyses:
     :meth:`update` to set several slots that were computed together.
     """
 
-    couplings: Coupling | None = _slot(doc="coupled channels (``couple``)")
-    groups: list[Group] | None = _slot("couplings", doc="channel groups (``group``)")
-    scores: dict[str, np.ndarray] | None = _slot(
-        "groups", doc="one score per unit, per group id (a criterion, or ``obspa``)")
-    criterion: str | None = _slot("scores", doc="pipeline text of the pass that scored")
-    dead: dict[str, np.ndarray] | None = _slot(
-        "groups", doc="per group id, a mask of the units provably zero (``dead``)")
-    selection: dict[str, np.ndarray] | None = _slot(
-        "groups", "scores", "dead",
-        doc="units to remove per group id, chosen by ``obspa`` or ``precrop``; ``prune`` "
-            "plans its own when empty")
-    plan: Plan | None = _slot(
-        "selection", doc="skipped groups and target outcome behind ``selection``")
-    reconstructed: dict[ir.Value, np.ndarray] | None = _slot(
-        "selection", doc="new data for weights, written by ``prune`` before slicing (obspa)")
-    growth: dict[str, int] | None = _slot(
-        "selection", doc="units to add per group id (precrop with PreConfig), applied by prune")
+    couplings: Coupling | None = dataclasses.field(
+        default=None, metadata=_slot(doc="coupled channels (``couple``)"))
+    groups: list[Group] | None = dataclasses.field(
+        default=None, metadata=_slot("couplings", doc="channel groups (``group``)"))
+    scores: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, metadata=_slot(
+            "groups", doc="one score per unit, per group id (a criterion, or ``obspa``)"))
+    criterion: str | None = dataclasses.field(
+        default=None, metadata=_slot("scores", doc="pipeline text of the pass that scored"))
+    dead: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, metadata=_slot(
+            "groups", doc="per group id, a mask of the units provably zero (``dead``)"))
+    selection: dict[str, np.ndarray] | None = dataclasses.field(
+        default=None, metadata=_slot(
+            "groups", "scores", "dead",
+            doc="units to remove per group id, chosen by ``obspa`` or ``precrop``; "
+                "``prune`` plans its own when empty"))
+    plan: Plan | None = dataclasses.field(
+        default=None, metadata=_slot(
+            "selection", doc="skipped groups and target outcome behind ``selection``"))
+    reconstructed: dict[ir.Value, np.ndarray] | None = dataclasses.field(
+        default=None, metadata=_slot(
+            "selection", doc="new data for weights, written by ``prune`` before slicing"))
+    growth: dict[str, int] | None = dataclasses.field(
+        default=None, metadata=_slot(
+            "selection", doc="units to add per group id (precrop<preconfig=true>)"))
 
     def __setattr__(self, name: str, value: Any) -> None:
         self.update(**{name: value})

@@ -80,9 +80,10 @@ class GradientCriterion(CriterionPass):
         if not self.needs_data:
             return []
         if context.calibration is None:
-            raise InputError(f"'{self.name}' needs calibration inputs: give --calib FILE "
-                             f"(labels from its 'label' member, else the model's own "
-                             f"predictions) or run 'synthesize' before it")
+            raise InputError(f"'{self.name}' needs calibration inputs: give them (--calib "
+                             f"FILE, or calibration= in the API; labels from its 'label' "
+                             f"member, else the model's own predictions) or run "
+                             f"'synthesize' before it")
         if self.options.samples < 1 or self.options.batch < 1:
             raise InputError(f"{self.name}: samples and batch must be at least 1")
         from spa_opt.autodiff.gradients import batches
