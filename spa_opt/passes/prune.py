@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.ir.check import check_model
 from spa_opt.ir.ops import WEIGHTED
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ir.tensors import set_constant
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.registry import register
-from spa_opt.passes.check import check_model
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.criteria.base import current_scores
 from spa_opt.passes.dce import DeadCodeEliminationPass
