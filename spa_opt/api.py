@@ -95,7 +95,8 @@ def optimize(
         round_to: Keep channel counts multiples of this.
         ignore: Glob patterns of node names never pruned; each must match a node.
         seed: Seed of every random choice.
-        verify: Compare outputs before and after on this many random inputs.
+        verify: Compare outputs before and after on this many random inputs (symbolic
+            dims from ``input_dims``, else 1; see :mod:`spa_opt.verify`).
         instruments: Pass-manager instruments (timing, printing, checking).
         show_progress: Let long passes draw progress bars on stderr.
         base_dir: Folder of external data, for bytes and protos.
@@ -103,8 +104,9 @@ def optimize(
             a path (``.npz``, ``.npy`` or a folder of images, see
             :mod:`spa_opt.calibration`), a :class:`~spa_opt.calibration.CalibrationSpec`
             or a :class:`~spa_opt.calibration.Calibration`.
-        input_dims: Sizes of symbolic input dims (by name or ``"input:axis"``) for
-            calibration files and generated inputs.
+        input_dims: Sizes of symbolic input dims (by name or ``"input:axis"``), kept as
+            the context's ``input_dims``: the one place calibration files, noise and
+            synthesized inputs, synflow and ``verify``'s random inputs read them from.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -123,7 +125,7 @@ def optimize(
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
 
         if isinstance(calibration, CalibrationSpec):
-            calibration = calibration.load(loaded)
+            calibration = calibration.load(loaded, dims=context.input_dims)
         elif not isinstance(calibration, Calibration):
             calibration = load_calibration(calibration, loaded, dims=context.input_dims)
         context.calibration = calibration
@@ -131,7 +133,7 @@ def optimize(
 
     feeds, reference = [], []
     if verify > 0:
-        feeds = random_inputs(loaded, verify, seed)
+        feeds = random_inputs(loaded, verify, seed, dims=context.input_dims)
         reference = run_all(_reference_session(model, loaded), feeds)
 
     manager = PassManager(passes, instruments)

@@ -10,8 +10,9 @@ right names, dtypes and shapes, token ids inside the embedding table. Rules:
 - Dim 0 may have any size. When it is a fixed ``k``, :meth:`Calibration.batches` feeds
   exactly ``k`` samples at a time (``k = 1``: one at a time, each keeping its leading
   axis of 1) and drops a remainder of fewer than ``k``. Other symbolic dims take their
-  size from ``dims``, keyed by dim name (``{"seq": 128}``) or by ``"input:axis"``
-  (``{"x:2": 224}``, for unnamed dims); a size needed and not given is an error.
+  size from ``dims`` (the run's ``input_dims``, from ``--input-dim``), keyed by dim name
+  (``{"seq": 128}``) or by ``"input:axis"`` (``{"x:2": 224}``, for unnamed dims); a size
+  needed and not given is an error (see :mod:`spa_opt.inputs`).
 - ``.npz``: keys are the input names (any key when the model has one input and the file
   one array); rank, dtype kind and static dims are checked, floats cast to the input's
   float type (must stay finite), integers to its integer type (must stay in range);
@@ -35,7 +36,8 @@ right names, dtypes and shapes, token ids inside the embedding table. Rules:
   other ranks, other rank-4 inputs and 1x1 images get white noise.
 - Noise, integer inputs: uniform ids in ``[0, rows)`` when an embedding ``Gather`` reads
   them, directly or through Cast, Reshape and other ops that keep values (the smallest
-  table wins), else 0 or 1 (masks, flags); bool inputs: all True. One
+  table wins), else 0 or 1 (masks, flags), the bound ``--verify`` uses too
+  (:func:`spa_opt.inputs.token_id_bound`); bool inputs: all True. One
   ``numpy.random.default_rng(seed)`` draws everything, inputs in graph order, so a seed
   reproduces the data exactly.
 """
@@ -49,12 +51,21 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 
 from spa_opt.errors import InputError
+from spa_opt.inputs import (
+    LAYOUT_AXES,
+    InputSpec,
+    format_dims,
+    given_size,
+    image_layout,
+    model_inputs,
+    per_channel_values,
+    required_size,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -94,7 +105,7 @@ class Calibration:
         """
         if size < 1:
             raise InputError(f"calibration batch size must be at least 1, got {size}")
-        inputs = _inputs(model)
+        inputs = model_inputs(model)
         if missing := [i.name for i in inputs if i.name not in self.feeds]:
             raise InputError(f"calibration data ({self.source}) has no data for input(s) "
                              f"{', '.join(missing)}")
@@ -129,84 +140,6 @@ class Calibration:
         return Calibration(feeds, f"{self.source} (first {count} of {total})", labels)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Input:
-    """A graph input as calibration sees it; ``declared`` holds ints, dim names or None."""
-
-    value: ir.Value
-    name: str
-    dtype: np.dtype
-    kind: Literal["float", "int", "bool"]
-    declared: tuple[int | str | None, ...]
-
-
-def _inputs(model: ir.Model) -> list[_Input]:
-    """The model's real inputs (initializers excluded), with their calibration kind."""
-    initializers = set(model.graph.initializers)
-    found = []
-    for value in model.graph.inputs:
-        if value.name in initializers:
-            continue
-        dtype = value.dtype
-        kind = None if dtype is None else (
-            "float" if dtype.is_floating_point() else "bool" if dtype == ir.DataType.BOOL
-            else "int" if dtype.is_integer() else None)
-        if dtype is None or kind is None or value.shape is None:
-            raise InputError(f"input '{value.name}' has type {dtype and dtype.name} and shape "
-                             f"{value.shape}: calibration needs float, integer or bool and a "
-                             "declared shape")
-        declared = tuple(d if isinstance(d, int) else d.value for d in value.shape)
-        found.append(_Input(value, value.name, np.dtype(dtype.numpy()), kind, declared))
-    return found
-
-
-def _fmt(declared: Sequence[int | str | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in declared) + "]"
-
-
-def _given(inp: _Input, axis: int, dims: Mapping[str, int]) -> int | None:
-    """The size of ``axis``: declared, or from ``dims`` ("input:axis" first, then name)."""
-    dim = inp.declared[axis]
-    if isinstance(dim, int):
-        return dim
-    size = dims.get(f"{inp.name}:{axis}", dims.get(dim) if dim else None)
-    if size is not None and (not isinstance(size, int | np.integer) or size < 1):
-        raise InputError(f"dims: size of input '{inp.name}' dim {axis} must be a positive "
-                         f"integer, got {size!r}")
-    return None if size is None else int(size)
-
-
-def _need(inp: _Input, axis: int, dims: Mapping[str, int]) -> int:
-    size = _given(inp, axis, dims)
-    if size is None:
-        key = inp.declared[axis] or f"{inp.name}:{axis}"
-        raise InputError(f"input '{inp.name}' {_fmt(inp.declared)} dim {axis} is symbolic: "
-                         f"give its size with dims={{'{key}': N}}")
-    return size
-
-
-def _layout(shape: Sequence[int | None]) -> Literal["NCHW", "NHWC"] | None:
-    if len(shape) != 4:
-        return None
-    if shape[1] in (1, 3):
-        return "NCHW"
-    return "NHWC" if shape[3] in (1, 3) else None
-
-
-def _per_channel(values: Sequence[float], channels: int, what: str, name: str,
-                 image: bool) -> np.ndarray:
-    """``values`` as ``channels`` float32 numbers (one value broadcasts)."""
-    array = np.asarray(values, dtype=np.float64).ravel()
-    if array.size not in (1, channels):
-        hint = f"it has {channels} channels" if image else "it is not an image"
-        raise InputError(f"{what} has {array.size} values for input '{name}': {hint}, give "
-                         f"{'1 or ' + str(channels) if image and channels > 1 else '1'}")
-    if not np.isfinite(array).all() or (what == "std" and (array <= 0).any()):
-        raise InputError(f"{what} must be finite{' and positive' if what == 'std' else ''}, "
-                         f"got {array.tolist()}")
-    return np.broadcast_to(array, (channels,)).astype(np.float32)
-
-
 def _line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -216,20 +149,27 @@ def _line(error: BaseException) -> str:
 class CalibrationSpec:
     """Where calibration inputs come from, before there is a model to check them against.
 
-    What the CLI's ``--calib``, ``--calib-mean``, ``--calib-std``, ``--calib-limit`` and
-    ``--input-dim`` say.
+    What the CLI's ``--calib``, ``--calib-mean``, ``--calib-std`` and ``--calib-limit``
+    say. The sizes of symbolic dims (``--input-dim``) are not part of it: they are the
+    run's ``input_dims``, which :meth:`load` takes, so that calibration files, noise,
+    synthesis and ``--verify`` read the same sizes from one place.
     """
 
     path: str
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     limit: int | None = None
-    dims: tuple[tuple[str, int], ...] = ()
 
-    def load(self, model: ir.Model) -> Calibration:
-        """Read the inputs for ``model`` (see :func:`load_calibration`)."""
+    def load(self, model: ir.Model, dims: Mapping[str, int] | None = None) -> Calibration:
+        """Read the inputs for ``model`` (see :func:`load_calibration`).
+
+        Args:
+            model: The model the inputs are for.
+            dims: Sizes of symbolic dims, by name or ``"input:axis"`` (the run's
+                ``input_dims``).
+        """
         return load_calibration(self.path, model, limit=self.limit, mean=self.mean,
-                                std=self.std, dims=dict(self.dims))
+                                std=self.std, dims=dims)
 
 
 def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | None = None,
@@ -263,7 +203,7 @@ def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | N
     if mean is not None or std is not None:
         raise InputError(f"mean/std apply to image folders; arrays in '{path.name}' are fed "
                          "as stored (normalise them before saving)")
-    inputs = _inputs(model)
+    inputs = model_inputs(model)
     if suffix == ".npy" and len(inputs) != 1:
         raise InputError(f"'{path.name}' holds one array but the model has {len(inputs)} "
                          f"inputs ({', '.join(i.name for i in inputs)}): use a .npz keyed by "
@@ -315,7 +255,8 @@ def _labels(label: str, key: str, array: np.ndarray, limit: int | None) -> np.nd
     return array[:limit] if limit is not None else array
 
 
-def _match_keys(label: str, inputs: list[_Input], keys: list[str]) -> list[tuple[_Input, str]]:
+def _match_keys(label: str, inputs: list[InputSpec], keys: list[str]
+                ) -> list[tuple[InputSpec, str]]:
     if len(inputs) == 1 and len(keys) == 1:
         return [(inputs[0], keys[0])]
     names = [i.name for i in inputs]
@@ -332,20 +273,20 @@ _KINDS = {"float": ("f", "a float array"), "int": ("iu", "an integer array"),
           "bool": ("b", "a bool array")}
 
 
-def _check(label: str, key: str, inp: _Input, array: np.ndarray, limit: int | None,
+def _check(label: str, key: str, inp: InputSpec, array: np.ndarray, limit: int | None,
            dims: Mapping[str, int], seen: dict[str, int]) -> np.ndarray:
     """``array`` checked against ``inp``, cut to ``limit`` samples, cast to its dtype."""
     where = f"{label}: '{key}'"
     got = tuple(array.shape)
     if array.ndim != len(inp.declared):
         raise InputError(f"{where} has shape {got}, expected rank {len(inp.declared)} "
-                         f"{_fmt(inp.declared)} for input '{inp.name}'")
+                         f"{format_dims(inp.declared)} for input '{inp.name}'")
     for axis in range(1, array.ndim):
-        dim, want = inp.declared[axis], _given(inp, axis, dims)
+        dim, want = inp.declared[axis], given_size(inp, axis, dims)
         if want is None and dim is not None:  # a named dim: the same size in every array
             want = seen.setdefault(dim, got[axis])
         if want is not None and got[axis] != want:
-            raise InputError(f"{where} has shape {got}, expected {_fmt(inp.declared)} "
+            raise InputError(f"{where} has shape {got}, expected {format_dims(inp.declared)} "
                              f"with dim {axis} = {want}")
     allowed, wanted = _KINDS[inp.kind]
     if array.dtype.kind not in allowed:
@@ -365,21 +306,22 @@ def _check(label: str, key: str, inp: _Input, array: np.ndarray, limit: int | No
 def _load_images(folder: Path, model: ir.Model, limit: int | None,
                  mean: Sequence[float] | None, std: Sequence[float] | None,
                  dims: Mapping[str, int]) -> Calibration:
-    inputs = _inputs(model)
+    inputs = model_inputs(model)
     if len(inputs) != 1 or inputs[0].kind != "float" or len(inputs[0].declared) != 4:
-        shown = ", ".join(f"{i.name} {i.dtype} {_fmt(i.declared)}" for i in inputs)
+        shown = ", ".join(f"{i.name} {i.dtype} {format_dims(i.declared)}" for i in inputs)
         raise InputError(f"an image folder needs a model with one float input of rank 4; "
                          f"this one has: {shown or 'no inputs'}")
     inp = inputs[0]
-    layout = _layout([_given(inp, axis, dims) for axis in range(4)])
+    layout = image_layout([given_size(inp, axis, dims) for axis in range(4)])
     if layout is None:
-        raise InputError(f"input '{inp.name}' {_fmt(inp.declared)}: cannot tell the channel "
-                         "axis (dim 1 or the last dim must be 1 or 3)")
-    c_axis, h_axis, w_axis = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
-    channels = _need(inp, c_axis, dims)
-    height, width = _need(inp, h_axis, dims), _need(inp, w_axis, dims)
-    shift = _per_channel((0.0,) if mean is None else mean, channels, "mean", inp.name, True)
-    scale = _per_channel((1.0,) if std is None else std, channels, "std", inp.name, True)
+        raise InputError(f"input '{inp.name}' {format_dims(inp.declared)}: cannot tell the "
+                         "channel axis (dim 1 or the last dim must be 1 or 3)")
+    c_axis, h_axis, w_axis = LAYOUT_AXES[layout]
+    channels = required_size(inp, c_axis, dims)
+    height, width = required_size(inp, h_axis, dims), required_size(inp, w_axis, dims)
+    shift = per_channel_values((0.0,) if mean is None else mean, channels, "mean", inp.name,
+                               True)
+    scale = per_channel_values((1.0,) if std is None else std, channels, "std", inp.name, True)
     files = sorted((p for p in folder.iterdir()
                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=lambda p: p.name)
     if not files:

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--input-dim", type=_dim, action="append", default=[],
                        metavar="NAME=SIZE",
                        help="size of a symbolic input dim (by name or INPUT:AXIS) for "
-                            "calibration and generated inputs (repeatable)")
+                            "calibration, generated and --verify inputs (repeatable)")
     debug = parser.add_argument_group("instrumentation")
     debug.add_argument("--time-passes", action="store_true", help="print seconds per pass")
     debug.add_argument("--stats", action="store_true", help="print per-pass counters")
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--print-ir-after", action="append", default=[], metavar="PASS|all",
                        help="print the model as text after PASS (repeatable) or every pass")
     debug.add_argument("--verify", type=_positive_int, metavar="N",
-                       help="compare outputs before/after in onnxruntime on N random inputs")
+                       help="compare outputs before/after in onnxruntime on N random inputs "
+                            "(symbolic dims from --input-dim, else 1)")
     debug.add_argument("--print-groups", action="store_true",
                        help="print the channel groups as a table (needs the group pass)")
     debug.add_argument("--report", metavar="FILE.json", help="write the run report as JSON")
@@ -283,8 +284,7 @@ def _calibration_spec(args: argparse.Namespace) -> Any:
         if any(v is not None for v in given):
             raise InputError("--calib-limit, --calib-mean and --calib-std need --calib")
         return None
-    return CalibrationSpec(args.calib, args.calib_mean, args.calib_std, args.calib_limit,
-                           tuple(args.input_dim))
+    return CalibrationSpec(args.calib, args.calib_mean, args.calib_std, args.calib_limit)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

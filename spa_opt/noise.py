@@ -1,9 +1,9 @@
 """Calibration inputs made from the model alone: noise images, token ids, masks.
 
 The rules for float inputs (white and pink noise, per-channel ``mean`` and ``std``),
-integer inputs (uniform ids below the embedding table's size, found through id-preserving
-ops) and bool inputs are listed in :mod:`spa_opt.calibration`, whose checks on shapes and
-symbolic dims these inputs share.
+integer inputs (uniform ids below :func:`spa_opt.inputs.token_id_bound`, the bound
+``--verify`` uses too) and bool inputs are listed in :mod:`spa_opt.calibration`; shapes,
+symbolic dims and layouts follow :mod:`spa_opt.inputs`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.calibration import Calibration, _Input, _inputs, _layout, _need, _per_channel
+from spa_opt.calibration import Calibration
 from spa_opt.errors import InputError
-from spa_opt.verify import _index_bound
+from spa_opt.inputs import (
+    LAYOUT_AXES,
+    InputSpec,
+    image_layout,
+    model_inputs,
+    per_channel_values,
+    resolve_shape,
+    token_id_bound,
+)
 
 
 def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "pink"] = "pink",
@@ -50,57 +58,29 @@ def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    for inp in _inputs(model):
-        rank = len(inp.declared)
-        shape = (samples, *(_need(inp, a, dims) for a in range(1, rank))) if rank else ()
+    for inp in model_inputs(model):
+        shape = resolve_shape(inp, dims, batch=samples)
         if inp.kind == "float":
             feeds[inp.name] = _float_noise(inp, shape, kind, mean, std, rng, exponent)
         elif inp.kind == "int":
-            high = int(np.iinfo(inp.dtype).max) + 1 if inp.dtype.kind in "iu" else 2
-            bound = max(1, min(_id_bound(inp.value), high))
-            feeds[inp.name] = rng.integers(0, bound, shape).astype(inp.dtype)
+            feeds[inp.name] = rng.integers(0, token_id_bound(inp.value), shape).astype(inp.dtype)
         else:
             feeds[inp.name] = np.ones(shape, dtype=bool)
     return Calibration(feeds, f"noise:{kind}")
 
 
-#: Ops that pass ids through unchanged on their first input, on the way to an embedding.
-_ID_PRESERVING = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                            "Transpose", "Expand", "Slice", "Tile"})
-
-
-def _id_bound(value: ir.Value) -> int:
-    """Rows of the smallest embedding table the ids reach (through Cast, Reshape, ...).
-
-    ``verify._index_bound`` reads direct ``Gather`` uses only; exported models often
-    cast or flatten ids first, and ids 0/1 would be a poor sample of a vocabulary.
-    Without any such ``Gather``, 2: the input is taken for a mask or flag.
-    """
-    bounds, stack, visited = [], [value], set()
-    while stack:
-        current = stack.pop()
-        if id(current) in visited:
-            continue
-        visited.add(id(current))
-        for node, position in current.uses():
-            if node.op_type == "Gather" and position == 1:
-                bounds.append(_index_bound(current))
-            elif node.op_type in _ID_PRESERVING and position == 0 and node.outputs:
-                stack.append(node.outputs[0])
-    return min(bounds, default=2)
-
-
-def _float_noise(inp: _Input, shape: tuple[int, ...], kind: str, mean: Sequence[float],
+def _float_noise(inp: InputSpec, shape: tuple[int, ...], kind: str, mean: Sequence[float],
                  std: Sequence[float], rng: np.random.Generator,
                  exponent: float | tuple[float, float] = 1.0) -> np.ndarray:
-    layout = _layout(shape)
-    channels = shape[1 if layout == "NCHW" else 3] if layout else 1
-    shift = _per_channel(mean, channels, "mean", inp.name, layout is not None)
-    scale = _per_channel(std, channels, "std", inp.name, layout is not None)
+    layout = image_layout(shape)
+    c_axis, h_axis, w_axis = LAYOUT_AXES[layout] if layout else (0, 0, 0)
+    channels = shape[c_axis] if layout else 1
+    shift = per_channel_values(mean, channels, "mean", inp.name, layout is not None)
+    scale = per_channel_values(std, channels, "std", inp.name, layout is not None)
     if not shape:
         return np.asarray(rng.standard_normal() * scale[0] + shift[0], dtype=inp.dtype)
     if layout:  # drawn channels first, one sample at a time: no float64 copy of everything
-        sample = (channels, *(shape[2:] if layout == "NCHW" else shape[1:3]))
+        sample = (channels, shape[h_axis], shape[w_axis])
         shift, scale = shift[:, None, None], scale[:, None, None]
     else:
         sample, shift, scale = shape[1:], shift[0], scale[0]

@@ -1,9 +1,13 @@
 """Compare a model before and after a pipeline in onnxruntime.
 
-Inputs are random tensors of each graph input's declared shape, symbolic
-dimensions set to 1. Floating inputs are standard normal. Integer inputs that
-index an embedding (``Gather`` of a constant table) are uniform over the table's
-rows, so token ids stay valid; other integer inputs are 0 or 1 (masks, flags).
+Inputs are random tensors of each graph input's declared shape. Symbolic dims
+take the sizes ``--input-dim`` gives (the run's ``input_dims``, as for calibration
+and noise inputs) and 1 otherwise, batch included. Floating inputs are standard
+normal; bool inputs are random. Integer inputs are uniform below
+:func:`spa_opt.inputs.token_id_bound`, the bound noise calibration uses: the rows of
+the embedding table a ``Gather`` reads them from, through Cast, Reshape and other
+ops that keep the ids, so token ids stay valid; other integer inputs are 0 or 1
+(masks, flags).
 
 The error reported is the largest absolute difference over all outputs and
 inputs, and that difference relative to the largest reference magnitude.
@@ -12,13 +16,13 @@ inputs, and that difference relative to the largest reference magnitude.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from spa_opt.errors import InputError
+from spa_opt.inputs import model_inputs, resolve_shape, token_id_bound
 
 
 @dataclasses.dataclass
@@ -44,46 +48,37 @@ class VerifyResult:
         }
 
 
-def _index_bound(value: ir.Value) -> int:
-    bounds = []
-    for node, position in value.uses():
-        if node.op_type == "Gather" and position == 1:
-            table = node.inputs[0]
-            if table is not None and table.shape is not None:
-                axis = node.attributes.get_int("axis", 0)
-                dim = table.shape[axis]
-                if isinstance(dim, int):
-                    bounds.append(dim)
-    return min(bounds) if bounds else 2
-
-
-def random_inputs(model: ir.Model, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def random_inputs(model: ir.Model, count: int, seed: int = 0,
+                  dims: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
     """``count`` random feeds for the model's graph inputs (initializers excluded).
 
+    Args:
+        model: The model the feeds are for.
+        count: How many feeds.
+        seed: Seed of ``numpy.random.default_rng``.
+        dims: Sizes of symbolic dims, by name or ``"input:axis"`` (the run's
+            ``input_dims``); a symbolic dim not in it, batch included, has size 1: the
+            smallest feed every model accepts, enough to compare two models.
+
     Raises:
-        InputError: An input has no declared type or rank.
+        InputError: An input has no declared type or shape, or a type other than float,
+            integer or bool.
     """
     rng = np.random.default_rng(seed)
-    initializers = set(model.graph.initializers)
-    specs = []
-    for value in model.graph.inputs:
-        if value.name in initializers:
-            continue
-        if value.dtype is None or value.shape is None:
-            raise InputError(f"cannot make random data for input '{value.name}': no declared "
-                             "type or shape")
-        dims = [d if isinstance(d, int) else 1 for d in value.shape]
-        specs.append((value.name, dims, value.dtype.numpy(), _index_bound(value)))
+    dims = dict(dims or {})
+    specs = [(spec, resolve_shape(spec, dims, default=1),
+              token_id_bound(spec.value) if spec.kind == "int" else 2)
+             for spec in model_inputs(model)]
     feeds = []
     for _ in range(count):
         feed = {}
-        for name, dims, dtype, bound in specs:
-            if np.issubdtype(dtype, np.floating):
-                feed[name] = rng.standard_normal(dims).astype(dtype)
-            elif dtype == np.bool_:
-                feed[name] = rng.integers(0, 2, dims).astype(bool)
+        for spec, shape, bound in specs:
+            if spec.kind == "float":
+                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif spec.kind == "bool":
+                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
             else:
-                feed[name] = rng.integers(0, bound, dims).astype(dtype)
+                feed[spec.name] = rng.integers(0, bound, shape).astype(spec.dtype)
         feeds.append(feed)
     return feeds
 

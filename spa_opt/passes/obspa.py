@@ -62,6 +62,7 @@ from spa_opt.obs.order import Consumer, OrderTask, solve_order
 from spa_opt.obs.threads import run_tasks
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.instruments import progress
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
@@ -126,9 +127,13 @@ class ObspaPass(SpaPass):
     name = "obspa"
     Options = ObspaOptions
     preserves_analyses = True
+    _started: float = 0.0
+    """``time.perf_counter()`` when the current run began: the progress bars' delay
+    counts from there."""
 
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Hessians, order, selection, reconstruction, report."""
+        self._started = time.perf_counter()
         self._check_options()
         groups = groups_of(model, context)
         with temporary_shapes(model):  # weight shapes, extra outputs and costs need them
@@ -143,7 +148,7 @@ class ObspaPass(SpaPass):
 
         tick = time.perf_counter()
         tasks = [self._task(g, layers) for g in groups if g.prunable and g.id not in unscored]
-        results = self._map(context, "obspa order", solve_order, tasks,
+        results = self._map(context, "obspa order", "group", solve_order, tasks,
                             [max((c.weight.shape[1] for c in t.consumers), default=0)
                              for t in tasks])
         scores = {r.group: r.scores for r in results}
@@ -158,7 +163,7 @@ class ObspaPass(SpaPass):
 
         tick = time.perf_counter()
         infos = list(layers.values())
-        rows = self._map(context, "obspa reconstruct",
+        rows = self._map(context, "obspa reconstruct", "layer",
                          lambda info: _reconstruct(info, plan.selection), infos,
                          [i.layer.width for i in infos])
         reconstructed: dict[ir.Value, np.ndarray] = {}
@@ -241,15 +246,12 @@ class ObspaPass(SpaPass):
         from spa_opt.passes.obspa_graph.layers import key_of
         from spa_opt.passes.obspa_graph.propagate import accumulate
 
-        bar = _bar(context, calibration.samples, "obspa hessians", "sample")
-        try:
+        with progress(context.show_progress, calibration.samples, "obspa hessians",
+                      "sample", since=self._started) as advance:
             accumulators = accumulate(
                 model, [i.layer for i in layers.values()], calibration,
                 max_positions=o.positions, seed=context.targets.seed, jobs=o.jobs,
-                progress=bar.update if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
+                progress=advance)
         from spa_opt.passes.obspa_graph.analytic import identity_hessian
 
         for info in layers.values():
@@ -292,25 +294,12 @@ class ObspaPass(SpaPass):
         return OrderTask(group.id, group.units, np.flatnonzero(~group.pinned), consumers_,
                          self.options.order, self.options.rounds, self.options.norm)
 
-    def _map(self, context: PipelineContext, label: str, function: Callable[[T], R],
-             items: list[T], sizes: list[int]) -> list[R]:
-        bar = _bar(context, len(items), label, "task")
-        try:
-            return run_tasks(function, items, sizes, self.options.jobs,
-                             bar.update if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-
-
-def _bar(context: PipelineContext, total: int, label: str, unit: str) -> Any:
-    if not context.show_progress:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False, delay=2.0)
+    def _map(self, context: PipelineContext, label: str, unit: str,
+             function: Callable[[T], R], items: list[T], sizes: list[int]) -> list[R]:
+        """``run_tasks`` with a progress bar of one ``unit`` per finished item."""
+        with progress(context.show_progress, len(items), label, unit,
+                      since=self._started) as advance:
+            return run_tasks(function, items, sizes, self.options.jobs, advance)
 
 
 def _reconstruct(info: _LayerInfo, selection: dict[str, np.ndarray]

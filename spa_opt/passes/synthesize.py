@@ -59,6 +59,7 @@ import onnx_ir as ir
 from spa_opt.errors import InputError
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.instruments import progress
 from spa_opt.passes._infra.registry import register
 
 if TYPE_CHECKING:
@@ -358,10 +359,10 @@ def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: Synthesize
     floats = [k for k, a in start.items() if a.ndim and a.dtype.kind == "f"]
     out = {k: a.copy() for k, a in start.items()}
     chunks = [(s, min(s + chunk, samples)) for s in range(0, samples, chunk)]
-    bar = _bar(context, o.steps * len(chunks))
     sums: dict[str, float] = {}
     hits = 0
-    try:
+    with progress(context.show_progress, o.steps * len(chunks), "synthesize",
+                  "step") as advance:
         for begin, end in chunks:
             fixed = {k: torch.from_numpy(np.ascontiguousarray(a[begin:end] if a.ndim else a))
                      for k, a in start.items() if k not in floats}
@@ -378,8 +379,7 @@ def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: Synthesize
                 loss, _, _ = objective(feeds, floats, targets)
                 loss.backward()
                 adam.step()
-                if bar is not None:
-                    bar.update()
+                advance(1)
             with torch.no_grad():
                 final = {k: image.value().detach() for k, image in images.items()}
                 _, terms, scores = objective({**fixed, **final}, floats, targets)
@@ -389,18 +389,4 @@ def _optimise(objective: _Objective, start: dict[str, np.ndarray], o: Synthesize
                 sums[term] = sums.get(term, 0.0) + value * (end - begin) / samples
             for k, value in final.items():
                 out[k][begin:end] = value.numpy().astype(out[k].dtype)
-    finally:
-        if bar is not None:
-            bar.close()
     return out, sums, (hits / samples if objective.classes else None)
-
-
-def _bar(context: PipelineContext, total: int) -> Any:
-    if not context.show_progress or not total:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="synthesize", unit="step", file=sys.stderr, leave=False,
-                delay=2.0)

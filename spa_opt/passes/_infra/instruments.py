@@ -3,13 +3,22 @@
 They mirror LLVM ``opt``'s ``--time-passes``, ``--stats``, ``--print-ir-after`` and
 ``--verify-each``. Each writes to the stream it is given (stderr in the CLI), so
 stdout stays free for a model or a pipeline printed by the user's request.
+
+:func:`progress` is the one progress bar a long pass draws of its own work (obspa's
+samples, groups and layers; synthesize's steps), beside :class:`ProgressInstrument`'s
+bar over the passes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
-from collections.abc import Collection, Sequence
-from typing import TextIO
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TextIO
 
 import onnx_ir as ir
 
@@ -78,7 +87,7 @@ class VerifyEachInstrument(Instrument):
 
     def after_pass(self, pass_: SpaPass, model: ir.Model, record: PassRecord) -> None:
         """Run the full checker and strict shape inference."""
-        from spa_opt.passes.check import check_model
+        from spa_opt.ir.check import check_model
 
         if not record.modified:
             return
@@ -119,3 +128,94 @@ class ProgressInstrument(Instrument):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+PROGRESS_DELAY = 2.0
+"""Seconds before a bar is drawn: shorter work never shows one."""
+
+PROGRESS_TICK = 0.5
+"""Seconds between redraws while nothing advances (the elapsed time keeps moving)."""
+
+
+def _ignore(n: int = 1) -> None:
+    """The advance function of a disabled bar."""
+
+
+def _screen(stream: TextIO) -> dict[str, Any]:
+    """The bar's size arguments: follow the terminal, or 80 x 24 where it reports none.
+
+    A pseudo-terminal nobody sized (``script`` run without a terminal, some CI runners)
+    reports 0 x 0, and tqdm then draws nothing at all.
+    """
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return {}  # not a terminal (a StringIO in tests): tqdm's own fallbacks
+    if size.columns > 0 and size.lines > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": size.columns or 80, "nrows": size.lines or 24}
+
+
+@contextlib.contextmanager
+def progress(enabled: bool, total: int | None, label: str, unit: str = "it", *,
+             file: TextIO | None = None, delay: float = PROGRESS_DELAY,
+             tick: float = PROGRESS_TICK, since: float | None = None
+             ) -> Iterator[Callable[[int], None]]:
+    """A progress bar for one stretch of a pass's work; yields its ``advance(n=1)``.
+
+    Passes call it with ``context.show_progress``, which the CLI sets only when stderr
+    is a terminal (and ``--no-progress`` clears), so tests, pipes and the API draw
+    nothing: disabled, tqdm is not even imported and ``advance`` does nothing.
+
+    tqdm alone draws only inside ``update()``, and only once ``delay`` has passed; work
+    that advances rarely (one big batch, one big layer) would then show nothing until
+    its last update, and ``leave=False`` erases that at once. So a daemon thread ticks
+    the bar every ``tick`` seconds: it appears ``delay`` seconds in even if nothing has
+    advanced, its elapsed time keeps moving, and it is erased when the work is done.
+
+    A pass whose work comes in phases (obspa: Hessians, then ordering, then
+    reconstruction) passes its own start as ``since``: the delay then counts from the
+    pass's start, so a pass that has run for two seconds shows each later phase at
+    once, even when no single phase takes two seconds.
+
+    Args:
+        enabled: Whether to draw at all.
+        total: Units of work expected (None or 0: unknown, a counter).
+        label: What is running, e.g. ``"obspa order"``.
+        unit: What one unit is (``"sample"``, ``"group"``, ``"step"``).
+        file: Where to draw (stderr by default; a StringIO in tests).
+        delay: Seconds before the first draw.
+        tick: Seconds between redraws while nothing advances.
+        since: ``time.perf_counter()`` when the delay starts counting (default: now).
+    """
+    if not enabled:
+        yield _ignore
+        return
+    from tqdm import tqdm
+
+    if since is not None:
+        delay = max(0.0, delay - (time.perf_counter() - since))
+    # miniters=0: every update may redraw (tqdm still limits redraws to mininterval),
+    # so the ticker's update(0) redraws even after fast updates raised tqdm's own count.
+    stream = file or sys.stderr
+    bar = tqdm(total=total or None, desc=label, unit=unit, file=stream, leave=False,
+               delay=delay, miniters=0, **_screen(stream))
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def advance(n: int = 1) -> None:
+        with lock:
+            bar.update(n)
+
+    def redraw() -> None:
+        while not done.wait(tick):
+            advance(0)
+
+    ticker = threading.Thread(target=redraw, name=f"progress: {label}", daemon=True)
+    ticker.start()
+    try:
+        yield advance
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
