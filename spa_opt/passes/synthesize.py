@@ -10,7 +10,8 @@ Rules:
 - float inputs only: a model with an integer (token id) input is refused with a one-line
   error (give ``--calib``, or use obspa's ``hessian=noise``); bool inputs are all True and
   rank-0 float inputs keep their initial value; symbolic dims other than the batch take
-  their sizes from ``--input-dim`` as for noise inputs (:mod:`spa_opt.noise`); a fixed
+  their sizes from ``--input-dim`` (the context's ``input_dims``) as for noise inputs
+  (:mod:`spa_opt.inputs`); a fixed
   batch dim ``k`` makes chunks of ``k`` samples (a remainder is dropped);
 - the inputs start as pink noise (:func:`spa_opt.noise.noise_calibration`, spectral
   exponent drawn from [1, 3]) with per-channel ``mean`` and ``std``, the statistics of the
@@ -57,6 +58,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.errors import InputError
+from spa_opt.inputs import LAYOUT_AXES, image_layout, model_inputs
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.instruments import progress
@@ -141,11 +143,11 @@ def synthesize(model: ir.Model, context: PipelineContext, options: SynthesizeOpt
     import torch
 
     from spa_opt.autodiff.graph import TorchGraph
-    from spa_opt.calibration import Calibration, _inputs
+    from spa_opt.calibration import Calibration
     from spa_opt.noise import noise_calibration
 
     o = options
-    inputs = _inputs(model)
+    inputs = model_inputs(model)
     if ints := [i.name for i in inputs if i.kind == "int"]:
         raise InputError(f"synthesize: input(s) {', '.join(ints)} take integer ids, and only "
                          "float inputs can be synthesized: give --calib, or use "
@@ -270,10 +272,8 @@ class _Objective:
 
 def _spatial(x: torch.Tensor) -> tuple[int, ...]:
     """The image axes of a rank-4 input (NCHW or NHWC), else none."""
-    from spa_opt.calibration import _layout
-
-    layout = _layout(tuple(x.shape))
-    return () if layout is None else (2, 3) if layout == "NCHW" else (1, 2)
+    layout = image_layout(tuple(x.shape))
+    return () if layout is None else LAYOUT_AXES[layout][1:]
 
 
 def _tv(x: torch.Tensor) -> torch.Tensor:
