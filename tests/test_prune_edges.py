@@ -326,6 +326,50 @@ def test_a_zero_scale_and_shift_batchnorm_channel_is_dead() -> None:
     assert data["prune"]["groups"][0]["units_removed"] == [3]
 
 
+
+def test_a_channel_every_reader_multiplies_by_zero_is_dead() -> None:
+    """The backward fact: W2's input columns 1 and 6 are zero, W1's rows are not."""
+    w2 = numpy_helper.to_array(w("W2", 2, 8, 1, 1)).copy()
+    w2[:, [1, 6]] = 0
+    nodes = [node("Conv", ["x", "W1", "B1"], "h"), node("Relu", ["h"], "r"),
+             node("Conv", ["r", "W2"], "y")]
+    proto = make_model(nodes, [vi("x", 1, 3, 4, 4)], [vi("y", 1, 2, 4, 4)],
+                       [w("W1", 8, 3, 1, 1), f32("B1", np.linspace(0.1, 0.8, 8)),
+                        numpy_helper.from_array(w2, "W2")])
+    assert np.abs(weights(proto)["W1"][[1, 6]]).min() > 0
+    data = dead_prune(proto, removed=2)
+    assert data["prune"]["groups"][0]["units_removed"] == [1, 6]
+
+
+def test_zero_columns_in_one_reader_only_do_not_make_a_channel_dead() -> None:
+    """A second reader with live columns keeps the channel."""
+    w2 = numpy_helper.to_array(w("W2", 2, 8, 1, 1)).copy()
+    w2[:, [1, 6]] = 0
+    nodes = [node("Conv", ["x", "W1"], "h"), node("Relu", ["h"], "r"),
+             node("Conv", ["r", "W2"], "y"), node("Conv", ["r", "W3"], "z")]
+    proto = make_model(nodes, [vi("x", 1, 3, 4, 4)],
+                       [vi("y", 1, 2, 4, 4), vi("z", 1, 2, 4, 4)],
+                       [w("W1", 8, 3, 1, 1), numpy_helper.from_array(w2, "W2"),
+                        w("W3", 2, 8, 1, 1)])
+    dead_prune(proto, removed=0)
+
+
+@pytest.mark.parametrize("mode, value, removed", [
+    ("constant", None, 2), ("constant", 0.0, 2), ("constant", 0.5, 0), ("reflect", None, 2),
+    ("edge", None, 2)])
+def test_a_zero_channel_crosses_pad_unless_padded_with_a_nonzero_value(mode, value, removed):
+    inputs = ["r", "pads"] + (["value"] if value is not None else [])
+    nodes = [node("Conv", ["x", "W1", "B1"], "h"), node("Relu", ["h"], "r"),
+             node("Pad", inputs, "p", mode=mode), node("Conv", ["p", "W2"], "y")]
+    w1, b1 = numpy_helper.to_array(w("W1", 8, 3, 1, 1)).copy(), np.linspace(0.1, 0.8, 8)
+    w1[[2, 5]], b1[[2, 5]] = 0, 0
+    inits = [f32("W1", w1), f32("B1", b1), w("W2", 2, 8, 1, 1),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
+    if value is not None:
+        inits.append(f32("value", np.array(value)))
+    proto = make_model(nodes, [vi("x", 1, 3, 4, 4)], [vi("y", 1, 2, 6, 6)], inits)
+    dead_prune(proto, removed=removed)
+
 @pytest.mark.parametrize("zero_affine", [False, True])
 def test_a_zero_channel_before_a_layer_norm_over_channels_stays(zero_affine: bool) -> None:
     """Removing it would change the mean and variance over the others.

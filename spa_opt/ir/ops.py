@@ -60,13 +60,16 @@ OPS: dict[str, OpInfo] = {
     # Layout and indexing: channels move, values do not change.
     **_rows("Transpose Squeeze Unsqueeze Concat Split Slice Gather Expand Tile "
             "DepthToSpace SpaceToDepth Resize Upsample Cast", zero="moving"),
+    # Pad keeps a zero channel zero unless it pads with a nonzero constant (checked).
+    "Pad": OpInfo(zero="moving"),
     **_rows("Reshape Flatten Identity Dropout", zero="moving", moments=True),
     # Pooling and reductions over other axes.
     **_rows("MaxPool AveragePool", zero="moving", flops="window"),
-    "LpPool": OpInfo(flops="window"),
-    **_rows("GlobalAveragePool GlobalMaxPool ReduceSum ReduceMean ReduceMax ReduceMin",
-            zero="moving", flops="reduce"),
-    **_rows("ReduceL2 ReduceL1 ReduceProd ReduceSumSquare ReduceLogSumExp", flops="reduce"),
+    "LpPool": OpInfo(zero="moving", flops="window"),
+    "GlobalLpPool": OpInfo(zero="moving"),
+    **_rows("GlobalAveragePool GlobalMaxPool ReduceSum ReduceMean ReduceMax ReduceMin "
+            "ReduceL2 ReduceL1 ReduceProd ReduceSumSquare", zero="moving", flops="reduce"),
+    "ReduceLogSumExp": OpInfo(flops="reduce"),
     # Unary ops with f(0) = 0, one operation per element.
     **_rows("Relu LeakyRelu PRelu Tanh Neg Abs Sqrt Erf Gelu Elu Selu Mish HardSwish "
             "Sign Floor Ceil Round Clip Pow", zero="moving", flops=1),

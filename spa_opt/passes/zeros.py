@@ -10,7 +10,8 @@ the graph is a DAG, so one pass in topological order reaches the fixpoint.
 Rules, by operator family (``Z(x)``: the unit is zero on member ``x``):
 
 - constants: a unit is zero where the weight's slices are all zero;
-- moving (layout, pooling, unary ``f`` with ``f(0) = 0``): ``Z(out) = AND Z(member inputs)``;
+- moving (layout, pooling, reductions over other axes, Pad with a zero value or a
+  copying mode, unary ``f`` with ``f(0) = 0``): ``Z(out) = AND Z(member inputs)``;
 - sum-like (Add, Sub, Sum, Max, Min, Mean, Where's branches): as moving, and an input
   outside the group (broadcast along the axis) must be a constant that is all zero;
 - product-like (Mul, And, activation MatMul): ``Z(out) = OR Z(member inputs)``, or an
@@ -25,7 +26,10 @@ Rules, by operator family (``Z(x)``: the unit is zero on member ``x``):
 :func:`dead_units` then calls a unit dead when it is zero wherever the group's
 channels leave it (an activation member read by a node none of whose outputs carries
 the group: a contraction, a reduction, an unknown op) and the group feeds no
-normalizer, since removing even a zero channel changes a mean over channels.
+normalizer, since removing even a zero channel changes a mean over channels. The
+backward fact counts too: where the reader is a contraction whose weight slices for
+the unit are all zero (its input columns), the unit is dead there whatever it carries,
+so a unit that every reader multiplies by zero goes with its producer rows.
 """
 
 from __future__ import annotations
@@ -121,6 +125,11 @@ def propagate(graph: ir.Graph, groups: Sequence[Group]) -> ZeroFacts:
 
 def _keeps_zero(node: ir.Node) -> bool:
     """Whether ``f(0) = 0`` for the op's parameters (Clip with a positive floor: no)."""
+    if node.op_type == "Pad":  # edge, reflect and wrap copy zeros; constant pads its value
+        if node.attributes.get_string("mode", "constant") != "constant":
+            return True
+        value = node.inputs[2] if len(node.inputs) > 2 else None
+        return value is None or _all_zero(value)
     if node.op_type == "Pow":  # x ** p with a positive constant exponent
         exponent = constant_array(node.inputs[1])
         return exponent is not None and exponent.size == 1 and float(exponent) > 0
@@ -237,6 +246,25 @@ def _norm(node: ir.Node, facts: ZeroFacts) -> None:
     facts.from_positions(out, axis, zero)
 
 
+def _zero_columns(reader: ir.Node, member: Member, group: Group,
+                  facts: ZeroFacts) -> np.ndarray:
+    """Units whose input columns are all zero in ``reader``'s constant weight.
+
+    Only for a contraction reading ``member`` as its data input (input 0) with its
+    weight, at input 1, a member of the same group that consumes the channels (role
+    ``in``): then the unit contributes nothing to the reader's output.
+    """
+    nothing = np.zeros(group.units, dtype=bool)
+    if reader.op_type not in WEIGHTED or len(reader.inputs) < 2 or reader.domain not in (
+            "", "ai.onnx") or reader.inputs[0] is not member.value:
+        return nothing
+    weight = reader.inputs[1]
+    for other, weight_member in facts.by_value.get(id(weight), ()):
+        if other is group and "in" in weight_member.roles:
+            return facts.get(weight_member, group)
+    return nothing
+
+
 def dead_units(graph: ir.Graph, groups: Sequence[Group],
                normalized: set[Key]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Dead units per group, and groups whose zero units cannot go, with the reason."""
@@ -260,7 +288,8 @@ def dead_units(graph: ir.Graph, groups: Sequence[Group],
                 carried = any(g is group for out in node.outputs
                               for g, _ in facts.by_value.get(id(out), ()))
                 if not carried:
-                    flags &= facts.get(member, group)
+                    flags &= facts.get(member, group) | _zero_columns(node, member, group,
+                                                                      facts)
         flags &= ~group.pinned
         if not flags.any():
             continue
