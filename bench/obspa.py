@@ -262,7 +262,7 @@ def floor_layers(path: Path, obspa: str) -> tuple[list[dict[str, Any]], dict[str
 
     options = resolve_pipeline(f"obspa<{obspa}>" if obspa else "obspa")[0][0].options
     model, _ = spa_opt.optimize(path, "couple,group")
-    groups = PipelineContext.of(model).analyses["groups"]
+    groups = PipelineContext.of(model).analyses.groups
     layers = []
     keys: dict[Any, int] = {}
     with temporary_shapes(model):

@@ -101,8 +101,8 @@ def test_with_data_the_accuracy_is_kept_and_reconstruction_is_what_keeps_it() ->
     context.calibration = load_calibration(CALIB, model)
     for pass_ in build_pipeline("couple,group,obspa<samples=64>"):
         pass_(model)
-    assert context.analyses["reconstructed"]
-    context.analyses["reconstructed"] = {}
+    assert context.analyses.reconstructed
+    context.analyses.reconstructed = {}
     build_pipeline("prune")[0](model)
     assert accuracy(model) < accuracy(pruned) - 0.1
 

@@ -154,12 +154,11 @@ class ObspaPass(SpaPass):
         scores = {r.group: r.scores for r in results}
         self.count("order-seconds", time.perf_counter() - tick)
         self.count("order-steps", sum(r.steps for r in results))
-        context.analyses["scores"] = scores
-        context.analyses["criterion"] = self.pipeline_text()
+        context.analyses.update(scores=scores, criterion=self.pipeline_text())
 
-        plan = plan_selection(model, groups, context, unscored)
-        context.analyses["selection"] = plan.selection
-        context.analyses["plan"] = plan
+        plan = plan_selection(model, groups, context.targets, scores, context.analyses.dead,
+                              unscored)
+        context.analyses.update(selection=plan.selection, plan=plan)
 
         tick = time.perf_counter()
         infos = list(layers.values())
@@ -172,7 +171,7 @@ class ObspaPass(SpaPass):
                 reconstructed[info.layer.weight] = weight
                 if bias is not None and info.layer.bias is not None:
                     reconstructed[info.layer.bias] = bias
-        context.analyses["reconstructed"] = reconstructed
+        context.analyses.reconstructed = reconstructed
         self.count("reconstruct-seconds", time.perf_counter() - tick)
         self.count("layers", len(layers))
         self.count("weights-reconstructed", len(reconstructed))
