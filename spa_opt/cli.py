@@ -2,6 +2,11 @@
 
 Exit codes: 0 success; 2 bad input (one line on stderr, no traceback, nothing
 written); 1 internal error (a bug: one line, the traceback with ``--debug``).
+
+Nothing heavy is imported at module level: ``--version`` and ``--help`` import only the
+standard library, and a run imports onnx_ir, onnxruntime and the passes its pipeline
+names once the arguments are parsed (``bench/startup.py`` measures it; the module sets
+are checked by ``tests/test_startup.py``).
 """
 
 from __future__ import annotations
@@ -149,7 +154,6 @@ def list_passes() -> str:
 
 
 def _instruments(args: argparse.Namespace) -> list[Any]:
-    from spa_opt.passes import all_passes
     from spa_opt.passes._infra.instruments import (
         PrintIRAfterInstrument,
         ProgressInstrument,
@@ -157,11 +161,13 @@ def _instruments(args: argparse.Namespace) -> list[Any]:
         TimingInstrument,
         VerifyEachInstrument,
     )
+    from spa_opt.passes._infra.registry import pass_names
 
+    known = pass_names()  # names only: importing every pass would cost scipy, onnxscript
     for name in args.print_ir_after:
-        if name != "all" and name not in all_passes():
+        if name != "all" and name not in known:
             raise InputError(f"--print-ir-after: unknown pass '{name}'"
-                             f"{did_you_mean(name, all_passes())}")
+                             f"{did_you_mean(name, known)}")
     instruments: list[Any] = [ProgressInstrument(False if args.no_progress else None)]
     if args.verify_each:
         instruments.append(VerifyEachInstrument())

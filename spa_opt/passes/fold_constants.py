@@ -25,7 +25,6 @@ import dataclasses
 
 import numpy as np
 import onnx_ir as ir
-import onnxscript.optimizer
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
 
 from spa_opt.ir.shapes import temporary_shapes
@@ -76,6 +75,8 @@ class FoldConstantsPass(SpaPass):
 
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Apply the four rules of the module docstring."""
+        import onnxscript.optimizer  # here, not at the top: 100 ms of start-up otherwise
+
         modified = False
         if self.options.initializer_inputs:
             modified |= self._lift_initializer_inputs(model)
