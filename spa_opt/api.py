@@ -22,7 +22,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 import onnxruntime as ort
 
-from spa_opt.errors import InputError, VerificationError
+from spa_opt.errors import InputError, OptionError, VerificationError
 from spa_opt.ir.cost import count_cost
 from spa_opt.ir.io import ModelSource, load_model
 from spa_opt.ort import quiet_session_options, session_from_model
@@ -50,7 +50,7 @@ def check_ignore_patterns(model: ir.Model, patterns: Sequence[str]) -> None:
     names = [node.name or "" for node in model.graph.all_nodes()]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise InputError(f"--ignore '{pattern}' matches no node name")
+            raise OptionError("ignore", f"'{pattern}' matches no node name")
 
 
 def _reference_session(source: ModelSource, model: ir.Model) -> ort.InferenceSession:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spa_opt.errors import InputError, SpaOptError, did_you_mean
+from spa_opt.errors import InputError, OptionError, SpaOptError, did_you_mean
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -355,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         if debug:
             traceback.print_exc()
-        print(f"spa-opt: error: {error}", file=sys.stderr)
+        message = error.as_flag() if isinstance(error, OptionError) else str(error)
+        print(f"spa-opt: error: {message}", file=sys.stderr)
         return EXIT_INPUT
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else EXIT_OK
