@@ -6,5 +6,6 @@
 - :mod:`.pipeline`: pipeline text, parsed and printed;
 - :mod:`.manager` and :mod:`.instruments`: running passes with instruments around them.
 
-Nothing here imports a pass.
+Nothing here imports a pass statically: the registry loads a pass's module by name
+(its table) only when that pass is asked for, so a run imports what it runs.
 """
