@@ -97,12 +97,28 @@ def descendants(starts: list[ir.Node]) -> set[str]:
     return seen
 
 
+def _mixes_channels(node: ir.Node, members: set[str]) -> bool:
+    """A contraction reading a member as its data input: every output channel mixes them.
+
+    Its output may belong to the same group (a residual block with one Conv writes back
+    into the stream it reads), so reading and writing the group does not make it a
+    pass-through. Depthwise convolutions keep channels apart and do not count.
+    """
+    data = node.inputs[0] if node.inputs else None
+    if data is None or data.name not in members:
+        return False
+    if node.op_type == "Conv":
+        return node.attributes.get_int("group", 1) == 1
+    return node.op_type in ("Gemm", "MatMul", "ConvTranspose")
+
+
 def downstream_of_consumers(coupling: Coupling, group: Group) -> set[str]:
     """Names of values computed after the group's channels were consumed or normalized.
 
     A consumer is a node that reads a member of the group and writes none (a Conv
-    taking the channels in, a contraction): its outputs mix every channel, so killing
-    units legitimately changes them. Normalizations over the channel axis do too.
+    taking the channels in, a contraction), or a contraction that reads a member as its
+    data input whatever it writes: its outputs mix every channel, so killing units
+    legitimately changes them. Normalizations over the channel axis do too.
     """
     members = {m.name for m in group.members}
     axes = {(id(m.value), m.axis) for m in group.members}
@@ -110,7 +126,7 @@ def downstream_of_consumers(coupling: Coupling, group: Group) -> set[str]:
     starts = [
         node for node in graph
         if any(v is not None and v.name in members for v in node.inputs)
-        and not any(v.name in members for v in node.outputs)
+        and (not any(v.name in members for v in node.outputs) or _mixes_channels(node, members))
     ]
     starts += [
         node for node_name, value, axis in coupling.normalizers

@@ -173,3 +173,66 @@ def test_verify_result_json_has_no_infinities():
     result = VerifyResult(1, float("inf"), float("inf"), {"y": float("inf"), "z": 0.5})
     text = json.dumps(result.to_dict(), allow_nan=False)
     assert json.loads(text)["per_output"] == {"y": None, "z": 0.5}
+
+
+def _two_linears_sharing_a_zero_bias() -> onnx.ModelProto:
+    """Two MatMul + Add layers whose (all-zero) biases are one initializer, as dynamo writes."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((6, 6)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.zeros(6, np.float32), "zero_bias")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+             helper.make_node("Add", ["h", "zero_bias"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"]),
+             helper.make_node("Add", ["y", "zero_bias"], ["out"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 6])], inits)
+
+
+def test_fold_constants_unties_a_shared_per_channel_operand():
+    """Otherwise the hidden channels and the output channels would form one group."""
+    proto = _two_linears_sharing_a_zero_bias()
+    model, report = spa_opt.optimize(proto, "couple,group", verify=1)
+    assert report.to_dict()["coupling"]["prunable"] == 0  # one group, reaching the output
+    model, report = spa_opt.optimize(proto, "fold-constants,couple,group", verify=1)
+    data = report.to_dict()
+    assert data["verify"]["max_abs_err"] == 0.0
+    assert data["passes"][0]["stats"]["shared-constants-untied"] == 1
+    assert data["coupling"]["groups"] == 3 and data["coupling"]["prunable"] == 1  # in, h, out
+    adds = [n for n in model.graph if n.op_type == "Add"]
+    assert adds[0].inputs[1] is not adds[1].inputs[1]
+
+
+def test_fold_constants_keeps_tied_contraction_weights_shared():
+    proto = _two_linears_sharing_a_zero_bias()
+    proto.graph.node[3].input[1] = "W1T"  # both MatMuls read one weight: a real tie
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.ones((6, 6), np.float32), "W1T"))
+    proto.graph.node[0].input[1] = "W1T"
+    proto.graph.node[0].input[0] = "x6"
+    proto.graph.input[0].CopyFrom(helper.make_tensor_value_info("x6", TensorProto.FLOAT, [2, 6]))
+    model, _ = spa_opt.optimize(proto, "fold-constants")
+    matmuls = [n for n in model.graph if n.op_type == "MatMul"]
+    assert matmuls[0].inputs[1] is matmuls[1].inputs[1]
+
+
+def test_fold_constants_lifts_a_constant_of_shape_once_its_shape_folds():
+    """``Shape -> Gather -> Unsqueeze -> ConstantOfShape -> Pad``: pads fold to constants."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["d"]),
+             helper.make_node("Sub", ["d", "d"], ["n"]),
+             helper.make_node("Add", ["n", "eight"], ["len"]),
+             helper.make_node("Unsqueeze", ["len", "axes"], ["len1"]),
+             helper.make_node("ConstantOfShape", ["len1"], ["pads"],
+                              value=numpy_helper.from_array(np.zeros(1, np.int64))),
+             helper.make_node("Pad", ["x", "pads"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array(8, np.int64), "eight"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                       inits)
+    model, _ = spa_opt.optimize(proto, "fold-constants", verify=1)
+    assert [n.op_type for n in model.graph] == ["Pad"]
+    assert model.graph.node(0).inputs[1].const_value is not None

@@ -16,18 +16,32 @@ Rules, applied in order:
    Cast) are folded whatever their size when nothing else reads their input:
    that moves a weight without duplicating it (model-zoo graphs reshape their
    classifier weight that way).
+   ``ConstantOfShape`` nodes whose shape became constant in a round are lifted
+   before the next one, so chains such as TensorFlow-style "same" padding
+   (``Shape -> Sub -> ConstantOfShape -> Concat -> ... -> Pad``) fold completely.
 4. ``Constant`` nodes become initializers (onnx_ir's lifting pass).
+5. A float constant that several nodes read as a per-channel operand (a bias added,
+   a scale multiplied, a normalization's parameters, Gemm's ``C``) gets one copy per
+   reader. Exporters deduplicate identical initializers (torch's dynamo exporter
+   merges the all-zero biases of every Linear layer into one tensor); read through
+   one shared tensor, the channels of unrelated layers would have to be removed
+   together. Constants some reader uses as a contraction weight or a lookup table
+   (tied embeddings) stay shared: that tying is the model's, and so are constants of
+   more than ``untie-size-limit`` elements. Nothing changes numerically.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
 
+from spa_opt.ir.ops import WEIGHTED
 from spa_opt.ir.shapes import temporary_shapes
+from spa_opt.ir.tensors import NameAllocator
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.registry import register
@@ -44,6 +58,24 @@ def _fold_weight_layout(node: ir.Node) -> bool | None:
     data = node.inputs[0] if node.inputs else None
     if data is None or len(data.uses()) != 1:
         return None
+    return True
+
+
+def _untie_candidate(value: ir.Value, uses: list[Any]) -> bool:
+    """Rule 5's filter: a float constant with a channel axis, read as an operand only."""
+    tensor = value.const_value
+    if tensor is None or value.is_graph_input() or not tensor.dtype.is_floating_point():
+        return False
+    if all(int(d) == 1 for d in tensor.shape):
+        return False  # a scalar broadcasts over every channel: nothing to couple
+    for use in uses:
+        node = use.node
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type in WEIGHTED and use.idx < 2:
+            return False  # a contraction weight: tied on purpose
+        if node.op_type == "Gather" and use.idx == 0:
+            return False  # a lookup table (tied embeddings)
     return True
 
 
@@ -72,6 +104,10 @@ class FoldConstantsPass(SpaPass):
         initializer_inputs: bool = option(
             True, "treat initializers also listed as graph inputs (IR < 4) as weights"
         )
+        untie_size_limit: int = option(
+            1 << 20, "largest shared per-channel constant (elements) given a copy per "
+            "reader (0: never untie)"
+        )
 
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Apply the four rules of the module docstring."""
@@ -84,9 +120,7 @@ class FoldConstantsPass(SpaPass):
             lift_all_constants=True, size_limit=self.options.lift_size_limit
         )
         modified |= lift(model).modified
-        for graph in model.graphs():
-            for node in list(graph):
-                modified |= self._materialize_constant_of_shape(graph, node)
+        modified |= self._materialize_all(model)
         before = sum(1 for _ in model.graph.all_nodes())
         for _ in range(self.options.rounds):
             # Shapes inferred over the whole graph let Shape -> Gather -> Div chains
@@ -98,11 +132,15 @@ class FoldConstantsPass(SpaPass):
                     output_size_limit=self.options.output_size_limit,
                     should_fold=_fold_weight_layout,
                 )
-            modified |= folded.modified
-            if not folded.modified:
+            lifted = self._materialize_all(model)
+            modified |= folded.modified or lifted
+            if not (folded.modified or lifted):
                 break
         self.count("nodes-folded", before - sum(1 for _ in model.graph.all_nodes()))
         modified |= lift(model).modified
+        if self.options.untie_size_limit > 0:
+            for graph in model.graphs():
+                modified |= self._untie_shared_operands(graph)
         for graph in model.graphs():
             for value in graph.initializers.values():
                 self._sync_shape(value)
@@ -128,6 +166,40 @@ class FoldConstantsPass(SpaPass):
         model.ir_version = max(model.ir_version or 0, 4)
         self.count("initializer-inputs-lifted", lifted)
         return True
+
+    def _materialize_all(self, model: ir.Model) -> bool:
+        """Rule 2 over every graph; True if any ConstantOfShape was lifted."""
+        lifted = False
+        for graph in model.graphs():
+            for node in list(graph):
+                lifted |= self._materialize_constant_of_shape(graph, node)
+        return lifted
+
+    def _untie_shared_operands(self, graph: ir.Graph) -> bool:
+        """Rule 5: one copy of a shared per-channel float constant per reader."""
+        names: NameAllocator | None = None
+        untied = False
+        for value in list(graph.initializers.values()):
+            uses = list(value.uses())
+            if len(uses) < 2 or not _untie_candidate(value, uses):
+                continue
+            tensor = value.const_value
+            assert tensor is not None
+            if tensor.size > self.options.untie_size_limit:
+                self.count("shared-constants-kept")
+                continue
+            names = names or NameAllocator(graph)
+            data = tensor.numpy()
+            for use in uses[1:]:
+                copy = ir.Value(name=names(f"{value.name}_use"), shape=ir.Shape(data.shape),
+                                type=ir.TensorType(tensor.dtype))
+                copy.const_value = ir.tensor(data, dtype=tensor.dtype, name=copy.name)
+                graph.register_initializer(copy)
+                use.node.replace_input_with(use.idx, copy)
+            self.count("shared-constants-untied")
+            self.count("constant-copies", len(uses) - 1)
+            untied = True
+        return untied
 
     def _materialize_constant_of_shape(self, graph: ir.Graph, node: ir.Node) -> bool:
         if node.op_type != "ConstantOfShape" or node.domain != "":

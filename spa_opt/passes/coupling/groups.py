@@ -81,13 +81,13 @@ class Group:
 
         Its producing weight with the largest block (a query projection rather than a
         key projection under GQA), then the highest rank (a weight before its bias),
-        then by name and axis; without one, the same order over all members.
+        then by name and axis; without one, the same order over all members. Only
+        declared ranks count (weights, graph inputs and outputs): an activation's rank
+        depends on whether shapes happen to be inferred when the name is asked for.
         """
         producers = [m for m in self.members if "out" in m.roles] or self.members
-        return min(
-            producers,
-            key=lambda m: (-m.index_map.block, -len(m.value.shape or ()), m.name, m.axis),
-        )
+        return min(producers, key=lambda m: (-m.index_map.block, -_declared_rank(m),
+                                             m.name, m.axis))
 
     @property
     def channels(self) -> int:
@@ -162,6 +162,14 @@ def describe_map(index_map: IndexMap) -> str:
     if flat.size > 1 and np.unique(np.diff(flat)).size == 1:
         return f"stride {int(flat[1] - flat[0])} from {int(flat[0])}"
     return "permuted"
+
+
+def _declared_rank(member: Member) -> int:
+    """The member's rank when the model declares it; 0 for inferred activations."""
+    value = member.value
+    declared = (value.const_value is not None or value.is_graph_input()
+                or value.is_graph_output())
+    return len(value.shape or ()) if declared else 0
 
 
 def _member_kind(value: ir.Value, graph: ir.Graph) -> str:
