@@ -25,6 +25,7 @@ import onnxruntime as ort
 from spa_opt.errors import InputError, OptionError, VerificationError
 from spa_opt.ir.cost import count_cost
 from spa_opt.ir.io import ModelSource, load_model
+from spa_opt.ir.repair import repair_model
 from spa_opt.ort import quiet_session_options, session_from_model
 from spa_opt.passes._infra.base import SpaPass
 from spa_opt.passes._infra.context import PipelineContext, Targets
@@ -120,6 +121,8 @@ def optimize(
     loaded = load_model(model, base_dir=base_dir)
     check_ignore_patterns(loaded, targets.ignore)
     context = PipelineContext(targets=targets, show_progress=show_progress).attach(loaded)
+    context.report["load"] = {"nodes-reordered": 0, "value-info-dropped": 0,
+                              **repair_model(loaded)}
     context.input_dims = dict(input_dims or {})
     if calibration is not None:
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration

@@ -20,6 +20,7 @@ Schema (every key always present; ``null`` until a pass provides it)::
                                  "block", "map", "first_unit"}],
                     "patches": [{"node", "kind", "detail"}]}] | null,
       "channels": {"total": N, "removed": N} | null,
+      "load":     {"nodes-reordered": N, "value-info-dropped": N},
       "verify":   {"inputs": N, "max_abs_err": x, "rel_err": x,
                    "per_output": {"name": x}} | null
     }

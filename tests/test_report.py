@@ -38,7 +38,7 @@ TORCHVISION_RESNET50_MACS = 4.09e9
 
 REPORT_KEYS = {
     "spa_opt_version", "pipeline", "targets", "passes", "params", "macs", "flops",
-    "coupling", "groups", "channels", "verify",
+    "coupling", "groups", "channels", "verify", "load",
 }
 TARGET_KEYS = {"ratio", "target_flops", "target_params", "scope", "round_to", "ignore", "seed"}
 

@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from spa_opt.errors import VerificationError
 from spa_opt.passes._infra.base import SpaPass
+from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.manager import Instrument, PassRecord
 
 
@@ -56,6 +57,9 @@ class StatsInstrument(Instrument):
         """Print the counters, one line each."""
         stream = self.stream or sys.stderr
         print("===-- spa-opt statistics --===", file=stream)
+        for key, value in PipelineContext.of(model).report.get("load", {}).items():
+            if value:  # repairs made on load (spa_opt.ir.repair), before the first pass
+                print(f"  load: {key} = {value}", file=stream)
         for r in records:
             if not r.stats:
                 print(f"  {r.name}: (no counters)", file=stream)
