@@ -33,6 +33,7 @@ the top level of the report.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from spa_opt.ir.cost import Cost
@@ -76,6 +77,43 @@ class Report:
         }
 
 
+_QUOTED = re.compile(r"`[^`]*`")
+
+
+def _pin_text(pin: dict[str, Any]) -> str:
+    """``reason at node `n` (and at 3 more)``: one line per kind of reason."""
+    if not pin["first_node"]:
+        return pin["reason"]
+    more = f" (and {pin['nodes'] - 1} more)" if pin["nodes"] > 1 else ""
+    return f"{pin['reason']} at node `{pin['first_node']}`{more}"
+
+
+def pinned_by_reason(groups: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """``(reason, pinned channels, groups)`` over all groups, most channels first.
+
+    Reasons that differ only in the names they quote (the same rule at every layer)
+    count as one, written with the names elided unless only one was seen. A group
+    pinned for several reasons counts under each: lifting one of them alone would
+    not free it, but the totals say which constraint holds back the most.
+    """
+    channels: dict[str, int] = {}
+    count: dict[str, int] = {}
+    texts: dict[str, set[str]] = {}
+    for g in groups:
+        pinned = g["pinned_units"] * g["block"] or g["channels"]
+        found = {pin["reason"] for pin in g.get("pins", ())}
+        if not found and not g["prunable"]:
+            found = set(g["why_not"])
+        for key in {_QUOTED.sub("`…`", reason) for reason in found}:
+            channels[key] = channels.get(key, 0) + pinned
+            count[key] = count.get(key, 0) + 1
+        for reason in found:
+            texts.setdefault(_QUOTED.sub("`…`", reason), set()).add(reason)
+    shown = {key: next(iter(t)) if len(t) == 1 else key for key, t in texts.items()}
+    return sorted(((shown[k], channels[k], count[k]) for k in channels),
+                  key=lambda row: (-row[1], row[0]))
+
+
 def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
     """The ``--print-groups`` table, from the report's ``groups`` entries."""
     header = ("group", "units x block", "channels", "status", "first weight", "members", "why")
@@ -87,7 +125,8 @@ def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None =
             status = f"{g['pinned_units']} pinned"
         else:
             status = "prunable"
-        why = "; ".join(g["why_not"] or g["reasons"])
+        pins = g.get("pins") if not g["prunable"] else None
+        why = "; ".join(map(_pin_text, pins)) if pins else "; ".join(g["why_not"] or g["reasons"])
         rows.append((g["id"], f"{g['units']} x {g['block']}", str(g["channels"]), status,
                      g["primary"], str(len(g["members"])), why))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
@@ -95,6 +134,14 @@ def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None =
     for row in [header, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
+    totals = pinned_by_reason(groups)
+    if totals:
+        lines.append("pinned channels by reason (a group pinned for several counts under each):")
+        width = max(len(str(c)) for _, c, _ in totals)
+        lines += [f"  {c:>{width}}  in {n} group{'s' if n > 1 else ''}: {reason}"
+                  for reason, c, n in totals[:12]]
+        if len(totals) > 12:
+            lines.append(f"  ... and {len(totals) - 12} more reasons (see the report's groups)")
     if summary:
         cov = summary["coverage"]
         lines.append(

@@ -305,3 +305,29 @@ def test_report_dict_from_api_matches_cli_report(tmp_path: Path, capsys) -> None
     strip = [{k: v for k, v in p.items() if k != "seconds"} for p in from_cli["passes"]]
     assert strip == [{k: v for k, v in p.items() if k != "seconds"} for p in from_api["passes"]]
     assert np.isfinite(from_cli["passes"][0]["seconds"])
+
+
+def test_print_groups_names_the_first_node_of_each_reason_and_totals_pinned_channels() -> None:
+    from spa_opt.report import format_groups, pinned_by_reason
+
+    pins = [{"code": "rule", "reason": "Pad amounts are computed at run time",
+             "first_node": "pad0", "nodes": 3}]
+    groups = [
+        {"id": "g0", "units": 8, "block": 1, "channels": 8, "prunable": False,
+         "pinned_units": 8, "primary": "w0:0", "members": [{}], "reasons": [], "pins": pins,
+         "why_not": ["Pad amounts are computed at run time at node `pad0`"]},
+        {"id": "g1", "units": 4, "block": 16, "channels": 64, "prunable": False,
+         "pinned_units": 4, "primary": "w1:0", "members": [{}], "reasons": [],
+         "pins": [{"code": "rule", "reason": "the channel count of `a` is not static",
+                   "first_node": "conv1", "nodes": 1}], "why_not": ["x"]},
+        {"id": "g2", "units": 6, "block": 1, "channels": 6, "prunable": False,
+         "pinned_units": 6, "primary": "w2:0", "members": [{}], "reasons": [],
+         "pins": [{"code": "rule", "reason": "the channel count of `b` is not static",
+                   "first_node": "conv2", "nodes": 1}], "why_not": ["x"]},
+    ]
+    assert pinned_by_reason(groups) == [
+        ("the channel count of `…` is not static", 70, 2),
+        ("Pad amounts are computed at run time", 8, 1)]
+    text = format_groups(groups)
+    assert "Pad amounts are computed at run time at node `pad0` (and 2 more)" in text
+    assert "  70  in 2 groups: the channel count of `…` is not static" in text

@@ -115,6 +115,21 @@ class Group:
             reasons.append("no weight produces or consumes these channels")
         return reasons
 
+    def pins(self) -> list[dict[str, Any]]:
+        """The pin reasons by kind: what, where it first happens, at how many nodes.
+
+        One row per distinct reason text, in the order the analysis met them, so a
+        user sees the first node to look at rather than every repetition of it.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for reason in self.reasons:
+            row = rows.setdefault(reason.detail, {"code": reason.code, "reason": reason.detail,
+                                                  "first_node": reason.node, "nodes": 0})
+            if reason.node is not None:
+                row["first_node"] = row["first_node"] or reason.node
+                row["nodes"] += 1
+        return list(rows.values())
+
     def summary(self) -> dict[str, Any]:
         """A compact, stable description: what golden expectation files record."""
         return {
@@ -143,6 +158,7 @@ class Group:
             "prunable": self.prunable,
             "pinned_units": int(self.pinned.sum()),
             "reasons": sorted({str(r) for r in self.reasons}) if self.pinned.any() else [],
+            "pins": self.pins() if self.pinned.any() else [],
             "why_not": self.why_not(),
             "members": [m.to_dict() for m in self.members],
             "patches": [
