@@ -49,7 +49,7 @@ def test_options_parse_to_their_types():
     assert built.options.initializer_inputs is False
     assert PassSpec.of(built).text() == (
         "fold-constants<input-size-limit=12;output-size-limit=16777216;"
-        "lift-size-limit=1;rounds=4;initializer-inputs=false>"
+        "lift-size-limit=1;rounds=4;initializer-inputs=false;untie-size-limit=1048576>"
     )
 
 

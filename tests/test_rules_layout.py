@@ -510,3 +510,46 @@ def test_the_input_model_is_not_modified():
     analyse(model, "dim")
     assert ir.serde.serialize_model(model).SerializeToString() == before
     assert all(v.shape is None for n in model.graph for v in n.outputs if v.name != "y")
+
+
+def _same_padding_chain(channel_pad: int = 0) -> list:
+    """TensorFlow-style "same" padding as HF's TorchScript exports write it.
+
+    The spatial amounts are computed from the input's size at run time; the batch and
+    channel amounts are a ConstantOfShape fill (or, with ``channel_pad``, a constant).
+    Torch's pad order (last axis first) becomes ONNX's by Reshape [-1, 2], a reversed
+    Slice, Transpose and Reshape [-1].
+    """
+    fill = helper.make_tensor("fill", TensorProto.INT64, [1], [0])
+    return [
+        node("Shape", ["h"], "sh"), node("Gather", ["sh", "two"], "d"),
+        node("Sub", ["d", "d"], "zero_d"), node("Add", ["zero_d", "one"], "p"),
+        node("Unsqueeze", ["p", "ax0"], "p1"),
+        node("Concat", ["p1", "p1", "p1", "p1"], "spatial", axis=0),
+        node("ConstantOfShape", ["four"], "nc", value=fill),
+        node("Add", ["nc", "channel_pad"], "nc_pad"),
+        node("Concat", ["spatial", "nc_pad"], "torch_pads", axis=0),
+        node("Reshape", ["torch_pads", "pairs"], "pairs2"),
+        node("Slice", ["pairs2", "minus1", "far", "ax0", "minus1"], "flipped"),
+        node("Transpose", ["flipped"], "onnx2", perm=[1, 0]),
+        node("Reshape", ["onnx2", "flat"], "pads"),
+        node("Pad", ["h", "pads"], "hp"),
+    ], [i64("two", 2), i64("one", 1), i64("ax0", [0]), i64("four", [4]),
+        i64("channel_pad", [0, 0, channel_pad, 0]), i64("pairs", [-1, 2]),
+        i64("minus1", [-1]), i64("far", [-(2**62)]), i64("flat", [-1])]
+
+
+@pytest.mark.parametrize("channel_pad, prunable", [(0, True), (1, False)])
+def test_pad_amounts_computed_at_run_time_are_traced(channel_pad: int, prunable: bool):
+    """Zero literal pads on the channel axis pass channels; spatial ones are sized."""
+    pad_nodes, pad_inits = _same_padding_chain(channel_pad)
+    nodes = [node("Conv", ["x", "W1"], "h"), *pad_nodes, node("Conv", ["hp", "W2"], "y")]
+    width = 8 + channel_pad
+    groups = groups_of(nodes, [vi("x", 1, 3, 6, 6)], [vi("y", 1, 2, 6, 6)],
+                       [w("W1", 8, 3, 1, 1), w("W2", 2, width, 3, 3), *pad_inits],
+                       check=False)
+    g = find(groups, "W1", 0)
+    assert g.prunable is prunable, g.why_not()
+    if prunable:
+        assert_free(g, 8)
+        assert names(g) >= {"W1:0", "h:1", "hp:1", "W2:1"}

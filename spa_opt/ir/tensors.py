@@ -107,7 +107,7 @@ class NameAllocator:
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """A constant's data as an array: initializer, ``Constant``, or ``ConstantOfShape``.
+    """A constant's data as an array: initializer, ``Constant``, ``ConstantOfShape``, Identity.
 
     The model-zoo graphs store weights as ``ConstantOfShape`` nodes with a constant
     shape; reading those here lets criteria and analyses treat them as the weights
@@ -117,6 +117,8 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if tensor is not None:
         return np.asarray(tensor.numpy())
     producer = value.producer() if value is not None else None
+    if producer is not None and producer.op_type == "Identity" and producer.domain == "":
+        return constant_array(producer.inputs[0])  # TorchScript shares weights this way
     if producer is None or producer.op_type != "ConstantOfShape" or producer.domain != "":
         return None
     shape = constant_tensor(producer.inputs[0]) if producer.inputs else None

@@ -102,6 +102,15 @@ class NodeCoupling:
         """Static dims of ``value`` (None entries for symbolic ones), None if rank unknown."""
         return None if value is None else self._state.dims(value)
 
+    def refine_dims(self, value: ir.Value | None, dims: Dims) -> None:
+        """State static dims of an output that shape inference could not size.
+
+        Only for dims the rule knows exactly (run-time pad amounts the shape tracer
+        evaluated); dims inference already knows are kept.
+        """
+        if value is not None:
+            self._state.refine(value, tuple(dims))
+
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         """The value's data when it is a constant (initializer or Constant), else None."""
         return None if value is None else self._state.const(value)

@@ -11,13 +11,17 @@ analysis must know, for each entry of such a shape tensor, whether it is
 - anything else (arithmetic on run-time dimensions, data-dependent values): removal
   cannot patch it, and the channels are pinned.
 
-:func:`trace_entries` evaluates the subgraph abstractly over these three kinds. It
-follows ``Shape`` (with start/end), ``Constant``/initializers, ``Gather``, ``Slice``,
-``Concat``, ``Unsqueeze``, ``Squeeze``, ``Reshape``, ``Cast``, ``Identity``, and
-``Where`` with a known condition (torch's ``expand(-1)`` lowering); integer
-arithmetic (Add, Sub, Mul, Div, Mod, Max, Min, Equal) computes ``expr`` entries whose
-number is known when its operands are. Any other producer gives unknown ``expr``
-entries.
+:func:`trace_tensor` evaluates the subgraph abstractly over these three kinds, on
+tensors of any rank (numpy arrays of :class:`Entry`), because exporters build shape
+arguments in two dimensions too: TensorFlow-style "same" padding computes pad
+amounts as ``Concat -> Reshape [-1, 2] -> Slice (step -1) -> Transpose -> Reshape``.
+It follows ``Shape`` (with start/end), ``Constant``/initializers, ``ConstantOfShape``
+(its fill is a constant of that node), ``Gather``, ``Slice`` (any steps),
+``Concat``, ``Unsqueeze``, ``Squeeze``, ``Reshape``, ``Flatten``, ``Transpose``,
+``Cast``, ``Identity``, and ``Where`` with a known condition (torch's ``expand(-1)``
+lowering); integer arithmetic (Add, Sub, Mul, Div, Mod, Max, Min, Equal) computes
+``expr`` entries whose number is known when its operands are. Any other producer
+gives unknown ``expr`` entries. :func:`trace_entries` is the 1-D view rules use.
 """
 
 from __future__ import annotations
@@ -43,18 +47,34 @@ class Entry:
     """For ``const``: the position inside that constant."""
     dim: tuple[ir.Value, int] | None = None
     """For ``dim``: the tensor and axis ``Shape`` reads."""
+    fixed: bool = False
+    """Computed from constants alone, never from a size read at run time: a removal
+    cannot change it (a ``const``, or arithmetic on ``const`` entries)."""
 
 
 ConstOf = Callable[[ir.Value], "np.ndarray | None"]
 DimsOf = Callable[[ir.Value], "tuple[int | None, ...] | None"]
 
-_PASS_THROUGH = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"})
+_SAME = frozenset({"Cast", "Identity"})
+
+Traced = np.ndarray
+"""An integer tensor traced entry by entry: a numpy array of :class:`Entry` objects."""
 
 
 def trace_entries(
-    value: ir.Value, const_of: ConstOf, dims_of: DimsOf, memo: dict[int, list[Entry] | None]
+    value: ir.Value, const_of: ConstOf, dims_of: DimsOf, memo: dict[int, Traced | None]
 ) -> list[Entry] | None:
-    """Entries of the 1-D (or scalar) integer tensor ``value``, None if its length is unknown."""
+    """Entries of the 1-D (or scalar) integer tensor ``value``, None if unknown."""
+    traced = trace_tensor(value, const_of, dims_of, memo)
+    if traced is None or traced.ndim > 1:
+        return None
+    return list(traced.reshape(-1))
+
+
+def trace_tensor(
+    value: ir.Value, const_of: ConstOf, dims_of: DimsOf, memo: dict[int, Traced | None]
+) -> Traced | None:
+    """Entries of the integer tensor ``value`` of any rank, None if not traceable."""
     key = id(value)
     if key in memo:
         return memo[key]
@@ -64,55 +84,179 @@ def trace_entries(
     return result
 
 
+def _array(entries: list[Entry], shape: tuple[int, ...] | None = None) -> Traced:
+    """``entries`` as an object array of ``shape`` (a vector when None; () is a scalar)."""
+    array = np.empty(len(entries), dtype=object)
+    array[:] = entries
+    return array.reshape((len(entries),) if shape is None else shape)
+
+
+def _numbers(traced: Traced | None) -> list[int] | None:
+    """The known numbers of a traced tensor, flattened; None if any is unknown."""
+    if traced is None or any(e.number is None for e in traced.reshape(-1)):
+        return None
+    return [int(e.number) for e in traced.reshape(-1)]
+
+
 def _trace(
-    value: ir.Value, const_of: ConstOf, dims_of: DimsOf, memo: dict[int, list[Entry] | None]
-) -> list[Entry] | None:
+    value: ir.Value, const_of: ConstOf, dims_of: DimsOf, memo: dict[int, Traced | None]
+) -> Traced | None:
     data = const_of(value)
     if data is not None:
-        if data.dtype.kind not in "iu" or data.ndim > 1:
+        if data.dtype.kind not in "iu":
             return None
         name = value.name or ""
-        return [
-            Entry("const", int(x), name, i) for i, x in enumerate(np.atleast_1d(data).tolist())
-        ]
+        flat = [Entry("const", int(x), name, i, fixed=True)
+                for i, x in enumerate(data.reshape(-1).tolist())]
+        return _array(flat, data.shape)
     node = value.producer()
     if node is None:
         return _opaque(value, dims_of, "")
     op = node.op_type if node.domain in ("", "ai.onnx") else ""
-    inputs = node.inputs
+
+    def arg(index: int) -> Traced | None:
+        x = node.inputs[index] if index < len(node.inputs) else None
+        return None if x is None else trace_tensor(x, const_of, dims_of, memo)
+
+    result = _OPS[op](node, arg) if op in _OPS else None
     if op == "Shape":
-        return _shape_entries(node, dims_of)
-    if op in _PASS_THROUGH and inputs and inputs[0] is not None:
-        return trace_entries(inputs[0], const_of, dims_of, memo)
-    if op == "Concat":
-        parts = [trace_entries(x, const_of, dims_of, memo) if x else None for x in inputs]
-        if any(part is None for part in parts):
-            return _opaque(value, dims_of, node.name or "")
-        return [entry for part in parts for entry in part or []]
-    if op == "Gather" and len(inputs) == 2 and inputs[0] is not None and inputs[1] is not None:
-        source = trace_entries(inputs[0], const_of, dims_of, memo)
-        indices = const_of(inputs[1])
-        if source is not None and indices is not None and indices.ndim <= 1:
-            picked = np.atleast_1d(indices).astype(np.int64) % max(len(source), 1)
-            return [source[int(i)] for i in picked]
-    if op == "Where" and len(inputs) == 3 and all(x is not None for x in inputs):
-        parts = [trace_entries(x, const_of, dims_of, memo) for x in inputs]
+        result = _shape_entries(node, dims_of)
+    elif op in _ARITHMETIC and len(node.inputs) == 2:
+        a, b = arg(0), arg(1)
+        if a is not None and b is not None:
+            result = _arithmetic(op, a, b, node.name or "")
+    elif op == "Where" and len(node.inputs) == 3:
+        parts = [arg(0), arg(1), arg(2)]
         if all(part is not None for part in parts):
-            picked = _where(*parts)  # type: ignore[arg-type]
-            if picked is not None:
-                return picked
-    if op in _ARITHMETIC and inputs and all(x is not None for x in inputs):
-        parts = [trace_entries(x, const_of, dims_of, memo) for x in inputs]
-        if all(part is not None for part in parts):
-            return _arithmetic(op, parts, node.name or "")  # type: ignore[arg-type]
-    if op == "Slice" and inputs and inputs[0] is not None:
-        source = trace_entries(inputs[0], const_of, dims_of, memo)
-        bounds = [const_of(x) if x is not None else None for x in inputs[1:5]]
-        if source is not None and all(b is not None for b in bounds[:2]):
-            start, end = int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0])
-            step = int(bounds[3].reshape(-1)[0]) if len(bounds) > 3 and bounds[3] is not None else 1
-            return source[slice(start, end, step)]
-    return _opaque(value, dims_of, node.name or "")
+            result = _where(*parts)  # type: ignore[arg-type]
+    if isinstance(result, Entry):  # numpy hands back a 0-d object result as the object
+        result = _array([result], ())
+    return result if result is not None else _opaque(value, dims_of, node.name or "")
+
+
+Arg = Callable[[int], "Traced | None"]
+
+
+def _same(node: ir.Node, arg: Arg) -> Traced | None:
+    return arg(0)
+
+
+def _flat(data: Traced | None) -> Traced | None:
+    """A vector or scalar kept as a vector: what a reshape of unknown target leaves of it."""
+    return data.reshape(-1) if data is not None and data.ndim <= 1 else None
+
+
+def _reshape(node: ir.Node, arg: Arg) -> Traced | None:
+    data, shape = arg(0), _numbers(arg(1))
+    if data is None or shape is None:
+        return _flat(data)
+    target = [data.shape[i] if d == 0 and i < data.ndim else d for i, d in enumerate(shape)]
+    try:
+        return data.reshape(target)
+    except ValueError:
+        return None
+
+
+def _axes(node: ir.Node, arg: Arg, index: int) -> list[int] | None:
+    attribute = node.attributes.get("axes")
+    if attribute is not None:
+        return list(attribute.as_ints())
+    return _numbers(arg(index)) if index < len(node.inputs) and node.inputs[index] else None
+
+
+def _unsqueeze(node: ir.Node, arg: Arg) -> Traced | None:
+    data, axes = arg(0), _axes(node, arg, 1)
+    if data is None or axes is None:
+        return _flat(data)
+    rank = data.ndim + len(axes)
+    for axis in sorted(a + rank if a < 0 else a for a in axes):
+        data = np.expand_dims(data, axis)
+    return data
+
+
+def _squeeze(node: ir.Node, arg: Arg) -> Traced | None:
+    data = arg(0)
+    if data is None:
+        return None
+    axes = _axes(node, arg, 1)
+    if axes is None:
+        return data.reshape([d for d in data.shape if d != 1]) if len(node.inputs) < 2 \
+            else _flat(data)
+    return np.squeeze(data, axis=tuple(a + data.ndim if a < 0 else a for a in axes))
+
+
+def _concat(node: ir.Node, arg: Arg) -> Traced | None:
+    parts = [arg(i) for i in range(len(node.inputs))]
+    if any(part is None for part in parts) or not parts:
+        return None
+    axis = node.attributes.get_int("axis", 0)
+    try:
+        return np.concatenate([np.atleast_1d(p) for p in parts], axis=axis)  # type: ignore[misc]
+    except ValueError:  # numpy's AxisError is a ValueError too
+        return None
+
+
+def _gather(node: ir.Node, arg: Arg) -> Traced | None:
+    data, indices = arg(0), arg(1)
+    picked = _numbers(indices)
+    if data is None or indices is None or picked is None or data.ndim == 0:
+        return None
+    axis = node.attributes.get_int("axis", 0)
+    size = data.shape[axis]
+    index = np.array([i % size if size else 0 for i in picked]).reshape(indices.shape)
+    return np.take(data, index, axis=axis)
+
+
+def _slice(node: ir.Node, arg: Arg) -> Traced | None:
+    data = arg(0)
+    starts, ends = _numbers(arg(1)), _numbers(arg(2))
+    if data is None or starts is None or ends is None or data.ndim == 0:
+        return None
+    axes = _numbers(arg(3)) if len(node.inputs) > 3 and node.inputs[3] else list(
+        range(len(starts)))
+    steps = _numbers(arg(4)) if len(node.inputs) > 4 and node.inputs[4] else [1] * len(starts)
+    if axes is None or steps is None or 0 in steps:
+        return None
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
+        index[axis + data.ndim if axis < 0 else axis] = slice(start, end, step)
+    return data[tuple(index)]
+
+
+def _transpose(node: ir.Node, arg: Arg) -> Traced | None:
+    data = arg(0)
+    if data is None:
+        return None
+    perm = node.attributes.get("perm")
+    return np.transpose(data, list(perm.as_ints()) if perm is not None else None)
+
+
+def _constant_of_shape(node: ir.Node, arg: Arg) -> Traced | None:
+    """A filled tensor: every entry is the fill value, a constant of this node."""
+    shape = _numbers(arg(0))
+    if shape is None:
+        return None
+    fill = node.attributes.get("value")
+    number = int(fill.value.numpy().reshape(-1)[0]) if fill is not None else 0
+    entries = [Entry("const", number, node.name or "", i, fixed=True)
+               for i in range(int(np.prod(shape)))]
+    return _array(entries, tuple(shape))
+
+
+_OPS: dict[str, Callable[[ir.Node, Arg], Traced | None]] = {
+    **dict.fromkeys(_SAME, _same),
+    "Reshape": _reshape,
+    "Flatten": lambda node, arg: None if (d := arg(0)) is None else d.reshape(
+        int(np.prod(d.shape[: node.attributes.get_int("axis", 1)])), -1),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": _concat,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Transpose": _transpose,
+    "ConstantOfShape": _constant_of_shape,
+}
+"""Layout ops evaluated on traced tensors; Shape, arithmetic and Where are below."""
 
 
 _ARITHMETIC = {
@@ -127,41 +271,32 @@ _ARITHMETIC = {
 }
 
 
-def _broadcast(parts: list[list[Entry]]) -> int | None:
-    lengths = {len(p) for p in parts} - {1}
-    return None if len(lengths) > 1 else (lengths.pop() if lengths else 1)
-
-
-def _arithmetic(op: str, parts: list[list[Entry]], node_name: str) -> list[Entry] | None:
+def _arithmetic(op: str, a: Traced, b: Traced, node_name: str) -> Traced | None:
     """Numbers computed where every operand is known; provenance becomes ``expr``."""
-    length = _broadcast(parts)
-    if length is None or len(parts) != 2:
-        return None
     function = _ARITHMETIC[op]
-    result = []
-    for i in range(length):
-        a, b = (p[i if len(p) > 1 else 0] for p in parts)
-        known = a.number is not None and b.number is not None
-        number = function(a.number, b.number) if known else None
-        result.append(Entry("expr", number, node_name, i))
-    return result
 
+    def combine(x: Entry, y: Entry) -> Entry:
+        known = x.number is not None and y.number is not None
+        return Entry("expr", function(x.number, y.number) if known else None, node_name,
+                     fixed=x.fixed and y.fixed)
 
-def _where(cond: list[Entry], a: list[Entry], b: list[Entry]) -> list[Entry] | None:
-    """Where with a known condition keeps the provenance of the branch it picks."""
-    length = _broadcast([cond, a, b])
-    if length is None:
+    try:
+        return np.frompyfunc(combine, 2, 1)(a, b)
+    except ValueError:  # shapes that do not broadcast
         return None
-    result = []
-    for i in range(length):
-        c, x, y = (p[i if len(p) > 1 else 0] for p in (cond, a, b))
-        if c.number is None:
-            return None
-        result.append(x if c.number else y)
-    return result
 
 
-def _shape_entries(node: ir.Node, dims_of: DimsOf) -> list[Entry] | None:
+def _where(cond: Traced, a: Traced, b: Traced) -> Traced | None:
+    """Where with a known condition keeps the provenance of the branch it picks."""
+    if any(c.number is None for c in cond.reshape(-1)):
+        return None
+    try:
+        return np.frompyfunc(lambda c, x, y: x if c.number else y, 3, 1)(cond, a, b)
+    except ValueError:
+        return None
+
+
+def _shape_entries(node: ir.Node, dims_of: DimsOf) -> Traced | None:
     source = node.inputs[0]
     dims = dims_of(source) if source is not None else None
     if source is None or dims is None:
@@ -172,14 +307,13 @@ def _shape_entries(node: ir.Node, dims_of: DimsOf) -> list[Entry] | None:
     start = start_attr.value if start_attr is not None else 0
     end = end_attr.value if end_attr is not None else rank
     axes = range(rank)[slice(start, end)]
-    return [Entry("dim", dims[axis], dim=(source, axis)) for axis in axes]
+    return _array([Entry("dim", dims[axis], dim=(source, axis)) for axis in axes])
 
 
-def _opaque(value: ir.Value, dims_of: DimsOf, node_name: str) -> list[Entry] | None:
+def _opaque(value: ir.Value, dims_of: DimsOf, node_name: str) -> Traced | None:
     dims = dims_of(value)
-    if dims is None or len(dims) > 1:
+    if dims is None or any(d is None for d in dims):
         return None
-    length = dims[0] if dims else 1
-    if length is None:
-        return None
-    return [Entry("expr", None, node_name, i) for i in range(length)]
+    count = int(np.prod(dims)) if dims else 1
+    entries = [Entry("expr", None, node_name, i) for i in range(count)]
+    return _array(entries, tuple(dims))

@@ -97,7 +97,7 @@ class _State:
         self._tracked: dict[int, set[int]] = collections.defaultdict(set)
         self._dims: dict[int, tuple[int | None, ...] | None] = {}
         self._consts: dict[int, np.ndarray | None] = {}
-        self._traces: dict[int, list[Entry] | None] = {}
+        self._traces: dict[int, np.ndarray | None] = {}
 
     def tracked_axes(self, value: ir.Value) -> frozenset[int]:
         return frozenset(self._tracked.get(id(value), ()))
@@ -120,6 +120,15 @@ class _State:
         if key not in self._dims:
             self._dims[key] = _dims_of(value)
         return self._dims[key]
+
+    def refine(self, value: ir.Value, dims: tuple[int | None, ...]) -> None:
+        """Take static dims a rule computed where shape inference left them unknown."""
+        known = self.dims(value)
+        if known is None or len(known) != len(dims):
+            self._dims[id(value)] = dims
+        else:
+            self._dims[id(value)] = tuple(k if k is not None else d
+                                          for k, d in zip(known, dims, strict=True))
 
     def const(self, value: ir.Value) -> np.ndarray | None:
         key = id(value)

@@ -110,8 +110,10 @@ def _rounded(candidate: Candidate, count: int, round_to: int) -> int:
 def select(candidates: Sequence[Candidate], targets: Targets,
            cost_model: Callable[[], CostModel]) -> tuple[np.ndarray, dict[str, Any] | None]:
     """Units to remove per candidate (counts), and the target's outcome for the report."""
+    goals = {"flops": targets.target_flops, "params": targets.target_params}
+    goals = {metric: keep for metric, keep in goals.items() if keep is not None}
     if not candidates:
-        return np.zeros(0, dtype=np.int64), None
+        return np.zeros(0, dtype=np.int64), _outcome(goals, targets, cost_model, 0, None)
     keys = np.concatenate([c.keys for c in candidates])
     owner = np.concatenate([np.full(c.order.size, i) for i, c in enumerate(candidates)])
     position = np.concatenate([np.arange(c.order.size) for c in candidates])
@@ -125,8 +127,6 @@ def select(candidates: Sequence[Candidate], targets: Targets,
         return np.array([_rounded(c, int(k), round_to)
                          for c, k in zip(candidates, raw, strict=True)])
 
-    goals = {"flops": targets.target_flops, "params": targets.target_params}
-    goals = {metric: keep for metric, keep in goals.items() if keep is not None}
     if not goals:
         if targets.ratio is None:
             return counts(n_dead), None
@@ -154,7 +154,21 @@ def select(candidates: Sequence[Candidate], targets: Targets,
                 low = middle + 1
         needed.append(low)
     chosen = counts(max(needed))
-    after = model.cost(chosen)
+    return chosen, _outcome(goals, targets, lambda: model, len(candidates), chosen)
+
+
+def _outcome(goals: Mapping[str, float], targets: Targets, cost_model: Callable[[], CostModel],
+             groups: int, chosen: np.ndarray | None) -> dict[str, Any] | None:
+    """The target's outcome for the report (None without a FLOPs or params target).
+
+    ``chosen`` is None when no group is eligible: nothing can be removed, which the
+    report says instead of leaving the outcome out.
+    """
+    if not goals:
+        return None
+    model = cost_model()
+    base = model.cost(np.zeros(groups, dtype=np.int64))
+    after = base if chosen is None else model.cost(chosen)
     outcome: dict[str, Any] = {"scope": targets.scope}
     reached = True
     for metric, keep in goals.items():
@@ -166,7 +180,9 @@ def select(candidates: Sequence[Candidate], targets: Targets,
     outcome["reached"] = reached
     if not reached:
         outcome["why_not"] = (
+            "no group can be pruned (every group is pinned, ignored or unscored: see the "
+            "report's groups and skipped groups)" if chosen is None else
             "every removable unit is already selected; the rest is pinned, ignored, "
             "capped by --ratio or the last unit of a group (see the skipped groups and "
             "the pinned groups in the report)")
-    return chosen, outcome
+    return outcome

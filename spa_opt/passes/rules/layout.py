@@ -302,21 +302,37 @@ def tile(c: NodeCoupling) -> None:
 
 @rule("Pad")
 def pad(c: NodeCoupling) -> None:
-    """Unpadded axes pass through; padding a channel axis pins it."""
+    """Unpadded axes pass through; padding a channel axis pins it.
+
+    Pad amounts computed at run time (TensorFlow-style "same" padding derives them
+    from the spatial sizes) are traced: an axis whose two amounts are fixed zeros
+    (constants, a ConstantOfShape fill, arithmetic on those) passes through; an axis
+    with an amount computed from run-time sizes is treated as padded, since after a
+    removal it could change, so it pins only if it carries channels. When every
+    amount is known, the output's dims are stated for the solver (shape inference
+    cannot size a Pad whose amounts are computed).
+    """
     data, out = c.input(0), c.output(0)
     dims = c.dims(data)
     if dims is None:
         return
-    pads = c.attr("pads") or c.attr("paddings") or c.ints(c.input(1))
+    amounts, numbers = _pad_amounts(c)
     axes = c.ints(c.input(3)) if c.input(3) is not None else list(range(len(dims)))
-    if pads is None or axes is None:
+    if amounts is None or axes is None or len(amounts) != 2 * len(axes):
         c.pin_tracked(data, "Pad amounts are computed at run time", "untraced-shape")
         c.pin_tracked(out, "Pad amounts are computed at run time", "untraced-shape")
         return
+    if numbers is not None and c.dims(out) != dims:  # inference could not size the output
+        grown = list(dims)
+        for i, a in enumerate(axes):
+            axis = normalized(a, len(dims))
+            if grown[axis] is not None:
+                grown[axis] += numbers[i] + numbers[i + len(axes)]
+        c.refine_dims(out, tuple(grown))
     padded = {
         normalized(a, len(dims))
         for i, a in enumerate(axes)
-        if pads[i] != 0 or pads[i + len(axes)] != 0
+        if amounts[i] != 0 or amounts[i + len(axes)] != 0
     }
     for axis in range(len(dims)):
         if axis in padded:
@@ -324,6 +340,24 @@ def pad(c: NodeCoupling) -> None:
             c.pin(out, axis, "Pad pads the channel axis")
         else:
             c.identity(data, axis, out, axis)
+
+
+def _pad_amounts(c: NodeCoupling) -> tuple[list[int | None] | None, list[int] | None]:
+    """Pad amounts as literals (None where computed at run time), and all their values.
+
+    The first list says which axes are surely unpadded whatever a removal does; the
+    second, when every amount is known now, sizes the output for the solver.
+    """
+    given = c.attr("pads") or c.attr("paddings") or c.ints(c.input(1))
+    if given is not None:
+        return list(given), list(given)
+    pads = c.input(1)
+    entries = c.trace(pads) if pads is not None else None
+    if entries is None:
+        return None, None
+    numbers = [e.number for e in entries]
+    known = None if any(n is None for n in numbers) else [int(n) for n in numbers]
+    return [e.number if e.fixed else None for e in entries], known
 
 
 @rule("Shape", "Size")
