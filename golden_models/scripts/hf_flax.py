@@ -28,6 +28,8 @@ from flax import nnx
 from jax2onnx import to_onnx
 
 OUT = Path(__file__).resolve().parent.parent / "hf" / "flax_cnn.jax2onnx.onnx"
+RAW = OUT.with_name("flax_cnn_raw.jax2onnx.onnx")
+"""The export exactly as jax2onnx wrote it, stale value_info included."""
 OPSET = 18
 IR_VERSION = 10
 SHAPE = (1, 32, 32, 3)
@@ -71,8 +73,10 @@ def main() -> None:
                     input_names=["input"], output_names=["logits"])
     proto.ir_version = min(proto.ir_version, IR_VERSION)
     # jax2onnx 0.17.1 writes value_info with the input's spatial size after the stride-2
-    # SAME conv (16x16 tensors declared 32x32), which strict shape inference rejects; the
-    # hints are dropped and re-inferred.
+    # SAME conv (16x16 tensors declared 32x32), which strict shape inference rejects. The
+    # export is kept as it is (RAW: spa-opt must repair it on load), and a clean copy
+    # with the hints dropped and re-inferred.
+    onnx.save(proto, str(RAW), save_as_external_data=False)
     del proto.graph.value_info[:]
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)
