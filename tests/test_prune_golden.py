@@ -24,6 +24,7 @@ import pytest
 
 import spa_opt
 from spa_opt.ir import count_cost, load_model
+from spa_opt.ir.repair import repair_model
 from spa_opt.ir.tensors import constant_array
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes.coupling.groups import Group
