@@ -163,3 +163,15 @@ def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
     expected = {gid: units.tolist() for gid, units in killed.items() if gid in lossless}
     assert removed == expected
     assert data["verify"]["max_abs_err"] <= 1e-5
+
+
+@pytest.mark.parametrize("key", ["torch/shufflenet.torchscript", "torch/yolo_c2f.torchscript",
+                                 "hf/gpt2_cls.torchscript", "hf/llama_cls.torchscript"])
+def test_folded_exports_prune_validly(key: str) -> None:
+    """Found by the dead oracle: a folded Slice starting at 0 without steps (IndexError in
+    its patch), and a graph output left untyped by folding (the check refused it)."""
+    model, report = spa_opt.optimize(onnx.load_from_string(source(key)),
+                                     "fold-constants,couple,group,l1,prune", ratio=0.3, verify=1)
+    assert report.to_dict()["channels"]["removed"] > 0
+    assert all(v.type is not None for v in model.graph.outputs)
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)

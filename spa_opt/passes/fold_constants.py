@@ -113,6 +113,9 @@ class FoldConstantsPass(SpaPass):
         """Apply the four rules of the module docstring."""
         import onnxscript.optimizer  # here, not at the top: 100 ms of start-up otherwise
 
+        # The folder may give a graph output a new producer whose value has no type;
+        # the output's declared type is the model's interface, so it is put back.
+        declared = {v.name: (v.type, v.shape) for v in model.graph.outputs}
         modified = False
         if self.options.initializer_inputs:
             modified |= self._lift_initializer_inputs(model)
@@ -141,6 +144,12 @@ class FoldConstantsPass(SpaPass):
         if self.options.untie_size_limit > 0:
             for graph in model.graphs():
                 modified |= self._untie_shared_operands(graph)
+        for value in model.graph.outputs:
+            type_, shape = declared.get(value.name, (None, None))
+            if value.type is None and type_ is not None:
+                value.type = type_
+                value.shape = shape
+                self.count("output-types-restored")
         for graph in model.graphs():
             for value in graph.initializers.values():
                 self._sync_shape(value)

@@ -271,6 +271,8 @@ def dead_units(graph: ir.Graph, groups: Sequence[Group],
     facts = propagate(graph, groups)
     readers: dict[Key, list[ir.Node]] = defaultdict(list)
     for node in graph:
+        if not any(out.uses() or out.is_graph_output() for out in node.outputs):
+            continue  # nothing reads what it computes: not a place channels leave
         for value in node.inputs:
             if value is not None:
                 for _, member in facts.by_value.get(id(value), ()):

@@ -183,8 +183,9 @@ def _slice_bounds(node: ir.Node, axis: int) -> tuple[int, int, int, int] | None:
         starts, ends = _ints(node.inputs[1]), _ints(node.inputs[2])
         axes_in = node.inputs[3] if len(node.inputs) > 3 else None
         steps_in = node.inputs[4] if len(node.inputs) > 4 else None
-        axes = _ints(axes_in) if axes_in is not None else np.arange(len(starts or []))
-        steps = _ints(steps_in) if steps_in is not None else np.ones(len(starts or []), int)
+        count = 0 if starts is None else len(starts)  # `starts or []` is False for [0]
+        axes = _ints(axes_in) if axes_in is not None else np.arange(count)
+        steps = _ints(steps_in) if steps_in is not None else np.ones(count, int)
         if starts is None or ends is None or axes is None or steps is None:
             return None
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
