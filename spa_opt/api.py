@@ -82,6 +82,7 @@ def optimize(
     base_dir: str | os.PathLike | None = None,
     calibration: Any = None,
     input_dims: Mapping[str, int] | None = None,
+    io: Literal["keep", "rewrite"] = "keep",
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -108,6 +109,9 @@ def optimize(
         input_dims: Sizes of symbolic input dims (by name or ``"input:axis"``), kept as
             the context's ``input_dims``: the one place calibration files, noise and
             synthesized inputs, synflow and ``verify``'s random inputs read them from.
+        io: ``keep`` the graph's inputs and outputs as they are, or ``rewrite``: let
+            key/value-cache inputs and outputs lose heads, with the new shapes written
+            and listed in the report's ``io`` entry (see ``PipelineContext.io``).
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -120,7 +124,9 @@ def optimize(
     targets = Targets(ratio, target_flops, target_params, scope, round_to, tuple(ignore), seed)
     loaded = load_model(model, base_dir=base_dir)
     check_ignore_patterns(loaded, targets.ignore)
-    context = PipelineContext(targets=targets, show_progress=show_progress).attach(loaded)
+    if io not in ("keep", "rewrite"):
+        raise InputError(f"io must be 'keep' or 'rewrite', got {io!r}")
+    context = PipelineContext(targets=targets, show_progress=show_progress, io=io).attach(loaded)
     context.report["load"] = {"nodes-reordered": 0, "value-info-dropped": 0,
                               **repair_model(loaded)}
     context.input_dims = dict(input_dims or {})
@@ -135,25 +141,54 @@ def optimize(
     before = count_cost(loaded)
 
     feeds, reference = [], []
+    past_length = 0 if io == "rewrite" else 1  # see spa_opt.verify: feeds per model
+    interface = _interface(loaded)
     if verify > 0:
-        feeds = random_inputs(loaded, verify, seed, dims=context.input_dims)
+        feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
+                              past_length=past_length)
         reference = run_all(_reference_session(model, loaded), feeds)
 
     manager = PassManager(passes, instruments)
     manager(loaded)
     after = count_cost(loaded)
+    changed = _interface_changes(interface, loaded)
+    if changed or io == "rewrite":
+        context.report["io"] = {"policy": io, "changed": changed}
 
     verified = None
     if verify > 0:
+        if changed:
+            feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
+                                  past_length=past_length)
         try:
             result = run_all(session_from_model(loaded, quiet_session_options()), feeds)
         except Exception as error:  # the result must run; anything else is our bug
             raise VerificationError(f"the result does not run in onnxruntime: {error}") from error
-        verified = compare(reference, result)
+        verified = compare(reference, result,
+                           [c["name"] for c in changed if c["kind"] == "output"])
 
     report = Report(canonical, _targets_dict(targets), manager.records, before, after,
                     verified, dict(context.report))
     return loaded, report
+
+
+def _interface(model: ir.Model) -> dict[tuple[str, str], list]:
+    """Declared shapes of the graph's inputs and outputs, by kind and name."""
+    shapes = {}
+    for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            dims = None if value.shape is None else [
+                d if isinstance(d, int) else str(d) for d in value.shape]
+            shapes[(kind, value.name or "")] = dims
+    return shapes
+
+
+def _interface_changes(before: dict[tuple[str, str], list], model: ir.Model) -> list[dict]:
+    """Every graph input or output whose declared shape differs from ``before``."""
+    after = _interface(model)
+    return [{"kind": kind, "name": name, "before": dims, "after": after[(kind, name)]}
+            for (kind, name), dims in before.items()
+            if (kind, name) in after and after[(kind, name)] != dims]
 
 
 def _targets_dict(targets: Targets) -> dict:

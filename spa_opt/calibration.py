@@ -18,6 +18,10 @@ right names, dtypes and shapes, token ids inside the embedding table. Rules:
   float type (must stay finite), integers to its integer type (must stay in range);
   every array has the same number of samples. ``.npy``: the same, one-input models only.
   Arrays are fed as stored: ``mean``/``std`` are refused (normalise before saving).
+- Decoders with a key/value cache: ``input_ids`` alone is enough; the cache (empty,
+  past length 0), ``attention_mask`` (ones), ``position_ids`` (from 0) and the other
+  inputs of :mod:`spa_opt.decoder_inputs` that the file leaves out are built for every
+  batch. Arrays in the file override them.
 - Image folder: ``*.png, *.jpg, *.jpeg, *.bmp, *.webp, *.tif, *.tiff`` (any case),
   sorted by name, for a model with exactly one float input of rank 4. Layout: NCHW when
   dim 1 is 1 or 3, else NHWC when the last dim is 1 or 3. Each image is decoded with
@@ -55,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.decoder_inputs import TOKEN_IDS, buildable, complete_feeds
 from spa_opt.errors import InputError
 from spa_opt.inputs import (
     LAYOUT_AXES,
@@ -86,6 +91,8 @@ class Calibration:
     feeds: dict[str, np.ndarray]
     source: str
     labels: np.ndarray | None = None
+    dims: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Sizes of symbolic dims (``--input-dim``), for the inputs built per batch."""
 
     @property
     def samples(self) -> int:
@@ -106,7 +113,8 @@ class Calibration:
         if size < 1:
             raise InputError(f"calibration batch size must be at least 1, got {size}")
         inputs = model_inputs(model)
-        if missing := [i.name for i in inputs if i.name not in self.feeds]:
+        built = buildable(inputs) if TOKEN_IDS in self.feeds else set()
+        if missing := [i.name for i in inputs if i.name not in self.feeds and i.name not in built]:
             raise InputError(f"calibration data ({self.source}) has no data for input(s) "
                              f"{', '.join(missing)}")
         fixed = {i.declared[0] for i in inputs if i.declared and isinstance(i.declared[0], int)}
@@ -116,9 +124,10 @@ class Calibration:
         if fixed and step > self.samples:
             raise InputError(f"the model takes batches of exactly {step}; calibration data "
                              f"({self.source}) has {self.samples} samples")
-        feeds = {i.name: self.feeds[i.name] for i in inputs}
+        feeds = {i.name: self.feeds[i.name] for i in inputs if i.name in self.feeds}
         for start in range(0, self.samples - (self.samples % step if fixed else 0), step):
-            yield {k: a[start:start + step] if a.ndim else a for k, a in feeds.items()}
+            batch = {k: a[start:start + step] if a.ndim else a for k, a in feeds.items()}
+            yield complete_feeds(inputs, batch, self.dims) if built else batch
 
     def subset(self, count: int, seed: int) -> Calibration:
         """The first ``count`` samples, copied so the full arrays can be freed.
@@ -134,10 +143,11 @@ class Calibration:
             raise InputError(f"calibration sample count must be at least 1, got {count}")
         total = self.samples
         if count >= total:
-            return Calibration(dict(self.feeds), self.source, self.labels)
+            return Calibration(dict(self.feeds), self.source, self.labels, dict(self.dims))
         feeds = {k: a[:count].copy() if a.ndim else a for k, a in self.feeds.items()}
         labels = None if self.labels is None else self.labels[:count].copy()
-        return Calibration(feeds, f"{self.source} (first {count} of {total})", labels)
+        return Calibration(feeds, f"{self.source} (first {count} of {total})", labels,
+                           dict(self.dims))
 
 
 def _line(error: BaseException) -> str:
@@ -223,7 +233,8 @@ def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | N
                 if label_key is not None:
                     keys.remove(label_key)
                     labels = _labels(path.name, label_key, npz[label_key], limit)
-                for inp, key in _match_keys(path.name, inputs, keys):
+                optional = buildable(inputs) if TOKEN_IDS in keys else set()
+                for inp, key in _match_keys(path.name, inputs, keys, optional):
                     feeds[inp.name] = _check(path.name, key, inp, npz[key], limit, dims, seen)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise InputError(f"cannot read calibration data '{path}': {_line(error)}") from None
@@ -236,7 +247,7 @@ def load_calibration(path: str | os.PathLike, model: ir.Model, *, limit: int | N
     if labels is not None and counts and len(labels) != next(iter(counts.values())):
         raise InputError(f"{path.name}: {len(labels)} labels for "
                          f"{next(iter(counts.values()))} samples")
-    return Calibration(feeds, f"{suffix[1:]}:{path}", labels)
+    return Calibration(feeds, f"{suffix[1:]}:{path}", labels, dims)
 
 
 LABEL_KEYS = ("label", "labels", "target", "targets")
@@ -255,18 +266,21 @@ def _labels(label: str, key: str, array: np.ndarray, limit: int | None) -> np.nd
     return array[:limit] if limit is not None else array
 
 
-def _match_keys(label: str, inputs: list[InputSpec], keys: list[str]
-                ) -> list[tuple[InputSpec, str]]:
+def _match_keys(label: str, inputs: list[InputSpec], keys: list[str],
+                optional: set[str] | None = None) -> list[tuple[InputSpec, str]]:
+    """Pair inputs with keys; ``optional`` inputs may be missing (they are built)."""
     if len(inputs) == 1 and len(keys) == 1:
         return [(inputs[0], keys[0])]
+    optional = optional or set()
     names = [i.name for i in inputs]
-    missing, extra = [n for n in names if n not in keys], [k for k in keys if k not in names]
+    missing = [n for n in names if n not in keys and n not in optional]
+    extra = [k for k in keys if k not in names]
     if missing or extra:
         parts = [f"{what} {found}" for what, found in (("missing", missing), ("extra", extra))
                  if found]
         raise InputError(f"{label}: keys must be the model's input names {names}; "
                          f"{'; '.join(parts)}")
-    return [(i, i.name) for i in inputs]
+    return [(i, i.name) for i in inputs if i.name in keys]
 
 
 _KINDS = {"float": ("f", "a float array"), "int": ("iu", "an integer array"),

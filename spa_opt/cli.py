@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                          help="node names never pruned (repeatable; must match a node)")
     targets.add_argument("--seed", type=int, default=0, help="seed of random choices")
+    targets.add_argument("--io", choices=("keep", "rewrite"), default="keep",
+                         help="keep the graph's input/output shapes (default), or rewrite "
+                              "key/value-cache inputs and outputs (past*, present*) so "
+                              "attention heads can go; the report lists each change")
     calib = parser.add_argument_group("calibration inputs (read by obspa)")
     calib.add_argument("--calib", metavar="FILE.npz|DIR",
                        help="unlabeled calibration inputs: an .npz/.npy of input arrays keyed "
@@ -326,7 +330,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         target_params=args.target_params, scope=args.scope, round_to=args.round_to,
         ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
-        calibration=_calibration_spec(args), input_dims=dict(args.input_dim),
+        calibration=_calibration_spec(args), input_dims=dict(args.input_dim), io=args.io,
     )
     if args.save_calib:
         _save_calibration(model, args.save_calib)
@@ -340,6 +344,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     summary = prune_summary(report.to_dict())
     if summary:
         print(summary, file=sys.stderr)
+    from spa_opt.report import format_io_changes
+
+    if changes := format_io_changes(report.to_dict().get("io")):
+        print(changes, file=sys.stderr)
     if report.verify is not None:
         print(f"verify: {report.verify.inputs} inputs, max abs err "
               f"{report.verify.max_abs_err:.3g}, rel err {report.verify.rel_err:.3g}",

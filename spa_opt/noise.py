@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.calibration import Calibration
+from spa_opt.decoder_inputs import buildable
 from spa_opt.errors import InputError
 from spa_opt.inputs import (
     LAYOUT_AXES,
@@ -58,7 +59,11 @@ def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    for inp in model_inputs(model):
+    inputs = model_inputs(model)
+    built = buildable(inputs)  # a cache, masks, positions: built per batch from the ids
+    for inp in inputs:
+        if inp.name in built:
+            continue
         shape = resolve_shape(inp, dims, batch=samples)
         if inp.kind == "float":
             feeds[inp.name] = _float_noise(inp, shape, kind, mean, std, rng, exponent)
@@ -66,7 +71,7 @@ def noise_calibration(model: ir.Model, samples: int, *, kind: Literal["white", "
             feeds[inp.name] = rng.integers(0, token_id_bound(inp.value), shape).astype(inp.dtype)
         else:
             feeds[inp.name] = np.ones(shape, dtype=bool)
-    return Calibration(feeds, f"noise:{kind}")
+    return Calibration(feeds, f"noise:{kind}", dims=dims)
 
 
 def _float_noise(inp: InputSpec, shape: tuple[int, ...], kind: str, mean: Sequence[float],

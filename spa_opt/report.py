@@ -21,8 +21,12 @@ Schema (every key always present; ``null`` until a pass provides it)::
                     "patches": [{"node", "kind", "detail"}]}] | null,
       "channels": {"total": N, "removed": N} | null,
       "load":     {"nodes-reordered": N, "value-info-dropped": N},
+      "io":       {"policy": "keep" | "rewrite",
+                   "changed": [{"kind": "input" | "output", "name",
+                                "before": [dims], "after": [dims]}]} | null
+                  (null when the IO is kept and nothing changed),
       "verify":   {"inputs": N, "max_abs_err": x, "rel_err": x,
-                   "per_output": {"name": x}} | null
+                   "per_output": {"name": x}, "reshaped": [names]} | null
     }
 
 ``coupling`` and ``groups`` come from the ``group`` pass, ``channels`` from pruning, through
@@ -72,8 +76,10 @@ class Report:
             "coupling": self.extra.get("coupling"),
             "groups": self.extra.get("groups"),
             "channels": self.extra.get("channels"),
+            "io": self.extra.get("io"),
             "verify": self.verify.to_dict() if self.verify else None,
-            **{k: v for k, v in self.extra.items() if k not in ("coupling", "groups", "channels")},
+            **{k: v for k, v in self.extra.items()
+               if k not in ("coupling", "groups", "channels", "io")},
         }
 
 
@@ -149,4 +155,21 @@ def format_groups(groups: list[dict[str, Any]], summary: dict[str, Any] | None =
             f"{cov['prunable']} of {cov['channels']} produced channels prunable "
             f"({cov['share']:.0%})"
         )
+    return "\n".join(lines)
+
+
+def format_io_changes(io: dict[str, Any] | None) -> str:
+    """What ``--io rewrite`` changed, one line per graph input or output, for stderr.
+
+    Each line names the tensor and the axes whose length changed (for a cache, the
+    head axis: the new head count a generation loop must allocate).
+    """
+    if not io or not io.get("changed"):
+        return ""
+    lines = []
+    for change in io["changed"]:
+        before, after = change["before"] or [], change["after"] or []
+        pairs = enumerate(zip(before, after, strict=False))
+        axes = [f"dim {axis}: {b} -> {a}" for axis, (b, a) in pairs if b != a]
+        lines.append(f"io: {change['kind']} {change['name']} {'; '.join(axes)}")
     return "\n".join(lines)

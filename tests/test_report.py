@@ -38,7 +38,7 @@ TORCHVISION_RESNET50_MACS = 4.09e9
 
 REPORT_KEYS = {
     "spa_opt_version", "pipeline", "targets", "passes", "params", "macs", "flops",
-    "coupling", "groups", "channels", "verify", "load",
+    "coupling", "groups", "channels", "verify", "load", "io",
 }
 TARGET_KEYS = {"ratio", "target_flops", "target_params", "scope", "round_to", "ignore", "seed"}
 
@@ -140,7 +140,8 @@ def test_report_with_targets_and_verify(tmp_path: Path, capsys) -> None:
         "round_to": 8, "ignore": ["s0.*", "stem.conv"], "seed": 7,
     }
     verify = data["verify"]
-    assert set(verify) == {"inputs", "max_abs_err", "rel_err", "per_output"}
+    assert set(verify) == {"inputs", "max_abs_err", "rel_err", "per_output", "reshaped"}
+    assert verify["reshaped"] == []
     assert verify["inputs"] == 2
     assert set(verify["per_output"]) == {"logits"}
     assert 0.0 <= verify["max_abs_err"] < 1e-4 and 0.0 <= verify["rel_err"] < 1e-4

@@ -8,6 +8,8 @@ Rules:
 - the solver of :mod:`spa_opt.passes.coupling.solver` tracks channel axes forward and
   backward from every weighted operator, then unites coupled channels into removal
   units with index maps; operators without a rule pin what reaches them;
+- channels reaching graph inputs and outputs are pinned, except at key/value-cache
+  inputs and outputs when the run's ``io`` is ``rewrite`` (``--io rewrite``);
 - the result goes to the context as ``couplings``, read by ``group``; setting it
   clears every analysis derived from earlier couplings (groups, scores, dead units,
   selections, reconstructed weights: see :mod:`spa_opt.passes._infra.context`).
@@ -38,10 +40,13 @@ class CouplePassOptions:
     )
 
 
-def couple_model(model: ir.Model, heads: str = "whole") -> Coupling:
-    """Run the coupling analysis on ``model`` without changing it."""
+def couple_model(model: ir.Model, heads: str = "whole", io: str = "keep") -> Coupling:
+    """Run the coupling analysis on ``model`` without changing it.
+
+    ``heads`` and ``io``: see :class:`~spa_opt.passes.coupling.solver.CoupleOptions`.
+    """
     with temporary_shapes(model):
-        return solve(model.graph, CoupleOptions(heads=heads))
+        return solve(model.graph, CoupleOptions(heads=heads, io=io))
 
 
 @register
@@ -54,7 +59,7 @@ class CouplePass(SpaPass):
 
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Solve and store the couplings in the context."""
-        coupling = couple_model(model, self.options.heads)
+        coupling = couple_model(model, self.options.heads, context.io)
         context.analyses.couplings = coupling  # clears everything derived from older ones
         for key, value in coupling.stats.items():
             self.count(key, value)

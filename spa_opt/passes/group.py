@@ -68,7 +68,7 @@ def groups_of(model: ir.Model, context: PipelineContext, *, rebuild: bool = Fals
         return groups
     coupling = context.analyses.couplings
     if coupling is None:
-        coupling = couple_model(model)
+        coupling = couple_model(model, io=context.io)
         context.analyses.couplings = coupling
     groups = build_groups(coupling, model.graph)
     context.analyses.groups = groups

@@ -174,6 +174,11 @@ class PipelineContext:
     input_dims: dict[str, int] = dataclasses.field(default_factory=dict)
     """Sizes of symbolic input dims (by name or ``"input:axis"``) for inputs a pass
     generates (obspa's noise inputs)."""
+    io: str = "keep"
+    """``keep``: the graph's inputs and outputs keep their shapes (channels reaching them
+    are pinned); ``rewrite``: key/value-cache inputs and outputs (``past*``,
+    ``present*``, ``cache*``) may lose heads, their new shapes are written and listed
+    in the report (``--io rewrite``). Read by ``couple``."""
     show_progress: bool = False
     """Whether long-running passes draw a progress bar (the CLI sets it for terminals)."""
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.decoder_inputs import is_cache_name
 from spa_opt.ir.lattice import PinReason
 from spa_opt.passes.coupling.node import Link, NodeCoupling, Patch, node_label
 from spa_opt.passes.coupling.shapetrace import Entry, trace_entries
@@ -56,6 +57,11 @@ class CoupleOptions:
     """``whole``: an axis split in two (``[h*d] -> [h, d]``) couples through its major
     part, so attention heads are removed whole; ``dim``: through its minor part, so the
     head dimension is pruned uniformly across heads."""
+
+    io: str = "keep"
+    """``keep``: every channel axis at a graph input or output is pinned; ``rewrite``:
+    not at key/value-cache inputs and outputs (:func:`spa_opt.decoder_inputs.is_cache_name`),
+    whose shapes pruning then rewrites."""
 
 
 @dataclasses.dataclass
@@ -368,7 +374,7 @@ def _couple(nodes: list[ir.Node], state: _State, graph: ir.Graph, evaluations: i
                         f"of `{value.name}`"
                     )
                     builder.pin((value, axis), _reason("unsupported-axis", detail, node))
-    _pin_boundaries(builder, state, graph)
+    _pin_boundaries(builder, state, graph, state.options.io)
     labels = _components(builder)
     pins = [
         (_pin_ids(builder.info(*axis), positions), reason)
@@ -386,10 +392,16 @@ def _couple(nodes: list[ir.Node], state: _State, graph: ir.Graph, evaluations: i
     return Coupling(builder.axes, labels, pins, patches, dict(roles), normalizers, stats)
 
 
-def _pin_boundaries(builder: _Builder, state: _State, graph: ir.Graph) -> None:
-    """Pin tracked axes at graph inputs and outputs, overridable weights, subgraph uses."""
+def _pin_boundaries(builder: _Builder, state: _State, graph: ir.Graph, io: str = "keep"
+                    ) -> None:
+    """Pin tracked axes at graph inputs and outputs, overridable weights, subgraph uses.
+
+    With ``io="rewrite"``, key/value-cache inputs and outputs are left free.
+    """
     initializer_inputs = {id(v) for v in graph.inputs if v.const_value is not None}
     for value in graph.inputs:
+        if io == "rewrite" and id(value) not in initializer_inputs and is_cache_name(value.name):
+            continue
         detail = (
             f"initializer `{value.name}` is also a graph input, so it can be replaced at run time"
             if id(value) in initializer_inputs
@@ -398,6 +410,8 @@ def _pin_boundaries(builder: _Builder, state: _State, graph: ir.Graph) -> None:
         for axis in state.tracked_axes(value):
             builder.pin((value, axis), PinReason("graph-input", detail))
     for value in graph.outputs:
+        if io == "rewrite" and is_cache_name(value.name):
+            continue
         for axis in state.tracked_axes(value):
             detail = f"reaches graph output `{value.name}`"
             builder.pin((value, axis), PinReason("graph-output", detail))
