@@ -225,6 +225,23 @@ def _reader(make: Callable[[np.random.Generator], dict[str, np.ndarray]]) -> Any
     return Reader(make)
 
 
+def pre_process(src: Path, path: Path) -> None:
+    """``quant_pre_process``: onnxruntime's symbolic shape inference where it completes (the
+    CNNs); on the optimum BERT export it stops ("Incomplete symbolic shape inference"), so
+    there only the ONNX shape inference and the optimizer run.
+
+    Args:
+        src: The float model.
+        path: Output file.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(path))
+    except Exception:
+        quant_pre_process(str(src), str(path), skip_symbolic_shape=True)
+
+
 def quant_static(src: Path, path: Path, make: Callable[[np.random.Generator],
                  dict[str, np.ndarray]], fmt: str, per_channel: bool) -> None:
     """``quant_pre_process`` then ``quantize_static`` (int8 weights and activations, MinMax).
@@ -237,11 +254,9 @@ def quant_static(src: Path, path: Path, make: Callable[[np.random.Generator],
         per_channel: Per-channel weight scales.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre))
+        pre_process(src, pre)
         quantize_static(str(pre), str(path), _reader(make), quant_format=QuantFormat[fmt],
                         per_channel=per_channel, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8)
@@ -256,11 +271,9 @@ def quant_dynamic(src: Path, path: Path) -> None:
         path: Output file.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre))
+        pre_process(src, pre)
         quantize_dynamic(str(pre), str(path), weight_type=QuantType.QInt8)
     _inline(path)
 

@@ -70,6 +70,7 @@ DROPPED_METADATA = ("pkg.torch.onnx.stack_trace",)
 PROJECT_PYTHON = Path("/work/venv/bin/python")
 DECODER_TOKENS = 9  # 8 with an empty cache, then 1 with the returned cache
 TEXT_SEQ = 16
+BF16 = "make_deploy.py: bf16 weights + Cast to float"
 NOTABLE = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
            "MatMulInteger", "DynamicQuantizeLinear", "Cast")
 
@@ -135,11 +136,10 @@ def targets() -> list[Target]:
                "bert_cls"),
         Target("llama_kv.fp16.onnx", "llama_kv.optimum.onnx", fp16, "decoder", dm.to_fp16, 2e-2,
                "llama_kv"),
-        Target("bert_cls.bf16.onnx", "bert_cls.optimum.onnx",
-               "make_deploy bf16 weights + Cast to float", "encoder", dm.to_bf16, 5e-2,
+        Target("bert_cls.bf16.onnx", "bert_cls.optimum.onnx", BF16, "encoder", dm.to_bf16, 5e-2,
                "bert_cls"),
     ]
-    qs = "quant_pre_process + quantize_static({}, per_channel={}, int8 MinMax)"
+    qs = "quant_pre_process{} + quantize_static({}, per_channel={}, int8 MinMax)"
     for stem, fmt, per_channel, suffix, kind, make in (
             ("resnet_cls", "QDQ", True, "qdq", "image", image),
             ("mobilenetv2_cls", "QDQ", True, "qdq", "image", image),
@@ -147,12 +147,12 @@ def targets() -> list[Target]:
             ("resnet_cls", "QDQ", False, "qdq_tensor", "image", image),
             ("resnet_cls", "QOperator", True, "qop", "image", image)):
         src = (f"hf/{stem}.torchscript.onnx" if kind == "image" else f"{stem}.optimum.onnx")
-        out.append(Target(f"{stem}.{suffix}.onnx", src, qs.format(fmt, per_channel), kind,
+        out.append(Target(f"{stem}.{suffix}.onnx", src, qs.format("" if kind == "image" else "(skip_symbolic_shape)", fmt, per_channel), kind,
                           lambda s, p, f=fmt, c=per_channel, m=make: dm.quant_static(s, p, m, f, c),
                           0.5, "image" if kind == "image" else stem))
     out += [
         Target("bert_cls.dynq.onnx", "bert_cls.optimum.onnx",
-               "quant_pre_process + quantize_dynamic(QInt8)", "encoder", dm.quant_dynamic, 0.5,
+               "quant_pre_process(skip_symbolic_shape) + quantize_dynamic(QInt8)", "encoder", dm.quant_dynamic, 0.5,
                "bert_cls"),
         Target("llama_kv.nbits.onnx", "llama_kv.optimum.onnx",
                "MatMulNBitsQuantizer(bits=4, block_size=32, symmetric)", "decoder",
@@ -276,11 +276,13 @@ def checker(model: onnx.ModelProto) -> str:
 
 
 def op_summary(model: onnx.ModelProto) -> str:
-    """Counts of the contrib-domain ops and of the quantisation / cast ops (README text)."""
+    """Counts of the ops without an ONNX schema (com.microsoft, and onnxruntime's contrib ops
+    registered in the ONNX domain such as SimplifiedLayerNormalization) and of the
+    quantisation / cast ops (README text)."""
     ops = Counter((n.domain or "", n.op_type) for n in model.graph.node)
-    parts = [f"{op}×{c}" for (dom, op), c in sorted(ops.items()) if dom not in ("", "ai.onnx")]
-    parts += [f"{op}×{c}" for (dom, op), c in sorted(ops.items())
-              if dom in ("", "ai.onnx") and op in NOTABLE]
+    parts = [f"{dom + ':' if dom not in ('', 'ai.onnx', 'com.microsoft') else ''}{op}×{c}"
+             for (dom, op), c in sorted(ops.items(), key=lambda kv: kv[0][1])
+             if not onnx.defs.has(op, dom) or op in NOTABLE]
     return ", ".join(parts) or "standard ops only"
 
 
@@ -341,8 +343,8 @@ def make_one(target: Target, by_file: dict[str, Target], made: dict[str, dict[st
     target.make(src, path)
     model = normalise(path)
     level = checker(model)
-    if level.startswith("rejected") and "fp16" not in target.file:
-        raise AssertionError(f"onnx.checker {level}")
+    if level.startswith("rejected") and target.toolchain in ("optimum export", BF16):
+        raise AssertionError(f"onnx.checker {level}")  # third-party tools' output is recorded
     feeds = make_feeds(target.feeds)
     got = run(path, target.kind, feeds)
     if src is None:
