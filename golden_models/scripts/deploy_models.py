@@ -140,7 +140,7 @@ def torch_reference(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def ort_optimize(src: Path, path: Path, model_type: str) -> None:
-    """onnxruntime's transformer optimizer, CPU, opt_level 1 (portable ORT rewrites only).
+    """Onnxruntime's transformer optimizer, CPU, opt_level 1 (portable ORT rewrites only).
 
     Args:
         src: The optimum export.
@@ -155,7 +155,7 @@ def ort_optimize(src: Path, path: Path, model_type: str) -> None:
 
 
 def to_fp16(src: Path, path: Path) -> None:
-    """onnxruntime's ``convert_float_to_float16(keep_io_types=True)``, saved as it comes out.
+    """Onnxruntime's ``convert_float_to_float16(keep_io_types=True)``, saved as it comes out.
 
     Args:
         src: The float model.
@@ -168,8 +168,10 @@ def to_fp16(src: Path, path: Path) -> None:
 
 
 def to_bf16(src: Path, path: Path) -> None:
-    """bf16 weight storage: every float32 initializer with more than one element becomes
-    bfloat16, read through a ``Cast(to=FLOAT)`` node at the head of the graph.
+    """bf16 weight storage, float32 arithmetic.
+
+    Every float32 initializer with more than one element becomes bfloat16, read through a
+    ``Cast(to=FLOAT)`` node at the head of the graph.
 
     onnxruntime's CPU provider has no bfloat16 kernels for MatMul, Gemm, LayerNormalization,
     Softmax, Erf and most elementwise ops (a torch bf16 export does not run there), so the
@@ -226,9 +228,11 @@ def _reader(make: Callable[[np.random.Generator], dict[str, np.ndarray]]) -> Any
 
 
 def pre_process(src: Path, path: Path) -> None:
-    """``quant_pre_process``: onnxruntime's symbolic shape inference where it completes (the
-    CNNs); on the optimum BERT export it stops ("Incomplete symbolic shape inference"), so
-    there only the ONNX shape inference and the optimizer run.
+    """``quant_pre_process``, with symbolic shape inference where it completes.
+
+    onnxruntime's symbolic shape inference completes on the CNNs; on the optimum BERT export
+    it stops ("Incomplete symbolic shape inference"), so there only the ONNX shape inference
+    and the optimizer run.
 
     Args:
         src: The float model.
@@ -279,8 +283,9 @@ def quant_dynamic(src: Path, path: Path) -> None:
 
 
 def quant_nbits(src: Path, path: Path) -> None:
-    """4-bit blockwise weight-only quantisation of every MatMul with a constant weight
-    (``MatMulNBits``, block size 32, symmetric, RTN: the default quantizer).
+    """4-bit blockwise weight-only quantisation of every MatMul with a constant weight.
+
+    ``MatMulNBits``, block size 32, symmetric, RTN (the default quantizer).
 
     Args:
         src: The float model.

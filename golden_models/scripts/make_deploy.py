@@ -147,13 +147,14 @@ def targets() -> list[Target]:
             ("resnet_cls", "QDQ", False, "qdq_tensor", "image", image),
             ("resnet_cls", "QOperator", True, "qop", "image", image)):
         src = (f"hf/{stem}.torchscript.onnx" if kind == "image" else f"{stem}.optimum.onnx")
-        out.append(Target(f"{stem}.{suffix}.onnx", src, qs.format("" if kind == "image" else "(skip_symbolic_shape)", fmt, per_channel), kind,
+        pre = "" if kind == "image" else "(skip_symbolic_shape)"
+        out.append(Target(f"{stem}.{suffix}.onnx", src, qs.format(pre, fmt, per_channel), kind,
                           lambda s, p, f=fmt, c=per_channel, m=make: dm.quant_static(s, p, m, f, c),
                           0.5, "image" if kind == "image" else stem))
     out += [
         Target("bert_cls.dynq.onnx", "bert_cls.optimum.onnx",
-               "quant_pre_process(skip_symbolic_shape) + quantize_dynamic(QInt8)", "encoder", dm.quant_dynamic, 0.5,
-               "bert_cls"),
+               "quant_pre_process(skip_symbolic_shape) + quantize_dynamic(QInt8)", "encoder",
+               dm.quant_dynamic, 0.5, "bert_cls"),
         Target("llama_kv.nbits.onnx", "llama_kv.optimum.onnx",
                "MatMulNBitsQuantizer(bits=4, block_size=32, symmetric)", "decoder",
                dm.quant_nbits, 0.5, "llama_kv"),
@@ -276,11 +277,13 @@ def checker(model: onnx.ModelProto) -> str:
 
 
 def op_summary(model: onnx.ModelProto) -> str:
-    """Counts of the ops without an ONNX schema (com.microsoft, and onnxruntime's contrib ops
-    registered in the ONNX domain such as SimplifiedLayerNormalization) and of the
-    quantisation / cast ops (README text)."""
+    """Counts of the schema-less, quantisation and cast ops (README text).
+
+    Schema-less: com.microsoft, and onnxruntime's contrib ops registered in the ONNX domain
+    such as SimplifiedLayerNormalization.
+    """
     ops = Counter((n.domain or "", n.op_type) for n in model.graph.node)
-    parts = [f"{dom + ':' if dom not in ('', 'ai.onnx', 'com.microsoft') else ''}{op}×{c}"
+    parts = [f"{dom + ':' if dom not in ('', 'ai.onnx', 'com.microsoft') else ''}{op}\u00d7{c}"
              for (dom, op), c in sorted(ops.items(), key=lambda kv: kv[0][1])
              if not onnx.defs.has(op, dom) or op in NOTABLE]
     return ", ".join(parts) or "standard ops only"
@@ -288,9 +291,12 @@ def op_summary(model: onnx.ModelProto) -> str:
 
 def io_summary(model: onnx.ModelProto) -> str:
     """Inputs -> outputs with shapes, past/present layers folded into one entry each."""
+
     def one(v: onnx.ValueInfoProto) -> str:
         dims = [str(d.dim_value or d.dim_param) for d in v.type.tensor_type.shape.dim]
-        return f"{v.name} [{','.join(dims)}] {onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()}"
+        dtype = onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+        return f"{v.name} [{','.join(dims)}] {dtype}"
+
     def fold(vs: list[onnx.ValueInfoProto]) -> list[str]:
         seen: list[str] = []
         for v in vs:
@@ -301,7 +307,8 @@ def io_summary(model: onnx.ModelProto) -> str:
             if text not in seen:
                 seen.append(text)
         return seen
-    return "; ".join(fold(list(model.graph.input))) + " → " + "; ".join(fold(list(model.graph.output)))
+    ins, outs = fold(list(model.graph.input)), fold(list(model.graph.output))
+    return "; ".join(ins) + " \u2192 " + "; ".join(outs)
 
 
 def project_check(python: Path, done: list[tuple[Target, Path, dict[str, np.ndarray]]],
@@ -328,7 +335,7 @@ def project_check(python: Path, done: list[tuple[Target, Path, dict[str, np.ndar
     return result
 
 
-def make_one(target: Target, by_file: dict[str, Target], made: dict[str, dict[str, object]],
+def make_one(target: Target, by_file: dict[str, Target],
              ) -> tuple[Path, dict[str, np.ndarray], dict[str, object]]:
     """Make, normalise, check and compare one target (its float source must exist)."""
     import deploy_models as dm
@@ -403,7 +410,7 @@ def main(argv: list[str]) -> None:
         if target.file not in selected:
             continue
         try:
-            path, got, row = make_one(target, by_file, {})
+            path, got, row = make_one(target, by_file)
         except Exception as exc:  # a toolchain that cannot handle a model is reported
             (OUT / target.file).unlink(missing_ok=True)
             lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
