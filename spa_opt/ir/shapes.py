@@ -4,6 +4,16 @@ Counting FLOPs or checking channel consistency needs every intermediate shape,
 but writing inferred shapes into the model would change what a plain ``dce`` run
 saves. :func:`temporary_shapes` infers them, yields, and puts back exactly what
 the model had, including the initializer order onnx_ir's inference disturbs.
+
+ONNX's own inference stops at shapes computed at run time (optimum's exports build
+``Expand`` and ``Reshape`` targets from ``Shape`` of dynamic inputs, ``Where`` on
+``-1`` entries, rotary halves sliced at ``size // 2``), and every dim after such a
+node is unknown, which pins the channels there. When dims stay unknown, onnxruntime's
+symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``, the one its
+transformer optimizer uses), which carries dims as expressions, fills in the static
+dims it finds. It runs on the graph with every large weight turned into a graph input
+of the same type, so no weight data is copied; if it fails (an operator it does not
+know), the ONNX result stands.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ def temporary_shapes(model: ir.Model) -> Iterator[ir.Model]:
     order = list(model.graph.initializers)
     try:
         ShapeInferencePass(strict_mode=False)(model)
+        if _has_unknown_dims(model):
+            _refine_symbolically(model)
         yield model
     finally:
         for value, shape, type_ in saved:
@@ -35,3 +47,95 @@ def temporary_shapes(model: ir.Model) -> Iterator[ir.Model]:
             added = [name for name in current if name not in set(kept)]
             for name in [*kept, *added]:
                 model.graph.register_initializer(current.pop(name))
+
+
+_SMALL_WEIGHT = 64
+"""Initializers up to this many elements stay constants for symbolic inference (shape
+arguments are among them); larger ones become inputs."""
+
+
+def _has_unknown_dims(model: ir.Model) -> bool:
+    return any(v.shape is None or not all(isinstance(d, int) for d in v.shape)
+               for node in model.graph for v in node.outputs)
+
+
+def _refine_symbolically(model: ir.Model) -> None:
+    """Give values the static dims onnxruntime's symbolic inference finds (see above)."""
+    dims = _symbolic_dims(model)
+    if not dims:
+        return
+    for node in model.graph:
+        for value in node.outputs:
+            found = dims.get(value.name or "")
+            if found is None:
+                continue
+            known = None if value.shape is None else list(value.shape.dims)
+            if known is not None and len(known) != len(found):
+                continue
+            # Static dims win; among symbolic ones the symbolic inference's names do,
+            # since they say which dims are equal (ONNX's ``unk__N`` names do not).
+            merged = [known[i] if known is not None and (isinstance(known[i], int)
+                                                         or f is None) else f
+                      for i, f in enumerate(found)]
+            if known is None or merged != known:
+                value.shape = ir.Shape(merged)
+
+
+def _symbolic_dims(model: ir.Model) -> dict[str, list[int | str | None]]:
+    """Dims by value name from onnxruntime's symbolic inference; empty when it fails."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # pragma: no cover - onnxruntime is a core dependency
+        return {}
+    graph = model.graph
+    large = [v for v in graph.initializers.values()
+             if v.const_value is not None and v.const_value.size > _SMALL_WEIGHT]
+    tensors = [v.const_value for v in large]
+    try:
+        for value in large:
+            graph.initializers.pop(value.name)
+            value.const_value = None
+            graph.inputs.append(value)
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for _ in large:
+            graph.inputs.pop()
+        for value, tensor in zip(large, tensors, strict=True):
+            value.const_value = tensor
+            graph.register_initializer(value)
+    try:
+        # The steps of ``SymbolicShapeInference.infer_shapes``, without its last one: when
+        # some shape stays unknown it saves the model to ``sym_shape_infer_temp.onnx`` in
+        # the working directory and raises; the partial result is what is wanted here.
+        with contextlib.redirect_stdout(None), _quiet_logging():
+            inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+            inference._preprocess(proto)
+            while inference.run_:
+                inference._infer_impl()
+            inferred = inference.out_mp_
+    except Exception:  # any failure leaves the ONNX inference result
+        return {}
+    found: dict[str, list[int | str | None]] = {}
+    for info in inferred.graph.value_info:
+        if not info.type.HasField("tensor_type") or \
+                not info.type.tensor_type.HasField("shape"):
+            continue
+        found[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                            for d in info.type.tensor_type.shape.dim]
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Silence the symbolic inference's logger (it warns about ops it skips)."""
+    import logging
+
+    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.CRITICAL)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.propagate = propagate

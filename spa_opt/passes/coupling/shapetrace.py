@@ -50,6 +50,10 @@ class Entry:
     fixed: bool = False
     """Computed from constants alone, never from a size read at run time: a removal
     cannot change it (a ``const``, or arithmetic on ``const`` entries)."""
+    scale: int = 1
+    """For an ``expr`` with ``dim`` set: the entry is ``scale * size(dim)``, a size read
+    at run time times fixed constants (GQA's ``kv_heads * n_rep``), which follows a
+    removal by itself, one block of ``scale`` positions per channel of ``dim``."""
 
 
 ConstOf = Callable[[ir.Value], "np.ndarray | None"]
@@ -272,13 +276,23 @@ _ARITHMETIC = {
 
 
 def _arithmetic(op: str, a: Traced, b: Traced, node_name: str) -> Traced | None:
-    """Numbers computed where every operand is known; provenance becomes ``expr``."""
+    """Numbers computed where every operand is known; provenance becomes ``expr``.
+
+    Two facts hold without the numbers: a size read at run time is never negative,
+    so ``Equal(size, -1)`` is 0 (torch's ``-1`` "keep this size" test); and a size times
+    a fixed positive constant is a monomial that keeps its ``dim`` (see ``Entry.scale``).
+    """
     function = _ARITHMETIC[op]
 
     def combine(x: Entry, y: Entry) -> Entry:
         known = x.number is not None and y.number is not None
-        return Entry("expr", function(x.number, y.number) if known else None, node_name,
-                     fixed=x.fixed and y.fixed)
+        number = function(x.number, y.number) if known else None
+        if op == "Equal" and number is None and _negative_vs_size(x, y):
+            return Entry("expr", 0, node_name)
+        if op == "Mul" and (monomial := _monomial(x, y) or _monomial(y, x)) is not None:
+            dim, scale = monomial
+            return Entry("expr", number, node_name, dim=dim, scale=scale)
+        return Entry("expr", number, node_name, fixed=x.fixed and y.fixed)
 
     try:
         return np.frompyfunc(combine, 2, 1)(a, b)
@@ -286,12 +300,34 @@ def _arithmetic(op: str, a: Traced, b: Traced, node_name: str) -> Traced | None:
         return None
 
 
-def _where(cond: Traced, a: Traced, b: Traced) -> Traced | None:
-    """Where with a known condition keeps the provenance of the branch it picks."""
-    if any(c.number is None for c in cond.reshape(-1)):
+def _negative_vs_size(x: Entry, y: Entry) -> bool:
+    """One side is a size read at run time, the other a known negative number."""
+    return any(s.kind == "dim" and o.number is not None and o.number < 0
+               for s, o in ((x, y), (y, x)))
+
+
+def _monomial(x: Entry, y: Entry) -> tuple[tuple[ir.Value, int], int] | None:
+    """``(dim, scale)`` when ``x`` is a size (or a monomial) and ``y`` a fixed positive."""
+    if x.dim is None or not y.fixed or y.number is None or y.number < 1:
         return None
+    if x.kind == "dim" or (x.kind == "expr" and x.scale >= 1):
+        return x.dim, x.scale * y.number
+    return None
+
+
+def _where(cond: Traced, a: Traced, b: Traced) -> Traced | None:
+    """Where keeps the provenance of the branch each known condition entry picks.
+
+    An entry whose condition is unknown becomes an unknown ``expr``: the others stay
+    traced, so one run-time batch size does not hide a constant head count beside it.
+    """
+    def pick(c: Entry, x: Entry, y: Entry) -> Entry:
+        if c.number is None:
+            return Entry("expr", None, "Where")
+        return x if c.number else y
+
     try:
-        return np.frompyfunc(lambda c, x, y: x if c.number else y, 3, 1)(cond, a, b)
+        return np.frompyfunc(pick, 3, 1)(cond, a, b)
     except ValueError:
         return None
 

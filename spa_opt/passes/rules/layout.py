@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.passes.coupling.node import NodeCoupling
+from spa_opt.passes.coupling.shapetrace import Entry
 from spa_opt.passes.rules.registry import rule
 
 _PAST_END = 1 << 62
@@ -53,7 +54,9 @@ def follow_shape_entry(
 
     A constant entry is patched (unless it is one of ``keep``, such as Reshape's
     ``0``/``-1`` or Expand's ``1``, which follow by themselves); an entry read with
-    ``Shape`` couples ``out[axis]`` with the axis it was read from; anything else pins.
+    ``Shape`` couples ``out[axis]`` with the axis it was read from; a size read with
+    ``Shape`` times fixed constants (``kv_heads * n_rep``) couples each channel of that
+    axis with its block of ``scale`` positions; anything else pins.
     """
     if shape_value is None or out is None:
         return
@@ -70,10 +73,23 @@ def follow_shape_entry(
                     entry=(holder, index))
     elif entry.kind == "dim" and entry.dim is not None:
         c.identity(entry.dim[0], entry.dim[1], out, axis)
+    elif entry.dim is not None and entry.scale > 1 and _scaled_size(c, entry, out, axis):
+        size = (c.dims(out) or ())[axis]
+        c.link(entry.dim[0], entry.dim[1], out, axis,
+               keys_b=np.arange(size) // entry.scale)  # type: ignore[operator]
     else:
         where = f" by `{entry.source}`" if entry.source else ""
         c.pin(out, axis, f"its size is computed at run time{where} from values that could "
               "not be traced", "untraced-shape")
+
+
+def _scaled_size(c: NodeCoupling, entry: Entry, out: ir.Value, axis: int) -> bool:
+    """Whether ``out[axis]`` is exactly ``scale`` times the size the entry reads."""
+    out_dims, read = c.dims(out), c.dims(entry.dim[0])
+    if out_dims is None or read is None or out_dims[axis] is None:
+        return False
+    source = read[entry.dim[1]]
+    return source is not None and out_dims[axis] == source * entry.scale
 
 
 @rule("Transpose")
@@ -212,8 +228,20 @@ def slice_(c: NodeCoupling) -> None:
         return
     arguments = _slice_arguments(c)
     if arguments is None:
-        c.pin_tracked(data, "Slice bounds are computed at run time", "untraced-shape")
-        c.pin_tracked(out, "Slice bounds are computed at run time", "untraced-shape")
+        axes = c.ints(c.input(3)) if c.input(3) is not None else None
+        if axes is None:
+            c.pin_tracked(data, "Slice bounds are computed at run time", "untraced-shape")
+            c.pin_tracked(out, "Slice bounds are computed at run time", "untraced-shape")
+            return
+        # Constant axes, bounds computed at run time (rotary halves: ``size // 2``): the
+        # other axes pass through; a sliced axis that carries channels is pinned.
+        sliced_axes = {normalized(a, len(dims)) for a in axes}
+        for axis in range(len(dims)):
+            if axis not in sliced_axes:
+                c.identity(data, axis, out, axis)
+            elif axis in c.tracked(data) or axis in c.tracked(out):
+                c.pin(data, axis, "Slice bounds are computed at run time", "untraced-shape")
+                c.pin(out, axis, "Slice bounds are computed at run time", "untraced-shape")
         return
     sliced = {}
     for start, end, axis, step in zip(*arguments, strict=False):

@@ -62,11 +62,44 @@ def _relation(a: tuple[int, int], b: tuple[int, int]) -> str:
     return "mixed"
 
 
+_PLACEHOLDERS = (1_000_003, 1_000_033, 1_000_037, 1_000_039, 1_000_081, 1_000_099)
+"""Stand-in sizes for symbolic dims both sides share (large primes: no accidental
+divisibility between them and real channel counts)."""
+
+
+def _shared_suffix(data: ir.Value, out: ir.Value, in_dims: Dims, out_dims: Dims
+                   ) -> tuple[Dims, Dims]:
+    """Dims with a symbolic trailing run that both sides share given stand-in sizes.
+
+    The innermost axes of ``[b, kv, n_rep, past + seq, hd] -> [b, kv * n_rep, past + seq,
+    hd]`` are the same axes on both sides whatever ``past + seq`` is at run time: equal
+    trailing dims have equal strides. Giving the shared symbolic ones one stand-in size
+    on both sides lets the digit ranges of the axes before them be compared.
+    """
+    if data.shape is None or out.shape is None:
+        return in_dims, out_dims
+    ins, outs = list(in_dims), list(out_dims)
+    used = 0
+    for k in range(1, min(len(ins), len(outs)) + 1):
+        a, b = data.shape[-k], out.shape[-k]
+        if isinstance(a, int) and isinstance(b, int):
+            if a != b:
+                break
+            continue
+        if isinstance(a, int) or isinstance(b, int) or a.value is None or a.value != b.value \
+                or used == len(_PLACEHOLDERS):
+            break
+        ins[-k] = outs[-k] = _PLACEHOLDERS[used]
+        used += 1
+    return tuple(ins), tuple(outs)
+
+
 def couple_reshape(c: NodeCoupling, data: ir.Value | None, out: ir.Value | None) -> None:
     """Link channel axes of ``data`` and ``out`` as the flat layout dictates."""
     in_dims, out_dims = c.dims(data), c.dims(out)
     if data is None or out is None or in_dims is None or out_dims is None:
         return
+    in_dims, out_dims = _shared_suffix(data, out, in_dims, out_dims)
     in_ranges, out_ranges = _ranges(in_dims), _ranges(out_dims)
     tracked_in, tracked_out = c.tracked(data), c.tracked(out)
     mixed = "Reshape mixes the channel axis with other axes"
