@@ -4,12 +4,17 @@ Conventions, chosen to match what pruning papers and Torch-Pruning report:
 
 - ``params``: elements of floating-point weights: initializers, ``Constant``
   nodes and ``ConstantOfShape`` nodes with a constant shape (the model-zoo graphs
-  store their weights that way). Integer tensors (shapes, indices) are not params.
+  store their weights that way), and of quantized weights (integer initializers a
+  ``DequantizeLinear`` or a quantized operator reads as its weight,
+  :func:`spa_opt.ir.quant.quantization_of`). Other integer tensors (shapes, indices)
+  are not params.
 - ``macs``: multiply-accumulates of contractions:
   - Conv: ``|Y| * C_in/group * prod(kernel)`` = ``|Y| * prod(W.shape[1:])``
   - ConvTranspose: ``|X| * C_out/group * prod(kernel)`` = ``|X| * prod(W.shape[1:])``
   - Gemm: ``M * N * K``; MatMul (any batch, weight or activation on either side,
     so attention's ``Q·Kᵀ`` and ``A·V`` count): ``|Y| * K``
+  - their quantized forms the same: QLinearConv and ConvInteger as Conv,
+    QLinearMatMul and MatMulInteger as MatMul, ``com.microsoft`` QGemm as Gemm
 - ``flops``: ``2 * macs`` plus one operation per output element of bias adds,
   elementwise ops and pooling windows, and a small constant per element for
   normalizations and softmax (the ``flops`` column of :mod:`spa_opt.ir.ops`).
@@ -26,6 +31,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from spa_opt.ir.ops import OPS, op_info
+from spa_opt.ir.quant import quantization_of
 from spa_opt.ir.shapes import temporary_shapes
 
 #: Operations per output element of ops that are not contractions (from the op table).
@@ -65,8 +71,34 @@ def _is_float(dtype: ir.DataType | None) -> bool:
     return dtype is not None and dtype.is_floating_point()
 
 
+#: Quantized contractions: op -> (the float op it computes, its data and weight inputs).
+_QUANTIZED_CONTRACTIONS = {"QLinearConv": ("Conv", 0, 3), "ConvInteger": ("Conv", 0, 1),
+                           "QLinearMatMul": ("MatMul", 0, 3), "MatMulInteger": ("MatMul", 0, 1),
+                           "QGemm": ("Gemm", 0, 3)}
+
+
+def is_param(value: ir.Value) -> bool:
+    """Whether an initializer counts as parameters: float, or a quantized weight."""
+    tensor = value.const_value
+    if tensor is None:
+        return False
+    if _is_float(tensor.dtype):
+        return True
+    return tensor.dtype.is_integer() and quantization_of(value) is not None
+
+
 def _node_macs(node: ir.Node, dims_of: DimsOf) -> int:
     op = node.op_type
+    if op in _QUANTIZED_CONTRACTIONS:
+        op, data, weight = _QUANTIZED_CONTRACTIONS[op]
+        if op == "Conv" and len(node.inputs) > weight:
+            w, y = dims_of(node.inputs[weight]), _numel(node.outputs[0], dims_of)
+            return y * math.prod(w[1:]) if w and y is not None else 0
+        a, y = dims_of(node.inputs[data]), _numel(node.outputs[0], dims_of)
+        if not a or y is None:
+            return 0
+        transposed = op == "Gemm" and node.attributes.get_int("transA", 0)
+        return y * (a[0] if transposed else a[-1])
     if op in ("Conv", "ConvTranspose"):
         weight = dims_of(node.inputs[1])
         seen = _numel(node.outputs[0] if op == "Conv" else node.inputs[0], dims_of)
@@ -133,7 +165,7 @@ def initializer_params(graph: ir.Graph, dims_of: DimsOf = value_dims) -> int:
     total = 0
     for value in graph.initializers.values():
         tensor = value.const_value
-        if tensor is not None and _is_float(tensor.dtype):
+        if tensor is not None and is_param(value):
             total += math.prod(dims_of(value) or tensor.shape.numpy())
     return total
 

@@ -87,6 +87,19 @@ OPS: dict[str, OpInfo] = {
             flops=5),
     "RMSNormalization": OpInfo(zero="norm", flops=4),
     **_rows("Softmax LogSoftmax", flops=3),
+    # --- quantization (rules: passes/rules/quant.py) ---
+    # No zero facts: Q of a zero channel is its zero point's code, DQ of a zero code is
+    # zero only when the zero point is, and neither is checked per node here.
+    # Q: divide, round, add, saturate; DQ: subtract, multiply; dynamic Q also scans the
+    # range.
+    **_rows("QuantizeLinear", flops=4),
+    **_rows("DequantizeLinear", flops=2),
+    **_rows("DynamicQuantizeLinear", flops=6),
+    # Quantized contractions: weights are not at input 1 (QLinear*) or are integer codes
+    # read with zero points (ConvInteger, MatMulInteger), so not `weighted` (the dead
+    # analysis would read raw codes as weights); ir/cost.py counts their MACs.
+    **_rows("QLinearConv QLinearMatMul ConvInteger MatMulInteger"),
+    # --- end quantization ---
 }
 
 _UNKNOWN = OpInfo()

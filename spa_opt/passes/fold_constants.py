@@ -15,7 +15,11 @@ Rules, applied in order:
    ops on weights (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Identity,
    Cast) are folded whatever their size when nothing else reads their input:
    that moves a weight without duplicating it (model-zoo graphs reshape their
-   classifier weight that way).
+   classifier weight that way). A widening Cast of a float16/bfloat16 weight to a
+   wider float is never folded: folding would store the weight in the wider type
+   (a bf16 model read through ``Cast(to=FLOAT)`` would double in size); the coupling
+   rules see through the Cast instead. ``DequantizeLinear`` is never folded either
+   (onnxscript keeps it), so a QDQ model stays quantized.
    ``ConstantOfShape`` nodes whose shape became constant in a round are lifted
    before the next one, so chains such as TensorFlow-style "same" padding
    (``Shape -> Sub -> ConstantOfShape -> Concat -> ... -> Pad``) fold completely.
@@ -27,7 +31,10 @@ Rules, applied in order:
    one shared tensor, the channels of unrelated layers would have to be removed
    together. Constants some reader uses as a contraction weight or a lookup table
    (tied embeddings) stay shared: that tying is the model's, and so are constants of
-   more than ``untie-size-limit`` elements. Nothing changes numerically.
+   more than ``untie-size-limit`` elements. A ``DequantizeLinear`` of constants or a
+   widening Cast of a half-precision constant whose output several nodes read that
+   way (a QDQ or bf16 graph's shared zero bias) is copied per reader with its
+   inputs. Nothing changes numerically.
 """
 
 from __future__ import annotations
@@ -56,9 +63,18 @@ def _fold_weight_layout(node: ir.Node) -> bool | None:
     if node.domain != "" or node.op_type not in _LAYOUT_OPS:
         return None
     data = node.inputs[0] if node.inputs else None
+    if node.op_type == "Cast" and data is not None and _widens_half(node, data):
+        return False
     if data is None or len(data.uses()) != 1:
         return None
     return True
+
+
+def _widens_half(node: ir.Node, data: ir.Value) -> bool:
+    """A Cast of a float16/bfloat16 tensor to a wider float type."""
+    half = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    target = node.attributes.get_int("to", 0)
+    return data.dtype in half and target in (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 
 
 def _untie_candidate(value: ir.Value, uses: list[Any]) -> bool:
@@ -68,6 +84,11 @@ def _untie_candidate(value: ir.Value, uses: list[Any]) -> bool:
         return False
     if all(int(d) == 1 for d in tensor.shape):
         return False  # a scalar broadcasts over every channel: nothing to couple
+    return _operand_uses(uses)
+
+
+def _operand_uses(uses: list[Any]) -> bool:
+    """Whether every use reads the value as a per-channel operand (rule 5)."""
     for use in uses:
         node = use.node
         if node.domain not in ("", "ai.onnx"):
@@ -144,6 +165,7 @@ class FoldConstantsPass(SpaPass):
         if self.options.untie_size_limit > 0:
             for graph in model.graphs():
                 modified |= self._untie_shared_operands(graph)
+                modified |= self._untie_shared_views(graph)
         for value in model.graph.outputs:
             type_, shape = declared.get(value.name, (None, None))
             if value.type is None and type_ is not None:
@@ -205,6 +227,56 @@ class FoldConstantsPass(SpaPass):
                 copy.const_value = ir.tensor(data, dtype=tensor.dtype, name=copy.name)
                 graph.register_initializer(copy)
                 use.node.replace_input_with(use.idx, copy)
+            self.count("shared-constants-untied")
+            self.count("constant-copies", len(uses) - 1)
+            untied = True
+        return untied
+
+    def _untie_shared_views(self, graph: ir.Graph) -> bool:
+        """Rule 5 for weights read through a node: one node (and constants) per reader.
+
+        The node is a ``DequantizeLinear`` of constants (QDQ) or a widening ``Cast`` of
+        a half-precision constant (bf16 storage), which folding keeps.
+        """
+        names: NameAllocator | None = None
+        untied = False
+        for node in list(graph):
+            if node.domain not in ("", "ai.onnx") or not (
+                    node.op_type == "DequantizeLinear" or (
+                        node.op_type == "Cast" and _widens_half(node, node.inputs[0]))):
+                continue
+            output = node.outputs[0]
+            uses = list(output.uses())
+            constants = [v for v in node.inputs if v is not None]
+            tensors = [v.const_value for v in constants]
+            if len(uses) < 2 or output.is_graph_output() or any(
+                    t is None or v.is_graph_input() for v, t in zip(constants, tensors,
+                                                                    strict=True)):
+                continue
+            shape = tensors[0].shape if tensors[0] is not None else ()
+            if all(int(d) == 1 for d in shape) or not _operand_uses(uses):
+                continue
+            if sum(int(t.size) for t in tensors if t is not None) > self.options.untie_size_limit:
+                self.count("shared-constants-kept")
+                continue
+            names = names or NameAllocator(graph)
+            for use in uses[1:]:
+                inputs: list[ir.Value | None] = []
+                for value in node.inputs:
+                    if value is None or value.const_value is None:
+                        inputs.append(value)
+                        continue
+                    data = value.const_value.numpy()
+                    inputs.append(names.initializer(data, f"{value.name}_use"))
+                copy = ir.Node(node.domain, node.op_type, inputs,
+                               attributes=list(node.attributes.values()),
+                               name=names(f"{node.name or node.op_type}_use"),
+                               num_outputs=1)
+                copy.outputs[0].name = names(f"{output.name}_use")
+                copy.outputs[0].type = output.type
+                copy.outputs[0].shape = output.shape
+                graph.insert_after(node, copy)
+                use.node.replace_input_with(use.idx, copy.outputs[0])
             self.count("shared-constants-untied")
             self.count("constant-copies", len(uses) - 1)
             untied = True

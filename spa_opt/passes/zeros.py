@@ -41,6 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir.ops import WEIGHTED, ops_where
+from spa_opt.ir.quant import float_weight
 from spa_opt.ir.tensors import constant_array
 from spa_opt.passes.coupling.groups import Group, Member
 
@@ -106,7 +107,7 @@ def propagate(graph: ir.Graph, groups: Sequence[Group]) -> ZeroFacts:
     facts = ZeroFacts(groups)
     for group in groups:
         for member in group.weights:
-            data = constant_array(member.value)
+            data = float_weight(member.value)  # an int8 code 0 is not 0 when zp != 0
             if data is not None and data.ndim > member.axis:
                 zero = _slices_zero(data, member.axis)
                 facts.set(member, group, zero[member.index_map.positions].all(axis=1))

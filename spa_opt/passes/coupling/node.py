@@ -14,7 +14,11 @@ axes through it:
   (Shape reads them, a reduction sums them away);
 - ``patch(kind, detail)``: a constant or attribute that encodes a channel count the
   removal must rewrite (a Reshape target, Split sizes, a Conv's group count);
-- ``pin(a, detail)``: channels on this axis cannot be removed, with the reason.
+- ``pin(a, detail)``: channels on this axis cannot be removed, with the reason;
+- ``stores(stored, view)``: ``view`` is the weight ``stored`` read through a
+  ``DequantizeLinear`` or a widening ``Cast`` (int8 codes, bf16 storage): the roles the
+  view's consumers state on its axes are the stored tensor's, so the tensor the file
+  holds is the group's weight member.
 
 Any tracked axis of the node's inputs or outputs that a rule neither links, consumes
 nor pins is pinned by the solver: a rule can be incomplete, never unsafe.
@@ -30,6 +34,11 @@ import numpy as np
 import onnx_ir as ir
 
 Dims = tuple[int | None, ...]
+
+WEIGHT_VIEWS = frozenset({"DequantizeLinear", "Cast"})
+"""Operators whose output is a weight when every input is one: ``DequantizeLinear`` of
+int8 codes (QDQ graphs) and ``Cast`` of bf16/fp16 storage to float (fold-constants keeps
+widening Casts so the model keeps its dtype)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,6 +90,7 @@ class NodeCoupling:
         self.patches: list[Patch] = []
         self.handled: set[tuple[int, int]] = set()
         self.normalizes: list[tuple[ir.Value, int]] = []
+        self.views: list[tuple[ir.Value, ir.Value]] = []
 
     # ------------------------------------------------------------------ reading
     @property
@@ -122,12 +132,13 @@ class NodeCoupling:
         if value.const_value is not None:
             return True
         producer = value.producer()
-        return (
-            producer is not None
-            and producer.domain in ("", "ai.onnx")
-            and producer.op_type in ("Constant", "ConstantOfShape")
-            and all(x is None or self.const(x) is not None for x in producer.inputs)
-        )
+        if producer is None or producer.domain not in ("", "ai.onnx"):
+            return False
+        if producer.op_type in WEIGHT_VIEWS:  # a quantized or half-precision weight
+            return bool(producer.inputs) and all(
+                x is None or self.is_constant(x) for x in producer.inputs)
+        return producer.op_type in ("Constant", "ConstantOfShape") and all(
+            x is None or self.const(x) is not None for x in producer.inputs)
 
     def ints(self, value: ir.Value | None) -> list[int] | None:
         """A constant integer tensor as a flat list, else None."""
@@ -228,6 +239,11 @@ class NodeCoupling:
         """Record a constant or attribute that removal must rewrite."""
         where = None if value is None or axis is None else (value, axis)
         self.patches.append(Patch(self.node.name or "", kind, detail, where, entry, self.node))
+
+    def stores(self, stored: ir.Value | None, view: ir.Value | None) -> None:
+        """``view`` is the constant ``stored`` dequantized or cast: roles on it are ``stored``'s."""
+        if stored is not None and view is not None:
+            self.views.append((stored, view))
 
     def is_handled(self, value: ir.Value, axis: int) -> bool:
         """Whether a rule said something about this axis."""

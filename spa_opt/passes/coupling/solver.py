@@ -334,6 +334,7 @@ def _couple(nodes: list[ir.Node], state: _State, graph: ir.Graph, evaluations: i
     patches: list[Patch] = []
     roles: dict[tuple[int, int], set[str]] = collections.defaultdict(set)
     normalizers: list[tuple[str, ir.Value, int]] = []
+    views: list[tuple[ir.Value, ir.Value]] = []
     unknown_ops = 0
     for node in nodes:
         coupling, known = _evaluate(node, state)
@@ -366,6 +367,7 @@ def _couple(nodes: list[ir.Node], state: _State, graph: ir.Graph, evaluations: i
         normalizers.extend(
             (node.name or "", v, a) for v, a in coupling.normalizes if state.is_tracked(v, a)
         )
+        views.extend(coupling.views)
         for value in values:
             for axis in state.tracked_axes(value):
                 if not coupling.is_handled(value, axis):
@@ -374,6 +376,7 @@ def _couple(nodes: list[ir.Node], state: _State, graph: ir.Graph, evaluations: i
                         f"of `{value.name}`"
                     )
                     builder.pin((value, axis), _reason("unsupported-axis", detail, node))
+    _forward_roles(roles, views, state)
     _pin_boundaries(builder, state, graph, state.options.io)
     labels = _components(builder)
     pins = [
@@ -390,6 +393,26 @@ def _couple(nodes: list[ir.Node], state: _State, graph: ir.Graph, evaluations: i
         "patches": len(patches),
     }
     return Coupling(builder.axes, labels, pins, patches, dict(roles), normalizers, stats)
+
+
+def _forward_roles(roles: dict[tuple[int, int], set[str]],
+                   views: list[tuple[ir.Value, ir.Value]], state: _State) -> None:
+    """Give a stored weight the roles its dequantized or cast view has, axis by axis.
+
+    Chains (a Cast after a DequantizeLinear) settle in as many sweeps as they are long.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for stored, view in views:
+            for axis in state.tracked_axes(view):
+                found = roles.get((id(view), axis))
+                if not found or not state.is_tracked(stored, axis):
+                    continue
+                target = roles[(id(stored), axis)]
+                if not found <= target:
+                    target |= found
+                    changed = True
 
 
 def _pin_boundaries(builder: _Builder, state: _State, graph: ir.Graph, io: str = "keep"

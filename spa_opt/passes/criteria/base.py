@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.errors import InputError
-from spa_opt.ir.tensors import constant_array
+from spa_opt.ir.quant import float_weight
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.registry import get_pass
@@ -115,8 +115,13 @@ class CriterionPass(SpaPass):
         raise NotImplementedError
 
     def member_tensor(self, member: Member) -> np.ndarray | None:
-        """The tensor a member is scored from: its weight; gradient criteria give a saliency."""
-        return constant_array(member.value)
+        """The tensor a member is scored from: its weight; gradient criteria give a saliency.
+
+        The weight as the real values it stands for (:func:`spa_opt.ir.quant.float_weight`):
+        int8 codes of a QDQ or QOperator graph dequantized per channel, fp16/bf16 widened,
+        so magnitudes compare across channels with different scales.
+        """
+        return float_weight(member.value)
 
     def start_group(self, group: Group, index: int, context: PipelineContext) -> None:
         """Called before a group's members are scored (``index``: its place in ``groups``)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.ir.cost import Cost, initializer_params, node_cost, value_dims
+from spa_opt.ir.cost import Cost, initializer_params, is_param, node_cost, value_dims
 from spa_opt.passes.coupling.groups import Group
 
 
@@ -44,11 +44,12 @@ class CostModel:
             base.params += initializer_params(graph)
             for value in graph.initializers.values():
                 if id(value) in self._slots:
-                    self._weights.append(value)
+                    if is_param(value):  # as counted in the base (int8 codes: yes)
+                        self._weights.append(value)
                 elif not value.uses() and not value.is_graph_output():
                     # Removal ends with dead-code elimination: unused weights go too.
                     tensor = value.const_value
-                    if tensor is not None and tensor.dtype.is_floating_point():
+                    if tensor is not None and is_param(value):
                         base.params -= int(np.prod(tensor.shape.numpy()))
             for node in graph:
                 cost = node_cost(node)

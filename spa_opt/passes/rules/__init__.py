@@ -12,7 +12,9 @@ Families: :mod:`.elementwise` (unary and broadcasting n-ary ops), :mod:`.layout`
 Shape, constants), :mod:`.reshape` (Reshape, Flatten, DepthToSpace, SpaceToDepth),
 :mod:`.conv` (Conv, ConvTranspose), :mod:`.linear` (Gemm, MatMul, Einsum),
 :mod:`.norm` (Batch/Instance/Layer/Group/RMS normalization), :mod:`.reduce`
-(reductions, Softmax, pooling, Resize).
+(reductions, Softmax, pooling, Resize), :mod:`.quant` (QuantizeLinear,
+DequantizeLinear, DynamicQuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger,
+MatMulInteger and onnxruntime's QOperator ops).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from spa_opt.passes.rules import (  # noqa: F401  (each family fills the rule ta
     layout,
     linear,
     norm,
+    quant,
     reduce,
     reshape,
 )

@@ -3,7 +3,8 @@
 Rules:
 
 - unary ops (activations, math, Cast, Identity): every axis of the input is the same
-  axis of the output;
+  axis of the output; a Cast of a constant (bf16/fp16 storage) makes the stored tensor
+  the group's weight member;
 - n-ary ops with numpy broadcasting (Add, Mul, Where, PRelu, Clip, ...): inputs align
   with the output from the right; an input axis of the output's size is the same
   channel axis, an axis of size 1 broadcasts and carries no channels;
@@ -21,7 +22,7 @@ from spa_opt.passes.rules.registry import rule
 
 UNARY = (
     "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BitwiseNot",
-    "Cast", "Ceil", "Celu", "Cos", "Cosh", "Elu", "Erf", "Exp",
+    "Ceil", "Celu", "Cos", "Cosh", "Elu", "Erf", "Exp",
     "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN", "LeakyRelu",
     "Log", "Mish", "Neg", "Not", "Reciprocal", "Relu", "Round", "Selu",
     "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt",
@@ -69,6 +70,14 @@ def broadcast_into(c: NodeCoupling, operand: ir.Value | None, target: ir.Value |
 def unary(c: NodeCoupling) -> None:
     """Every axis passes through."""
     link_all_axes(c, c.input(0), c.output(0))
+
+
+@rule("Cast")
+def cast(c: NodeCoupling) -> None:
+    """Every axis passes through; a Cast of a weight (bf16 storage read as float) is it."""
+    link_all_axes(c, c.input(0), c.output(0))
+    if c.is_constant(c.input(0)):
+        c.stores(c.input(0), c.output(0))
 
 
 @rule("CastLike")
