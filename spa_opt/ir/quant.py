@@ -162,3 +162,24 @@ def float_weight(value: ir.Value | None) -> np.ndarray | None:
     if is_half(data.dtype):
         return data.astype(np.float32)
     return data
+
+
+_VIEWS = frozenset({"DequantizeLinear", "Cast", "Identity"})
+
+
+def viewed_weight(value: ir.Value | None) -> np.ndarray | None:
+    """:func:`float_weight` of ``value``, or of the constant it is a view of.
+
+    A contraction in a QDQ or half-precision graph reads its weight through
+    ``DequantizeLinear`` or a widening ``Cast`` of the stored constant: the values it
+    multiplies by are the stored tensor's real values.
+    """
+    data = float_weight(value)
+    if data is not None or value is None:
+        return data
+    producer = value.producer()
+    if producer is None or producer.op_type not in _VIEWS or not producer.inputs:
+        return None
+    if producer.domain not in ("", "ai.onnx", "com.microsoft"):
+        return None
+    return float_weight(producer.inputs[0])

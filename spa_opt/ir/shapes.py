@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
@@ -83,9 +84,8 @@ def _refine_symbolically(model: ir.Model) -> None:
 
 def _symbolic_dims(model: ir.Model) -> dict[str, list[int | str | None]]:
     """Dims by value name from onnxruntime's symbolic inference; empty when it fails."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:  # pragma: no cover - onnxruntime is a core dependency
+    inference_class = _symbolic_inference_class()
+    if inference_class is None:
         return {}
     graph = model.graph
     large = [v for v in graph.initializers.values()
@@ -108,7 +108,7 @@ def _symbolic_dims(model: ir.Model) -> dict[str, list[int | str | None]]:
         # some shape stays unknown it saves the model to ``sym_shape_infer_temp.onnx`` in
         # the working directory and raises; the partial result is what is wanted here.
         with contextlib.redirect_stdout(None), _quiet_logging():
-            inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+            inference = inference_class(2**31 - 1, True, False, 0)
             inference._preprocess(proto)
             while inference.run_:
                 inference._infer_impl()
@@ -125,12 +125,48 @@ def _symbolic_dims(model: ir.Model) -> dict[str, list[int | str | None]]:
     return found
 
 
+_INFERENCE: list[Any] = []
+
+
+def _symbolic_inference_class() -> Any:
+    """The ``SymbolicShapeInference`` of onnxruntime, loaded from its file alone.
+
+    ``import onnxruntime.tools.symbolic_shape_infer`` would run ``onnxruntime.tools``'
+    ``__init__``, which imports torch whenever it is installed (a second of start-up,
+    and a framework the core path must not load); the module itself needs only onnx,
+    numpy, sympy and packaging. None when it cannot be loaded.
+    """
+    if _INFERENCE:
+        return _INFERENCE[0]
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    found = None
+    name = "spa_opt._ort_symbolic_shape_infer"
+    try:
+        package = importlib.util.find_spec("onnxruntime")
+        if package is not None and package.origin is not None:
+            path = Path(package.origin).parent / "tools" / "symbolic_shape_infer.py"
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is not None and spec.loader is not None and path.exists():
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+                found = module.SymbolicShapeInference
+    except Exception:  # an onnxruntime without the tool: ONNX's inference stands
+        sys.modules.pop(name, None)
+        found = None
+    _INFERENCE.append(found)
+    return found
+
+
 @contextlib.contextmanager
 def _quiet_logging() -> Iterator[None]:
     """Silence the symbolic inference's logger (it warns about ops it skips)."""
     import logging
 
-    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    logger = logging.getLogger("spa_opt._ort_symbolic_shape_infer")
     level, propagate = logger.level, logger.propagate
     logger.setLevel(logging.CRITICAL)
     logger.propagate = False

@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir.ops import WEIGHTED, ops_where
-from spa_opt.ir.quant import float_weight
+from spa_opt.ir.quant import float_weight, viewed_weight
 from spa_opt.ir.tensors import constant_array
 from spa_opt.passes.coupling.groups import Group, Member
 
@@ -186,7 +186,7 @@ def _weighted(node: ir.Node, facts: ZeroFacts) -> bool:
     """Output channels of a contraction with a constant weight; False if not one."""
     op = node.op_type
     x, weight = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
-    w = constant_array(weight)
+    w = viewed_weight(weight)  # through a DequantizeLinear or widening Cast
     out = node.outputs[0]
     if x is None or w is None or w.ndim < 2 or x.shape is None:
         return False
