@@ -22,6 +22,7 @@ Run from the repository root::
     python bench/coverage.py torch/vit     # models whose key contains a filter
     python bench/coverage.py light keras   # several filters
     python bench/coverage.py hf/ --markdown  # the HF table for docs/benchmarks.md
+    python bench/coverage.py deploy/ --io rewrite --markdown  # deployment graphs, KV IO free
 """
 
 from __future__ import annotations
@@ -249,12 +250,13 @@ class Row:
         return "met" if self.share >= GOAL else "MISSED"
 
 
-def analyse(key: str, path: Path) -> Row:
+def analyse(key: str, path: Path, io: str = "keep") -> Row:
     """Run ``fold-constants,couple,group`` on one model; count its pin reasons.
 
     Args:
         key: The model's key (as in ``golden_models/expected/``).
         path: The model file.
+        io: ``keep`` or ``rewrite`` the model's key/value-cache IO (``--io``).
 
     Returns:
         The model's row; ``error`` is set when a pass raised.
@@ -268,7 +270,7 @@ def analyse(key: str, path: Path) -> Row:
         row.expected = json.loads(expected.read_text())["coupling"]["coverage"]["share"]
     start = time.perf_counter()
     try:
-        model, report = spa_opt.optimize(str(path), PIPELINE)
+        model, report = spa_opt.optimize(str(path), PIPELINE, io=io)
     except Exception as error:  # one broken model must not hide the others
         row.error = f"{type(error).__name__}: {error}".splitlines()[0]
         return row
@@ -369,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("filters", nargs="*", help="only models whose key contains one")
     parser.add_argument("--markdown", action="store_true", help="the model table in markdown")
+    parser.add_argument("--io", choices=("keep", "rewrite"), default="keep",
+                        help="as spa-opt's --io: rewrite lets heads go through KV caches")
     args = parser.parse_args(argv)
     shown = ["python", "bench/coverage.py", *(argv if argv is not None else sys.argv[1:])]
     print(f"Reproduce (from the repo root): {shlex.join(shown)}")
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key, path in models.items():
         print(f"  {key}", file=sys.stderr, flush=True)
-        rows.append(analyse(key, path))
+        rows.append(analyse(key, path, args.io))
     print()
     print(table(rows, args.markdown))
     print()
