@@ -15,6 +15,12 @@ Conventions, chosen to match what pruning papers and Torch-Pruning report:
     so attention's ``Q·Kᵀ`` and ``A·V`` count): ``|Y| * K``
   - their quantized forms the same: QLinearConv and ConvInteger as Conv,
     QLinearMatMul and MatMulInteger as MatMul, ``com.microsoft`` QGemm as Gemm
+  - fused attention (``com.microsoft`` Attention, MultiHeadAttention,
+    GroupQueryAttention; ONNX Attention): ``Q·Kᵀ`` and ``A·V``, ``rows * T * (q + v)``
+    for ``rows`` query positions, ``T`` keys (past included) and the query and output
+    widths, plus Attention's packed projection ``rows * C * (q + k + v)``;
+    FusedMatMul as MatMul (on its logical layout), FusedConv as Conv, MatMulNBits
+    ``|Y| * K``, whose ``N x K`` weights count as params (its uint8 codes do not)
 - ``flops``: ``2 * macs`` plus one operation per output element of bias adds,
   elementwise ops and pooling windows, and a small constant per element for
   normalizations and softmax (the ``flops`` column of :mod:`spa_opt.ir.ops`).
@@ -87,8 +93,103 @@ def is_param(value: ir.Value) -> bool:
     return tensor.dtype.is_integer() and quantization_of(value) is not None
 
 
+# --- onnxruntime contrib ops and ONNX opset-23 attention -------------------------------
+def _rows_of(dims: list[int]) -> int:
+    """Elements per last-axis entry (batch x sequence): axes fused attention never prunes."""
+    return math.prod(dims[:-1])
+
+
+def _past_length(node: ir.Node, index: int, axis: int, dims_of: DimsOf) -> int:
+    past = node.inputs[index] if len(node.inputs) > index else None
+    dims = dims_of(past)
+    return dims[axis] if dims and len(dims) > axis else 0
+
+
+def _ms_attention_macs(node: ir.Node, dims_of: DimsOf) -> int:
+    """Packed projection ``|X| * (q+k+v)`` plus ``Q.K^T`` and ``A.V``: ``rows * T * (q + v)``."""
+    x, w, out = dims_of(node.inputs[0]), dims_of(node.inputs[1]), dims_of(node.outputs[0])
+    if not x or not w or not out or len(w) != 2:
+        return 0
+    rows, v = _rows_of(out), out[-1]
+    sizes = node.attributes.get_ints("qkv_hidden_sizes", ())
+    q = v if not sizes or sizes[0] == sizes[2] else v * sizes[0] // sizes[2]
+    total = x[-2] + _past_length(node, 4, 3, dims_of) if len(x) == 3 else 1
+    return rows * w[0] * w[1] + rows * total * (q + v)
+
+
+def _attention_macs(node: ir.Node, dims_of: DimsOf) -> int:
+    """MultiHeadAttention, GroupQueryAttention, ONNX Attention: ``(|Q| + |Y|) * T``.
+
+    ``Q.K^T`` costs ``H_q`` per score and ``A.V`` ``H_v``; per query row and key position
+    that is the query width plus the output width. ``T`` is the key length plus the past.
+    """
+    out = dims_of(node.outputs[0])
+    query = dims_of(node.inputs[0])
+    if not out or not query:
+        return 0
+    key = dims_of(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+    op = node.op_type
+    if op == "GroupQueryAttention":
+        past_index, query_width = 3, out[-1]  # packed or not, q has the output's width
+    elif op == "MultiHeadAttention":
+        past_index = 6
+        query_width = query[2] * query[4] if len(query) == 5 else query[-1]
+    else:  # ONNX Attention: 4-D [B, N, S, H] or 3-D [B, S, N*H]
+        past_index = 4
+        query_width = query[1] * query[3] if len(query) == 4 else query[-1]
+    out_width = out[1] * out[3] if len(out) == 4 else out[-1]
+    rows = query[0] * (query[2] if len(query) == 4 else query[1])  # batch x query positions
+    sequence = query[2] if len(query) == 4 else query[1]
+    if key is None or op == "GroupQueryAttention":
+        length = sequence
+    else:
+        length = key[2] if len(key) == 4 else key[1]
+    if not (op == "MultiHeadAttention" and key is not None and len(key) == 4):
+        length += _past_length(node, past_index, 2, dims_of)  # [B, N, P, H] caches
+    return rows * length * (query_width + out_width)
+
+
+def _fused_matmul_macs(node: ir.Node, dims_of: DimsOf) -> int:
+    """``|Y| * K``, ``K`` read from A's logical layout (transBatchA, transA)."""
+    a, y = dims_of(node.inputs[0]), _numel(node.outputs[0], dims_of)
+    if not a or y is None:
+        return 0
+    order = list(range(len(a)))
+    if node.attributes.get_int("transBatchA", 0) and len(a) > 2:
+        order = [*range(1, len(a) - 1), 0, len(a) - 1]
+    if node.attributes.get_int("transA", 0) and len(a) > 1:
+        order[-1], order[-2] = order[-2], order[-1]
+    return y * a[order[-1]]
+
+
+def _conv_like_macs(node: ir.Node, dims_of: DimsOf) -> int:
+    weight, seen = dims_of(node.inputs[1]), _numel(node.outputs[0], dims_of)
+    return seen * math.prod(weight[1:]) if weight and seen is not None else 0
+
+
+def _nbits_macs(node: ir.Node, dims_of: DimsOf) -> int:
+    """``|Y| * K``: the packed rows are dequantized on the fly, ``K`` is an attribute."""
+    y = _numel(node.outputs[0], dims_of)
+    return 0 if y is None else y * node.attributes.get_int("K", 0)
+
+
+_CONTRIB_MACS: dict[tuple[str, str], Callable[[ir.Node, DimsOf], int]] = {
+    ("com.microsoft", "Attention"): _ms_attention_macs,
+    ("com.microsoft", "MultiHeadAttention"): _attention_macs,
+    ("com.microsoft", "GroupQueryAttention"): _attention_macs,
+    ("", "Attention"): _attention_macs,
+    ("com.microsoft", "FusedMatMul"): _fused_matmul_macs,
+    ("com.microsoft", "FusedConv"): _conv_like_macs,
+    ("com.microsoft", "MatMulNBits"): _nbits_macs,
+}
+# --- end contrib ops ---------------------------------------------------------------------
+
+
 def _node_macs(node: ir.Node, dims_of: DimsOf) -> int:
     op = node.op_type
+    contrib = _CONTRIB_MACS.get(("" if node.domain == "ai.onnx" else node.domain, op))
+    if contrib is not None:
+        return contrib(node, dims_of)
     if op in _QUANTIZED_CONTRACTIONS:
         op, data, weight = _QUANTIZED_CONTRACTIONS[op]
         if op == "Conv" and len(node.inputs) > weight:
@@ -123,7 +224,7 @@ def _node_flops(node: ir.Node, macs: int, dims_of: DimsOf) -> int:
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     if op in ("Conv", "ConvTranspose", "Gemm"):
         return 2 * macs + (output if has_bias else 0)
-    per_element = op_info(op).flops
+    per_element = op_info(op, node.domain).flops
     if per_element == "window":
         kernel = node.attributes.get_ints("kernel_shape", ())
         return output * math.prod(kernel)
@@ -133,6 +234,11 @@ def _node_flops(node: ir.Node, macs: int, dims_of: DimsOf) -> int:
 
 
 def _node_params(node: ir.Node, dims_of: DimsOf) -> int:
+    if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+        # The packed uint8 codes are not float params; the N x K weights they stand for
+        # are, so a 4-bit model counts as many weights as its float source.
+        rows = dims_of(node.outputs[0])
+        return rows[-1] * node.attributes.get_int("K", 0) if rows else 0
     if node.op_type == "Constant":
         value = node.outputs[0]
         return (_numel(value, dims_of) or 0) if _is_float(value.dtype) else 0

@@ -24,8 +24,11 @@ plus one row here. A row says:
   (``"reduce"``: one per *input* element, ``"window"``: one per window element);
 - ``moments``: obspa's analytic Hessians carry BatchNorm moments through it unchanged.
 
-The table is about the default ONNX domain; an operator missing from it is simply
-unknown to these analyses (no zero facts, no elementwise FLOPs), never an error.
+:data:`OPS` is the default ONNX domain; :data:`CONTRIB_OPS` holds onnxruntime's
+``com.microsoft`` kernels (and the ORT ops it registers in the ONNX domain, plus the
+opset-23 attention ops) keyed by ``(domain, op)``; :func:`op_info` reads both. An
+operator missing from them is simply unknown to these analyses (no zero facts, no
+elementwise FLOPs), never an error.
 """
 
 from __future__ import annotations
@@ -102,14 +105,61 @@ OPS: dict[str, OpInfo] = {
     # --- end quantization ---
 }
 
+# --- onnxruntime contrib ops (rules: passes/rules/contrib_*.py) ---
+# Keyed by (domain, op). `weighted` here means: a contraction with a constant weight
+# at input 1 whose cost ir/cost.py counts (packed qkv, transposed operands, 4-bit rows
+# are handled there); these ops are not in WEIGHTED, whose readers assume ONNX layouts.
+# Zero kinds only where the ONNX-domain semantics hold as they are: f(0) = 0 unary ops
+# (moving), bias-then-f(0)=0 ops whose every input carries the channel (sum), and
+# FusedMatMul (alpha * A @ B, a product). The norms (gamma at input 2), attention,
+# EmbedLayerNormalization, FusedConv (its activation may not keep 0) and MatMulNBits
+# (packed codes) give None.
+CONTRIB_OPS: dict[tuple[str, str], OpInfo] = {
+    **{("com.microsoft", op): info for op, info in {
+        # attention: (packed qkv projection) + Q.K^T + A.V, counted by ir/cost.py
+        "Attention": OpInfo(weighted=True),
+        **_rows("MultiHeadAttention GroupQueryAttention"),
+        "RotaryEmbedding": OpInfo(flops=3),
+        **_rows("SkipLayerNormalization", flops=6),
+        **_rows("SkipSimplifiedLayerNormalization", flops=5),
+        "EmbedLayerNormalization": OpInfo(flops=7),
+        "LayerNormalization": OpInfo(flops=5),
+        "SimplifiedLayerNormalization": OpInfo(flops=4),
+        **_rows("Gelu QuickGelu", zero="moving", flops=8),
+        **_rows("FastGelu BiasGelu", zero="sum", flops=9),
+        "BiasAdd": OpInfo(zero="sum", flops=2),
+        "BiasSplitGelu": OpInfo(zero="sum", flops=10),
+        "FusedMatMul": OpInfo(weighted=True, zero="product"),
+        "FusedConv": OpInfo(weighted=True, flops=1),
+        "MatMulNBits": OpInfo(weighted=True),
+    }.items()},
+    # onnxruntime registers these in the ONNX domain (onnx.checker rejects them)
+    ("", "SimplifiedLayerNormalization"): OpInfo(zero="norm", flops=4),
+    # ONNX opset 23/24
+    ("", "Attention"): OpInfo(),
+    ("", "RotaryEmbedding"): OpInfo(flops=3),
+}
+
+CONTRIB_OPERANDS: dict[str, frozenset[int]] = {
+    op: frozenset(inputs) for op, inputs in {
+        "SkipLayerNormalization": (2, 3, 4), "SkipSimplifiedLayerNormalization": (2, 3),
+        "EmbedLayerNormalization": (5, 6), "LayerNormalization": (1, 2),
+        "SimplifiedLayerNormalization": (1,), "FastGelu": (1,), "BiasGelu": (1,),
+        "BiasAdd": (1,), "BiasSplitGelu": (1,), "Attention": (2,),
+        "MultiHeadAttention": (3,), "FusedConv": (2,),
+    }.items()}
+"""``com.microsoft`` inputs that are per-channel operands (biases, norm parameters):
+fold-constants gives each reader its own copy of a shared one, as for ONNX ops."""
+# --- end onnxruntime contrib ops ---
+
 _UNKNOWN = OpInfo()
 
 
 def op_info(op_type: str, domain: str = "") -> OpInfo:
-    """The row of ``op_type`` (an empty row for operators the table does not know)."""
-    if domain not in ("", "ai.onnx"):
-        return _UNKNOWN
-    return OPS.get(op_type, _UNKNOWN)
+    """The row of ``op_type`` in ``domain`` (empty for operators the table does not know)."""
+    if domain in ("", "ai.onnx"):
+        return OPS.get(op_type) or CONTRIB_OPS.get(("", op_type), _UNKNOWN)
+    return CONTRIB_OPS.get((domain, op_type), _UNKNOWN)
 
 
 def ops_where(**conditions: object) -> frozenset[str]:

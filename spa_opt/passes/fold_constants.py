@@ -46,7 +46,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
 
-from spa_opt.ir.ops import WEIGHTED
+from spa_opt.ir.ops import CONTRIB_OPERANDS, WEIGHTED
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ir.tensors import NameAllocator
 from spa_opt.passes._infra.base import SpaPass, option
@@ -91,6 +91,10 @@ def _operand_uses(uses: list[Any]) -> bool:
     """Whether every use reads the value as a per-channel operand (rule 5)."""
     for use in uses:
         node = use.node
+        if node.domain == "com.microsoft":  # onnxruntime's fused ops: biases, gammas only
+            if use.idx not in CONTRIB_OPERANDS.get(node.op_type, ()):
+                return False
+            continue
         if node.domain not in ("", "ai.onnx"):
             return False
         if node.op_type in WEIGHTED and use.idx < 2:

@@ -16,7 +16,14 @@ One handler per kind:
 - ``slice-bounds``: start and end move left by the removed positions before them;
 - ``gather-indices``: indices of removed rows go, the rest are renumbered;
 - ``group``: a depthwise Conv's group count follows its input channels;
-- ``num-groups``: GroupNormalization's group count follows its channels.
+- ``num-groups``: GroupNormalization's group count follows its channels;
+- ``head-counts`` (fused attention, rotary embeddings): every head-count attribute
+  the node carries (``num_heads``, ``kv_num_heads``, ``q_num_heads``) scales with the
+  patched axis, which only loses whole units (a head, or a kv head with its query
+  group), so all counts keep their ratio;
+- ``qkv-hidden-sizes``: com.microsoft Attention's ``[q, k, v]`` widths lose the
+  removed columns of their section of the packed weight;
+- ``matmulnbits-n``: MatMulNBits' ``N`` becomes the new row count of its output.
 
 :func:`problem` says, before selection, when a patch cannot be applied (a strided
 Slice over channels), so the group is skipped instead of producing a wrong model.
@@ -261,3 +268,36 @@ def _group_norm(node: ir.Node, patches: list[Patch], removal: Removal,
     groups = node.attributes.get_int("num_groups", 1)
     per_group = found.extent // groups
     node.attributes["num_groups"] = ir.AttrInt64("num_groups", found.new_extent // per_group)
+
+
+_HEAD_COUNTS = ("num_heads", "kv_num_heads", "q_num_heads")
+
+
+@_handles("head-counts")
+def _head_counts(node: ir.Node, patches: list[Patch], removal: Removal,
+                 names: NameAllocator) -> None:
+    old, new = _extent(removal, *patches[0].axis)  # type: ignore[misc]
+    for name in _HEAD_COUNTS:
+        count = node.attributes.get_int(name, 0)
+        if count:
+            assert (count * new) % old == 0, f"{name}={count} does not scale to {new}/{old}"
+            node.attributes[name] = ir.AttrInt64(name, count * new // old)
+
+
+@_handles("qkv-hidden-sizes")
+def _qkv_hidden_sizes(node: ir.Node, patches: list[Patch], removal: Removal,
+                      names: NameAllocator) -> None:
+    found = removal.get(*patches[0].axis)  # type: ignore[misc]
+    assert found is not None
+    sizes = list(node.attributes["qkv_hidden_sizes"].as_ints())
+    bounds = np.cumsum([0, *sizes])
+    new = [size - int(np.count_nonzero((found.positions >= start) & (found.positions < end)))
+           for start, end, size in zip(bounds[:-1], bounds[1:], sizes, strict=True)]
+    node.attributes["qkv_hidden_sizes"] = ir.AttrInt64s("qkv_hidden_sizes", new)
+
+
+@_handles("matmulnbits-n")
+def _matmulnbits_n(node: ir.Node, patches: list[Patch], removal: Removal,
+                   names: NameAllocator) -> None:
+    _, new = _extent(removal, *patches[0].axis)  # type: ignore[misc]
+    node.attributes["N"] = ir.AttrInt64("N", new)

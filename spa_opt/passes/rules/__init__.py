@@ -14,12 +14,18 @@ Shape, constants), :mod:`.reshape` (Reshape, Flatten, DepthToSpace, SpaceToDepth
 :mod:`.norm` (Batch/Instance/Layer/Group/RMS normalization), :mod:`.reduce`
 (reductions, Softmax, pooling, Resize), :mod:`.quant` (QuantizeLinear,
 DequantizeLinear, DynamicQuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger,
-MatMulInteger and onnxruntime's QOperator ops).
+MatMulInteger and onnxruntime's QOperator ops), :mod:`.contrib_attention`
+(``com.microsoft`` Attention, MultiHeadAttention, GroupQueryAttention,
+RotaryEmbedding; ONNX opset-23 Attention and RotaryEmbedding), :mod:`.contrib_fused`
+(onnxruntime's fused norms, Gelus, BiasAdd, BiasSplitGelu, FusedMatMul, FusedConv,
+MatMulNBits).
 """
 
 from __future__ import annotations
 
 from spa_opt.passes.rules import (  # noqa: F401  (each family fills the rule table)
+    contrib_attention,
+    contrib_fused,
     conv,
     elementwise,
     layout,
