@@ -225,12 +225,26 @@ def _node_flops(node: ir.Node, macs: int, dims_of: DimsOf) -> int:
     if op in ("Conv", "ConvTranspose", "Gemm"):
         return 2 * macs + (output if has_bias else 0)
     per_element = op_info(op, node.domain).flops
+    if isinstance(per_element, int) and not macs and _shape_arithmetic(node):
+        return 0
     if per_element == "window":
         kernel = node.attributes.get_ints("kernel_shape", ())
         return output * math.prod(kernel)
     if per_element == "reduce":
         return _numel(node.inputs[0], dims_of) or 0
     return 2 * macs + output * per_element
+
+
+def _shape_arithmetic(node: ir.Node) -> bool:
+    """Integer arithmetic on shape vectors and scalars: bookkeeping, not the model's work.
+
+    Exporters compute ``Reshape`` targets at run time and pruning patches them with an
+    ``Add(shape, delta)``; counting those would make the cost of a pruned model depend on
+    how its shapes are spelled.
+    """
+    return bool(node.outputs) and all(
+        out.dtype is not None and out.dtype.is_integer() and out.shape is not None
+        and len(out.shape) <= 1 for out in node.outputs)
 
 
 def _node_params(node: ir.Node, dims_of: DimsOf) -> int:
