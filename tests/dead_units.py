@@ -17,6 +17,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import helper
 
+from spa_opt.ir.quant import expand, quantization_of
 from spa_opt.ort import quiet_session_options
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.coupling.solver import Coupling
@@ -41,6 +42,16 @@ def randomize_weights(model: ir.Model, seed: int = 0) -> None:
         value.const_value = ir.tensor(data.astype(tensor.dtype.numpy()), name=value.name)
 
 
+def zero_code(value: ir.Value, data: np.ndarray) -> np.ndarray:
+    """What ``data`` holds where it stands for 0: its zero point for quantized codes."""
+    quantization = quantization_of(value) if data.dtype.kind in "iu" else None
+    if quantization is None or quantization.zero_point is None:
+        return np.zeros_like(data)
+    point = expand(quantization.zero_point, data.shape, quantization.axis,
+                   quantization.block_size)
+    return np.broadcast_to(point, data.shape).astype(data.dtype)
+
+
 def kill(model: ir.Model, group: Group, units: np.ndarray) -> onnx.ModelProto:
     """A copy of ``model`` whose producers of ``units`` are zero."""
     zeroed: dict[str, np.ndarray] = {}
@@ -51,7 +62,7 @@ def kill(model: ir.Model, group: Group, units: np.ndarray) -> onnx.ModelProto:
         data = zeroed.get(value.name) if value.name in zeroed else value.const_value.numpy().copy()
         index = [slice(None)] * data.ndim
         index[member.axis] = member.index_map.take(units)
-        data[tuple(index)] = 0
+        data[tuple(index)] = zero_code(value, data)[tuple(index)]
         zeroed[value.name] = data
     proto = ir.serde.serialize_model(model)
     for initializer in proto.graph.initializer:
@@ -186,7 +197,9 @@ def check_dead_units(
             got = np.take(run_[member.name], others, axis=member.axis)
             want = np.take(ref[member.name], others, axis=member.axis)
             scale = max(1.0, float(np.abs(want).max(initial=0.0)))
-            if not np.allclose(got, want, rtol=1e-4, atol=1e-5 * scale):
+            # fp16 activations round at 2^-11: a changed accumulation order shows there.
+            tolerance = 2e-3 if want.dtype == np.float16 else 1e-5
+            if not np.allclose(got, want, rtol=max(1e-4, tolerance), atol=tolerance * scale):
                 problems.append(f"{member.name}:{member.axis} other channels changed")
                 break
     return problems

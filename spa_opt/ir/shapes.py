@@ -8,12 +8,13 @@ the model had, including the initializer order onnx_ir's inference disturbs.
 ONNX's own inference stops at shapes computed at run time (optimum's exports build
 ``Expand`` and ``Reshape`` targets from ``Shape`` of dynamic inputs, ``Where`` on
 ``-1`` entries, rotary halves sliced at ``size // 2``), and every dim after such a
-node is unknown, which pins the channels there. When dims stay unknown, onnxruntime's
-symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``, the one its
-transformer optimizer uses), which carries dims as expressions, fills in the static
-dims it finds. It runs on the graph with every large weight turned into a graph input
-of the same type, so no weight data is copied; if it fails (an operator it does not
-know), the ONNX result stands.
+node is unknown, which pins the channels there. When dims stay unknown and the caller
+asks (the coupling analysis does), onnxruntime's symbolic shape inference
+(``onnxruntime.tools.symbolic_shape_infer``, the one its transformer optimizer uses),
+which carries dims as expressions, fills in the static dims it finds. It runs on the
+graph with every large weight turned into a graph input of the same type, so no
+weight data is copied; if it fails (an operator it does not know), the ONNX result
+stands.
 """
 
 from __future__ import annotations
@@ -27,15 +28,23 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 
 @contextlib.contextmanager
-def temporary_shapes(model: ir.Model) -> Iterator[ir.Model]:
-    """Infer shapes for the duration of the block, then restore the model's own."""
+def temporary_shapes(model: ir.Model, symbolic: bool = False) -> Iterator[ir.Model]:
+    """Infer shapes for the duration of the block, then restore the model's own.
+
+    ``symbolic``: also fill the dims ONNX leaves unknown with onnxruntime's symbolic
+    inference (see the module docstring). The coupling analysis asks for it; it runs
+    anyway when the graph has operators of other domains (onnxruntime's contrib ops,
+    which ONNX's inference does not know, so costs would count them as zero). Plain
+    ONNX graphs skip it elsewhere: it costs a serialization of the graph.
+    """
     values = [v for node in model.graph.all_nodes() for v in node.outputs]
     saved = [(v, v.shape, v.type) for v in values]
     # onnx_ir's inference detaches big initializers and re-adds them at the end.
     order = list(model.graph.initializers)
     try:
         ShapeInferencePass(strict_mode=False)(model)
-        if _has_unknown_dims(model):
+        foreign = any(node.domain not in ("", "ai.onnx") for node in model.graph)
+        if (symbolic or foreign) and _has_unknown_dims(model):
             _refine_symbolically(model)
         yield model
     finally:

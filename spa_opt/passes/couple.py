@@ -45,7 +45,7 @@ def couple_model(model: ir.Model, heads: str = "whole", io: str = "keep") -> Cou
 
     ``heads`` and ``io``: see :class:`~spa_opt.passes.coupling.solver.CoupleOptions`.
     """
-    with temporary_shapes(model):
+    with temporary_shapes(model, symbolic=True):
         return solve(model.graph, CoupleOptions(heads=heads, io=io))
 
 
