@@ -57,12 +57,19 @@ def source(key: str) -> bytes:
     return ir.serde.serialize_model(model).SerializeToString()
 
 
+def deploy_slow(keys: list[str]) -> list:
+    """``keys`` with the deployment variants marked slow: they repeat their float sources'
+    graphs, so the default run keeps the suite short and CI's slow step runs them."""
+    return [pytest.param(k, marks=pytest.mark.slow) if k.startswith("deploy/") else k
+            for k in keys]
+
+
 def signature(proto: onnx.ModelProto) -> list[tuple[str, str]]:
     """Declared graph inputs and outputs: names, types and shapes."""
     return [(v.name, str(v.type)) for v in (*proto.graph.input, *proto.graph.output)]
 
 
-@pytest.mark.parametrize("key", sorted(MODELS))
+@pytest.mark.parametrize("key", deploy_slow(sorted(MODELS)))
 def test_prune_sweep_is_valid_smaller_and_as_reported(key: str, tmp_path) -> None:
     original = onnx.load_from_string(source(key))
     # The deployment variants repeat their float sources' graphs: two combinations each.
@@ -93,7 +100,7 @@ def test_prune_sweep_is_valid_smaller_and_as_reported(key: str, tmp_path) -> Non
         assert data["verify"]["inputs"] == 1, where
 
 
-@pytest.mark.parametrize("key", sorted(set(MODELS) - BIG))
+@pytest.mark.parametrize("key", deploy_slow(sorted(set(MODELS) - BIG)))
 @pytest.mark.parametrize("metric", ["flops", "params"])
 def test_cost_targets_are_met_as_reported(key: str, metric: str) -> None:
     model, report = spa_opt.optimize(onnx.load_from_string(source(key)),

@@ -301,7 +301,7 @@ def count_cost(model: ir.Model, infer_shapes: bool = True) -> Cost:
     """
     if not infer_shapes:
         return _count(model)
-    with temporary_shapes(model):
+    with temporary_shapes(model, symbolic=True):  # the dims the planner saw
         return _count(model)
 
 

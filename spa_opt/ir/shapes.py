@@ -32,10 +32,11 @@ def temporary_shapes(model: ir.Model, symbolic: bool = False) -> Iterator[ir.Mod
     """Infer shapes for the duration of the block, then restore the model's own.
 
     ``symbolic``: also fill the dims ONNX leaves unknown with onnxruntime's symbolic
-    inference (see the module docstring). The coupling analysis asks for it; it runs
-    anyway when the graph has operators of other domains (onnxruntime's contrib ops,
-    which ONNX's inference does not know, so costs would count them as zero). Plain
-    ONNX graphs skip it elsewhere: it costs a serialization of the graph.
+    inference (see the module docstring). The coupling analysis, the cost count and
+    the planners that predict it (prune, obspa, precrop) ask for it, so a plan and its
+    recount see the same dims; it also runs whenever the graph has operators of other
+    domains (onnxruntime's contrib ops, which ONNX's inference does not know). Checks
+    and folding skip it: it costs a serialization of the graph.
     """
     values = [v for node in model.graph.all_nodes() for v in node.outputs]
     saved = [(v, v.shape, v.type) for v in values]

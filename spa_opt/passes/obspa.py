@@ -165,7 +165,7 @@ class ObspaPass(SpaPass):
         self._check_options()
         _refuse_quantized(model)
         groups = groups_of(model, context)
-        with temporary_shapes(model):  # weight shapes, extra outputs and costs need them
+        with temporary_shapes(model, symbolic=True):  # weight shapes, outputs, costs
             self._run(model, context, groups)
         return ir.passes.PassResult(model, False)
 

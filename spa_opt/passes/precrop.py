@@ -212,7 +212,7 @@ class PrecropPass(SpaPass):
             raise InputError("precrop: max-growth must be >= 1 and iterations >= 1")
         goals = budget_goals(context.targets)
         groups = groups_of(model, context)
-        with temporary_shapes(model):  # the cost model and growth checks need shapes
+        with temporary_shapes(model, symbolic=True):  # the cost model, growth checks
             self._run(model, context, groups, goals)
         return ir.passes.PassResult(model, False)
 

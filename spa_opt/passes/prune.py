@@ -104,7 +104,7 @@ class PrunePass(SpaPass):
         layers_before = _layers(model.graph)
         skipped: list[dict[str, str]] = []
         outcome = None
-        with temporary_shapes(model):
+        with temporary_shapes(model, symbolic=True):
             selection = context.analyses.selection
             if selection is None:
                 targets = context.targets
