@@ -61,12 +61,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from golden_files import normalise
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "deploy"
 HF_DIR = HERE.parent / "hf"
-IR_VERSION = 10
-DROPPED_METADATA = ("pkg.torch.onnx.stack_trace",)
 PROJECT_PYTHON = Path("/work/venv/bin/python")
 DECODER_TOKENS = 9  # 8 with an empty cache, then 1 with the returned cache
 TEXT_SEQ = 16
@@ -240,26 +239,6 @@ def rel_err(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
     g, r = got["logits"].astype(np.float64), ref["logits"].astype(np.float64)
     assert g.shape == r.shape, f"logits shape {g.shape} != {r.shape}"
     return float(np.max(np.abs(g - r)) / max(float(np.max(np.abs(r))), 1e-12))
-
-
-def normalise(path: Path) -> onnx.ModelProto:
-    """Cap the IR version, drop machine-specific metadata and re-save with inline weights.
-
-    Args:
-        path: The file, rewritten in place.
-
-    Returns:
-        The normalised model.
-    """
-    model = onnx.load(str(path))
-    model.ir_version = min(model.ir_version, IR_VERSION)
-    for node in model.graph.node:
-        keep = [p for p in node.metadata_props if p.key not in DROPPED_METADATA]
-        del node.metadata_props[:]
-        node.metadata_props.extend(keep)
-    onnx.save(model, str(path), save_as_external_data=False)
-    path.with_name(path.name + ".data").unlink(missing_ok=True)
-    return model
 
 
 def checker(model: onnx.ModelProto) -> str:

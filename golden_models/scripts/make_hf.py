@@ -39,37 +39,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from golden_files import normalise
 from hf_models import MODELS, Spec, build_hf
 from torch import Tensor, nn
 
 OUT = Path(__file__).resolve().parent.parent / "hf"
-IR_VERSION = 10
 DYNAMO_OPSET = 18
 TORCHSCRIPT_OPSET = 17
 ATOL = 1e-4
 RTOL = 1e-3
-DROPPED_METADATA = ("pkg.torch.onnx.stack_trace",)
-
-
-def normalise(path: Path) -> onnx.ModelProto:
-    """Cap the IR version, drop machine-specific metadata and re-save with inline weights.
-
-    Args:
-        path: The exported file, rewritten in place.
-
-    Returns:
-        The normalised model.
-    """
-    model = onnx.load(str(path))
-    model.ir_version = min(model.ir_version, IR_VERSION)
-    for node in model.graph.node:
-        keep = [p for p in node.metadata_props if p.key not in DROPPED_METADATA]
-        del node.metadata_props[:]
-        node.metadata_props.extend(keep)
-    onnx.save(model, str(path), save_as_external_data=False)
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    return model
 
 
 def export(model: nn.Module, args: tuple[Tensor, ...], spec: Spec, path: Path,

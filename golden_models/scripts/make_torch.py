@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from golden_files import normalise
 from torch import Tensor, nn
 from torch_cnns import (
     IMAGE,
@@ -53,11 +54,9 @@ from torch_cnns_dense import ConvNeXt, ConvNeXtBlock, LayerNorm2d, UNet, YoloC2f
 from torch_transformers import GPT2, SEQ, VOCAB, Bert, RMSNorm, ViT, llama, qwen3
 
 OUT = Path(__file__).resolve().parent.parent / "torch"
-IR_VERSION = 10
 DYNAMO_OPSET = 20
 TORCHSCRIPT_OPSET = 17
 ATOL = 1e-4
-DROPPED_METADATA = ("pkg.torch.onnx.stack_trace",)
 
 
 def image_input() -> tuple[Tensor, ...]:
@@ -147,25 +146,6 @@ def randomize_norms(model: nn.Module) -> None:
                 bias.normal_(0.0, 0.1)
         if isinstance(m, ConvNeXtBlock):
             m.gamma.uniform_(0.2, 1.0)
-
-
-def normalise(path: Path) -> onnx.ModelProto:
-    """Cap the IR version, drop machine-specific metadata and re-save with inline weights.
-
-    Args:
-        path: The exported file, rewritten in place.
-
-    Returns:
-        The normalised model.
-    """
-    model = onnx.load(str(path))
-    model.ir_version = min(model.ir_version, IR_VERSION)
-    for node in model.graph.node:
-        keep = [p for p in node.metadata_props if p.key not in DROPPED_METADATA]
-        del node.metadata_props[:]
-        node.metadata_props.extend(keep)
-    onnx.save(model, str(path), save_as_external_data=False)
-    return model
 
 
 def export(model: nn.Module, args: tuple[Tensor, ...], spec: Spec, path: Path,
