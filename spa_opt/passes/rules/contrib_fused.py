@@ -45,7 +45,12 @@ import onnx_ir as ir
 
 from spa_opt.passes.coupling.node import NodeCoupling
 from spa_opt.passes.rules.conv import conv
-from spa_opt.passes.rules.elementwise import broadcast_into, link_all_axes, unary
+from spa_opt.passes.rules.elementwise import (
+    broadcast_into,
+    broadcast_with_constants,
+    link_all_axes,
+    unary,
+)
 from spa_opt.passes.rules.linear import contract
 from spa_opt.passes.rules.norm import layer_norm
 from spa_opt.passes.rules.registry import rule
@@ -125,14 +130,7 @@ def embed_layer_norm(c: NodeCoupling) -> None:
 @rule("FastGelu", "BiasGelu", "BiasAdd", domain=MS)
 def biased_activation(c: NodeCoupling) -> None:
     """Broadcasting inputs; a constant bias on the channel axis is a member (shift)."""
-    out = c.output(0)
-    for operand in c.node.inputs:
-        if operand is None or not broadcast_into(c, operand, out):
-            continue
-        if c.is_constant(operand):
-            for axis, size in enumerate(c.dims(operand) or ()):
-                if size != 1:
-                    c.role(operand, axis, "shift")
+    broadcast_with_constants(c, "shift")
 
 
 rule("Gelu", "QuickGelu", domain=MS)(unary)

@@ -98,8 +98,16 @@ def dropout(c: NodeCoupling) -> None:
 @rule(*BROADCASTING)
 def broadcasting(c: NodeCoupling) -> None:
     """Inputs align from the right; constants on a channel axis are group members."""
+    broadcast_with_constants(c, _ROLE_OF_CONSTANT.get(c.node.op_type, "param"))
+
+
+def broadcast_with_constants(c: NodeCoupling, role: str) -> None:
+    """Align every input with the output from the right; constants become members.
+
+    A constant input's non-1 axes are members with ``role``, which says how removal
+    treats them: a ``shift`` is added, a ``scale`` multiplies, a plain ``param`` is sliced.
+    """
     out = c.output(0)
-    role = _ROLE_OF_CONSTANT.get(c.node.op_type, "param")
     for operand in c.node.inputs:
         if operand is None or not broadcast_into(c, operand, out):
             continue
