@@ -12,6 +12,7 @@ project's own onnxruntime) imports only numpy, onnx and onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -240,10 +241,14 @@ def pre_process(src: Path, path: Path) -> None:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(path))
-    except Exception:
-        quant_pre_process(str(src), str(path), skip_symbolic_shape=True)
+    # It writes ``sym_shape_infer_temp.onnx`` and external-data files into the working
+    # directory: run it in a scratch one, so nothing stray lands in the repository.
+    src, path = src.resolve(), path.resolve()
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(src), str(path))
+        except Exception:
+            quant_pre_process(str(src), str(path), skip_symbolic_shape=True)
 
 
 def quant_static(src: Path, path: Path, make: Callable[[np.random.Generator],
