@@ -11,9 +11,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
+from spa_opt.api import optimize
 from spa_opt.ir.quant import float_weight, quantization_of, quantize
+from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from tests.rule_graphs import (
     analyse,
@@ -176,6 +178,71 @@ def test_conv_integer_and_qlinear_matmul():
     # QLinearMatMul's per-column scale follows w2's output axis, pinned by the output
     out = find(groups, "w2", 1)
     assert {"w2s:0", "w2z:0"} <= names(out) and not out.prunable
+
+
+
+def qop_classifier() -> ir.Model:
+    """quantize_static's QOperator tail: QLinearConv, QLinearGlobalAveragePool, Flatten,
+    QGemm(transB=1), DequantizeLinear; no value_info (ONNX infers none behind the pool)."""
+    inits = [f32("xs", 0.1), zeros("xz"), codes("w1", 8, 3, 1, 1), scales("w1s", 8),
+             zeros("w1z", 8), f32("hs", 0.1), zeros("hz"), codes("b1", 8, dtype=np.int32),
+             f32("ps", 0.05), zeros("pz"), codes("wg", 2, 8), scales("wgs", 2), zeros("wgz", 2),
+             codes("bg", 2, dtype=np.int32), f32("ys", 0.2), zeros("yz")]
+    ms = {"domain": "com.microsoft"}
+    nodes = [node("QuantizeLinear", ["x", "xs", "xz"], "xq"),
+             node("QLinearConv", ["xq", "xs", "xz", "w1", "w1s", "w1z", "hs", "hz", "b1"], "h"),
+             node("QLinearGlobalAveragePool", ["h", "hs", "hz", "ps", "pz"], "p",
+                  channels_last=0, **ms),
+             node("Flatten", ["p"], "f", axis=1),
+             node("QGemm", ["f", "ps", "pz", "wg", "wgs", "wgz", "bg", "ys", "yz"], "yq",
+                  transB=1, **ms),
+             node("DequantizeLinear", ["yq", "ys", "yz"], "y")]
+    graph = helper.make_graph(nodes, "qop", [vi("x", 1, 3, 4, 4)], [vi("y", 1, 2)], inits)
+    return ir.from_proto(helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]))
+
+
+def test_qoperator_pool_flatten_and_qgemm_carry_the_last_conv_channels():
+    # The contrib shape rows shape the pool and QGemm, ONNX's inference the Flatten.
+    with temporary_shapes(qop_classifier(), symbolic=True) as model:
+        shapes = {n.outputs[0].name: n.outputs[0].shape for n in model.graph}
+        assert shapes["p"] == ir.Shape([1, 8, 1, 1]) and shapes["f"] == ir.Shape([1, 8])
+        assert shapes["yq"] == ir.Shape([1, 2])
+    g = find(analyse(qop_classifier())[1], "w1", 0)
+    assert names(g) == {"w1:0", "w1s:0", "w1z:0", "b1:0", "h:1", "p:1", "f:1", "wg:1"}
+    assert_free(g, 8)
+    assert member(g, "wg", 1).roles == ("in",)
+
+
+def test_qgemm_transposed_weight_dequantizes_per_stored_row():
+    model = qop_classifier()
+    wg, wgs = (model.graph.initializers[k].const_value.numpy() for k in ("wg", "wgs"))
+    got = float_weight(_model_value(model, "wg"))
+    assert np.allclose(got, wg.astype(np.float64) * wgs[:, None].astype(np.float64))
+
+
+def test_pruned_qoperator_classifier_equals_its_input_columns_at_zero_point():
+    """Integer arithmetic with per-tensor activation scales: removing a channel is the
+    same as giving the QGemm weight codes equal to their zero point there."""
+    proto = ir.serde.serialize_model(qop_classifier())
+    model = ir.from_proto(proto)
+    w1 = model.graph.initializers["w1"].const_value.numpy()
+    pruned, _ = optimize(ir.from_proto(proto), "couple,group,l1,prune", ratio=0.5)
+    kept_rows = pruned.graph.initializers["w1"].const_value.numpy()
+    kept = [next(i for i in range(8) if np.array_equal(w1[i], row)) for row in kept_rows]
+    assert len(kept) == 4
+    zeroed = model.graph.initializers["wg"].const_value.numpy().copy()
+    zeroed[:, [i for i in range(8) if i not in kept]] = 0  # the zero points are 0
+    model.graph.initializers["wg"].const_value = ir.Tensor(zeroed, name="wg")
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 4, 4)).astype(np.float32)}
+    np.testing.assert_array_equal(_ort(pruned, feeds), _ort(model, feeds))
+
+
+def _ort(model: ir.Model, feeds: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    proto = ir.serde.serialize_model(model).SerializeToString()
+    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
 # ---------------------------------------------------------------------- half precision

@@ -39,6 +39,11 @@ OPERATOR_READERS: dict[str, tuple[int, int | None, int, int]] = {
     "QGemm": (3, 4, 5, -1),
 }
 
+#: Readers whose attribute transposes the stored weight: set, the per-output-channel
+#: scale runs along the stored axis 0 (QGemm with ``transB=1`` stores ``B`` as ``[N, K]``,
+#: as quantize_static writes every classifier).
+TRANSPOSED_BY: dict[str, str] = {"QGemm": "transB"}
+
 
 @dataclasses.dataclass(frozen=True)
 class Quantization:
@@ -80,6 +85,9 @@ def quantization_of(value: ir.Value | None) -> Quantization | None:
         elif node.op_type in OPERATOR_READERS and index == OPERATOR_READERS[node.op_type][0]:
             _, scale_at, zero_at, axis = OPERATOR_READERS[node.op_type]
             block = 0
+            if node.op_type in TRANSPOSED_BY and node.attributes.get_int(
+                    TRANSPOSED_BY[node.op_type], 0):
+                axis = 0
         else:
             return None
         known_scale, scale = _param(node, scale_at)

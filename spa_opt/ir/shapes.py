@@ -14,7 +14,8 @@ asks (the coupling analysis does), onnxruntime's symbolic shape inference
 which carries dims as expressions, fills in the static dims it finds. It runs on the
 graph with every large weight turned into a graph input of the same type, so no
 weight data is copied; if it fails (an operator it does not know), the ONNX result
-stands.
+stands. Contrib ops neither inference knows are shaped by the rows of
+:mod:`spa_opt.ir.contrib_shapes`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
+
+from spa_opt.ir import contrib_shapes
 
 
 @contextlib.contextmanager
@@ -47,6 +50,8 @@ def temporary_shapes(model: ir.Model, symbolic: bool = False) -> Iterator[ir.Mod
         foreign = any(node.domain not in ("", "ai.onnx") for node in model.graph)
         if (symbolic or foreign) and _has_unknown_dims(model):
             _refine_symbolically(model)
+        if foreign and _has_unknown_dims(model):
+            _fill_contrib(model)
         yield model
     finally:
         for value, shape, type_ in saved:
@@ -70,9 +75,26 @@ def _has_unknown_dims(model: ir.Model) -> bool:
                for node in model.graph for v in node.outputs)
 
 
+_FILL_ROUNDS = 8
+"""Rounds of contrib shape rules and ONNX inference (each round crosses one unknown op)."""
+
+
+def _fill_contrib(model: ir.Model) -> None:
+    """Contrib ops no inference knows get their shapes from :mod:`.contrib_shapes`.
+
+    After each round ONNX's inference runs again, so default-domain ops behind a
+    filled value (the ``Flatten`` after a ``QLinearGlobalAveragePool``) are shaped and
+    the next row can use them.
+    """
+    for _ in range(_FILL_ROUNDS):
+        if not contrib_shapes.fill(model):
+            return
+        ShapeInferencePass(strict_mode=False)(model)
+
+
 def _refine_symbolically(model: ir.Model) -> None:
     """Give values the static dims onnxruntime's symbolic inference finds (see above)."""
-    dims = _symbolic_dims(model)
+    dims, types = _symbolic_dims(model)
     if not dims:
         return
     for node in model.graph:
@@ -80,6 +102,9 @@ def _refine_symbolically(model: ir.Model) -> None:
             found = dims.get(value.name or "")
             if found is None:
                 continue
+            elem_type = types.get(value.name or "")
+            if value.type is None and elem_type:  # a shape without a type is not serialized
+                value.type = ir.TensorType(ir.DataType(elem_type))
             known = None if value.shape is None else list(value.shape.dims)
             if known is not None and len(known) != len(found):
                 continue
@@ -92,11 +117,14 @@ def _refine_symbolically(model: ir.Model) -> None:
                 value.shape = ir.Shape(merged)
 
 
-def _symbolic_dims(model: ir.Model) -> dict[str, list[int | str | None]]:
-    """Dims by value name from onnxruntime's symbolic inference; empty when it fails."""
+def _symbolic_dims(model: ir.Model) -> tuple[dict[str, list[int | str | None]], dict[str, int]]:
+    """Dims and element types by value name from onnxruntime's symbolic inference.
+
+    Both empty when it fails or cannot be loaded.
+    """
     inference_class = _symbolic_inference_class()
     if inference_class is None:
-        return {}
+        return {}, {}
     graph = model.graph
     large = [v for v in graph.initializers.values()
              if v.const_value is not None and v.const_value.size > _SMALL_WEIGHT]
@@ -124,15 +152,17 @@ def _symbolic_dims(model: ir.Model) -> dict[str, list[int | str | None]]:
                 inference._infer_impl()
             inferred = inference.out_mp_
     except Exception:  # any failure leaves the ONNX inference result
-        return {}
+        return {}, {}
     found: dict[str, list[int | str | None]] = {}
+    types: dict[str, int] = {}
     for info in inferred.graph.value_info:
         if not info.type.HasField("tensor_type") or \
                 not info.type.tensor_type.HasField("shape"):
             continue
         found[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                             for d in info.type.tensor_type.shape.dim]
-    return found
+        types[info.name] = info.type.tensor_type.elem_type
+    return found, types
 
 
 _INFERENCE: list[Any] = []
