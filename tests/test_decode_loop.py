@@ -97,3 +97,42 @@ def test_the_first_step_equals_a_reference_with_the_removed_units_zeroed(key: st
     want = decode(original, session_from_model(original), PROMPT, 1)[1][0]
     got = decode(pruned, session_from_model(pruned), PROMPT, 1)[1][0]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("io", ["keep", "rewrite"])
+def test_the_4bit_decoder_loses_whole_blocks_exactly(io: str) -> None:
+    """MatMulNBits' K goes in whole quantization blocks (kv-head groups, MLP blocks and
+    the residual width of ``llama_kv.nbits``): with the removed units' scales zeroed at
+    every consumer along K (and the residual kept, it is normalized), the original's
+    first step is the pruned model's; and the pruned model decodes from its cache."""
+    key = "deploy/llama_kv.nbits"
+    pruned, report = spa_opt.optimize(onnx.load_from_string(source(key)),
+                                      "fold-constants,couple,group,l1,prune", ratio=0.5, io=io,
+                                      ignore=["*embed_tokens*"])
+    removed = {g["group"]: g["units_removed"] for g in report.to_dict()["prune"]["groups"]}
+    assert removed and sum(map(len, removed.values())) >= (4 if io == "rewrite" else 2)
+    reference = load_model(onnx.load_from_string(source(key)))
+    repair_model(reference)
+    context = PipelineContext(io=io).attach(reference)
+    from spa_opt.passes.fold_constants import FoldConstantsPass
+
+    FoldConstantsPass()(reference)
+    for group in groups_of(reference, context):
+        if group.id not in removed:
+            continue
+        units = np.array(removed[group.id])
+        scales = [m for m in group.weights if m.roles == ("param",) and m.axis == 1]
+        assert scales, group.id
+        for member in scales:  # MatMulNBits scales [N, blocks]: a block's scale to zero
+            data = np.array(constant_array(member.value))
+            data[:, member.index_map.take(units)] = 0
+            member.value.const_value = ir.tensor(data, name=member.value.name)
+    want = decode(reference, session_from_model(reference), PROMPT, 1)[1][0]
+    session = session_from_model(pruned)
+    got = decode(pruned, session, PROMPT, 1)[1][0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    tokens, per_step = decode(pruned, session, PROMPT, STEPS)
+    full = full_sequence_logits(pruned, session, tokens[:, :-1])
+    for step, logits in enumerate(per_step):
+        np.testing.assert_allclose(logits, full[:, PROMPT.shape[1] - 1 + step],
+                                   atol=1e-4, rtol=1e-4)

@@ -73,7 +73,8 @@ NUMERICALLY_COUPLED = ("deploy/bert_cls.dynq", "deploy/bert_cls.qdq", "deploy/re
 activations share one scale over the tensor (dynamic quantization computes it at run
 time), so zeroing units moves every other channel's codes; onnxruntime's fused graphs
 hit index-map mismatches in the fused ops this check does not model yet (max() of an
-empty mask in llama_kv.ortopt); the 4-bit Llama has no prunable group. Their groups
+empty mask in llama_kv.ortopt); the 4-bit Llama's packed codes have no zero code
+the kill writes (MatMulNBits is zero at its zero point, byte 0x88). Their groups
 are pinned by the expectation files, and the prune sweep runs them."""
 
 

@@ -167,10 +167,17 @@ def _conv_like_macs(node: ir.Node, dims_of: DimsOf) -> int:
     return seen * math.prod(weight[1:]) if weight and seen is not None else 0
 
 
+def _nbits_k(node: ir.Node, dims_of: DimsOf) -> int:
+    """``K``: the input's last dim (what a plan leaves of it), else the attribute."""
+    a = dims_of(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    return a[-1] if a and isinstance(a[-1], int) and a[-1] > 0 \
+        else node.attributes.get_int("K", 0)
+
+
 def _nbits_macs(node: ir.Node, dims_of: DimsOf) -> int:
-    """``|Y| * K``: the packed rows are dequantized on the fly, ``K`` is an attribute."""
+    """``|Y| * K``: the packed rows are dequantized on the fly."""
     y = _numel(node.outputs[0], dims_of)
-    return 0 if y is None else y * node.attributes.get_int("K", 0)
+    return 0 if y is None else y * _nbits_k(node, dims_of)
 
 
 _CONTRIB_MACS: dict[tuple[str, str], Callable[[ir.Node, DimsOf], int]] = {
@@ -252,7 +259,7 @@ def _node_params(node: ir.Node, dims_of: DimsOf) -> int:
         # The packed uint8 codes are not float params; the N x K weights they stand for
         # are, so a 4-bit model counts as many weights as its float source.
         rows = dims_of(node.outputs[0])
-        return rows[-1] * node.attributes.get_int("K", 0) if rows else 0
+        return rows[-1] * _nbits_k(node, dims_of) if rows else 0
     if node.op_type == "Constant":
         value = node.outputs[0]
         return (_numel(value, dims_of) or 0) if _is_float(value.dtype) else 0

@@ -4,7 +4,9 @@ A weight member of a group is the tensor the file stores. In a QDQ graph that is
 int8/uint8 (or int4, int16, int32 for biases) tensor read through
 ``DequantizeLinear(codes, scale, zero_point, axis, block_size)``; in an operator-form
 graph it is read by ``QLinearConv``/``QLinearMatMul``/``ConvInteger``/``MatMulInteger``
-with its own scale and zero point; in an fp16/bf16 graph it is a half-precision tensor.
+with its own scale and zero point; a ``MatMulNBits`` weight is packed 2/4/8-bit codes
+with per-block scales (:mod:`spa_opt.ir.nbits`); in an fp16/bf16 graph it is a
+half-precision tensor.
 What a criterion, the dead analysis or obspa must see is the real-valued weight
 ``(codes - zero_point) * scale``, in float32/float64, never the raw codes: an int8
 ``0`` with a zero point of 128 is not a zero weight, and two channels with equal codes
@@ -23,6 +25,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.ir import nbits
 from spa_opt.ir.tensors import constant_array
 
 _QUANT_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -157,7 +160,9 @@ def is_half(dtype: np.dtype) -> bool:
 def float_weight(value: ir.Value | None) -> np.ndarray | None:
     """A constant as the real values it stands for (see the module docstring).
 
-    Integer codes with a known quantization come back dequantized in float64;
+    Integer codes with a known quantization come back dequantized in float64 (the
+    packed 4-bit codes of a MatMulNBits as ``[N, blocks, block_size]``, so axes 0 and 1
+    are still the stored rows and blocks);
     float16/bfloat16 come back as float32; anything else as :func:`constant_array`
     gives it (None when ``value`` is not a constant).
     """
@@ -165,6 +170,10 @@ def float_weight(value: ir.Value | None) -> np.ndarray | None:
     if data is None:
         return None
     if data.dtype.kind in "iu":
+        packed = nbits.reader_of(value) if data.dtype == np.uint8 else None
+        if packed is not None:  # MatMulNBits: [N, blocks, block_size] real values
+            real = nbits.dequantized(data, packed)
+            return data if real is None else real
         q = quantization_of(value)
         return data if q is None else dequantize(data, q)
     if is_half(data.dtype):

@@ -23,7 +23,11 @@ One handler per kind:
   group), so all counts keep their ratio;
 - ``qkv-hidden-sizes``: com.microsoft Attention's ``[q, k, v]`` widths lose the
   removed columns of their section of the packed weight;
-- ``matmulnbits-n``: MatMulNBits' ``N`` becomes the new row count of its output.
+- ``matmulnbits-n``: MatMulNBits' ``N`` becomes the new row count of its output;
+- ``matmulnbits-k``: MatMulNBits lost whole quantization blocks of ``K`` (axis 1 of
+  ``B``): ``K`` becomes the kept blocks' channel count (a trailing partial block
+  counted at its size), and packed uint8 zero points, several blocks to a byte, are
+  repacked without the removed blocks (:func:`spa_opt.ir.nbits.repack_zero_points`).
 
 :func:`problem` says, before selection, when a patch cannot be applied (a strided
 Slice over channels), so the group is skipped instead of producing a wrong model.
@@ -37,7 +41,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.ir.tensors import NameAllocator, constant_tensor
+from spa_opt.ir import nbits
+from spa_opt.ir.tensors import NameAllocator, constant_array, constant_tensor
 from spa_opt.passes.coupling.node import Patch
 from spa_opt.passes.pruning.removal import Removal
 
@@ -301,3 +306,22 @@ def _matmulnbits_n(node: ir.Node, patches: list[Patch], removal: Removal,
                    names: NameAllocator) -> None:
     _, new = _extent(removal, *patches[0].axis)  # type: ignore[misc]
     node.attributes["N"] = ir.AttrInt64("N", new)
+
+
+@_handles("matmulnbits-k")
+def _matmulnbits_k(node: ir.Node, patches: list[Patch], removal: Removal,
+                   names: NameAllocator) -> None:
+    found = removal.get(*patches[0].axis)  # type: ignore[misc]
+    q = nbits.nbits_of(node)
+    assert found is not None and q is not None
+    kept = found.kept
+    sizes = np.full(q.blocks, q.block_size)
+    sizes[-1] = q.k - (q.blocks - 1) * q.block_size
+    zeros = q.input(3)
+    if zeros is not None and zeros.dtype == ir.DataType.UINT8:
+        data = constant_array(zeros)
+        assert data is not None, "MatMulNBits zero points are not constant"
+        rows = data.size // -(-q.blocks * q.bits // 8)  # rows are sliced already
+        repacked = nbits.repack_zero_points(data, q, kept, rows)
+        node.replace_input_with(3, names.initializer(repacked, f"{zeros.name}_pruned"))
+    node.attributes["K"] = ir.AttrInt64("K", int(sizes[kept].sum()))

@@ -31,9 +31,15 @@ Rules:
   bias)``: output rows ``N`` are prunable: ``B``'s axis 0 (role ``out``), scales and
   zero points (``[N, blocks]`` row by row, or flattened ``[N * blocks]`` in blocks of
   their per-row length), ``bias`` and the output's last axis go together, and ``N`` is
-  patched (``matmulnbits-n``). The input axis ``K`` is pinned: removing input
-  channels would mean re-packing the quantization blocks (and re-deriving their
-  scales), which is out of scope; ``g_idx`` runs along ``K``, so it is pinned with it.
+  patched (``matmulnbits-n``). The input axis ``K`` goes in whole quantization blocks:
+  ``block_size`` consecutive channels of ``A`` are one key, with axis 1 of ``B``, of
+  2-D scales and of unpacked (float) zero points; removing a block removes its packed
+  bytes, scale and zero point, so the kept weights are bit for bit what they were (no
+  requantization; see docs/deployment.md for why not finer). Packed uint8 zero points
+  hold several blocks per byte: the ``matmulnbits-k`` patch repacks them and writes
+  ``K``. ``K`` is pinned with ``g_idx`` (act-order reads channels out of block order)
+  and with scales or float zero points flattened to one axis (rows and blocks would
+  share it).
 """
 
 from __future__ import annotations
@@ -191,9 +197,40 @@ def fused_conv(c: NodeCoupling) -> None:
     broadcast_into(c, c.input(3), c.output(0))
 
 
+def _nbits_k(c: NodeCoupling, data: ir.Value | None, packed: ir.Value | None) -> str | None:
+    """Couple ``K`` in whole quantization blocks; the reason when it must stay instead.
+
+    Block ``b`` is input channels ``b * block_size ...`` of ``A``, axis 1 of ``B`` and of
+    2-D scales (and unpacked zero points); a packed zero-point tensor is repacked by the
+    ``matmulnbits-k`` patch, which also writes ``K``.
+    """
+    block, k = int(c.attr("block_size", 0)), int(c.attr("K", 0))
+    data_dims, packed_dims = c.dims(data), c.dims(packed)
+    if c.input(4) is not None:
+        return "MatMulNBits with g_idx (act-order) reads its input channels out of order"
+    if not block or not k or not data_dims or data_dims[-1] != k or packed_dims is None \
+            or len(packed_dims) != 3 or packed_dims[1] != -(-k // block):
+        return "MatMulNBits with unknown block layout"
+    scales, zeros = c.input(2), c.input(3)
+    if len(c.dims(scales) or ()) != 2:
+        return "MatMulNBits scales flattened to one axis: rows and blocks share it"
+    zero_dims = c.dims(zeros)
+    unpacked = zeros is not None and zeros.dtype != ir.DataType.UINT8
+    if zeros is not None and (zero_dims is None or (unpacked and len(zero_dims) != 2)):
+        return "MatMulNBits zero points flattened to one axis: rows and blocks share it"
+    c.link(data, len(data_dims) - 1, packed, 1, keys_a=np.arange(k) // block)
+    c.role(packed, 1, "in")
+    for tensor in (scales, zeros if unpacked else None):
+        if tensor is not None:
+            c.identity(packed, 1, tensor, 1)
+            c.role(tensor, 1, "param")
+    c.patch("matmulnbits-k", f"K={k}", packed, 1)
+    return None
+
+
 @rule("MatMulNBits", domain=MS)
 def matmul_nbits(c: NodeCoupling) -> None:
-    """Output rows ``N`` are units, the packed input axis ``K`` stays (module docstring)."""
+    """Rows ``N`` are units; ``K`` goes in whole quantization blocks (module docstring)."""
     data, packed, out = c.input(0), c.input(1), c.output(0)
     data_dims, out_dims = c.dims(data), c.dims(out)
     rows = int(c.attr("N", 0))
@@ -202,13 +239,13 @@ def matmul_nbits(c: NodeCoupling) -> None:
     k_axis = len(data_dims) - 1
     for axis in range(k_axis):
         c.identity(data, axis, out, axis)
-    reason = "MatMulNBits packs its input channels into quantization blocks"
-    if k_axis in c.tracked(data):
+    reason = _nbits_k(c, data, packed)
+    if reason is not None:
         c.pin(data, k_axis, reason)
-    for axis in (1, 2):
-        if axis in c.tracked(packed):
-            c.pin(packed, axis, reason)
-    c.pin_tracked(c.input(4), reason)  # g_idx [K]
+        for axis in (1, 2):  # blocks, bytes of a block (axis 0, the rows, stays free)
+            if axis in c.tracked(packed):
+                c.pin(packed, axis, reason)
+        c.pin_tracked(c.input(4), reason)  # g_idx [K]
     last = len(out_dims) - 1
     c.link(packed, 0, out, last)
     c.seed(packed, 0, "out")
@@ -217,9 +254,9 @@ def matmul_nbits(c: NodeCoupling) -> None:
         dims = c.dims(tensor)
         if tensor is None or dims is None:
             continue
-        if len(dims) == 2 and dims[0] == rows:  # [N, blocks]
+        if len(dims) == 2 and dims[0] == rows:  # [N, blocks] (packed zero points: bytes)
             c.link(tensor, 0, out, last)
-            if 1 in c.tracked(tensor):
+            if reason is not None and 1 in c.tracked(tensor):
                 c.pin(tensor, 1, reason)
         elif len(dims) == 1 and dims[0] is not None and dims[0] % rows == 0:
             per_row = dims[0] // rows  # flattened [N * per_row]: row n owns a block
