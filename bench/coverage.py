@@ -132,7 +132,20 @@ def _whole_heads(group: Group, scores: str, heads: int, size: int | None) -> int
     readers = [m for m in group.weights if "in" in m.roles and len(m.value.shape or ()) >= 2]
     if not readers or size is None:
         return per_unit if readers else 0
-    return per_unit if all(m.index_map.block == per_unit * size for m in readers) else 0
+    return per_unit if all(_channels(m) == per_unit * size for m in readers) else 0
+
+
+def _quant_block(value: ir.Value) -> int:
+    """``block_size`` of the MatMulNBits reading ``value`` as its packed weight, else 1."""
+    for node, index in value.uses():
+        if node.op_type == "MatMulNBits" and index == 1:
+            return node.attributes.get_int("block_size", 1)
+    return 1
+
+
+def _channels(member) -> int:
+    """Input channels per unit of a reading weight: a MatMulNBits unit is whole blocks."""
+    return member.index_map.block * (_quant_block(member.value) if member.axis == 1 else 1)
 
 
 def attention_heads(model: ir.Model, groups: list[Group]) -> tuple[int, int, int]:
@@ -166,7 +179,8 @@ def attention_heads(model: ir.Model, groups: list[Group]) -> tuple[int, int, int
 
 
 def _linear(node: ir.Node | None) -> bool:
-    return node is not None and node.op_type in ("MatMul", "Gemm") and _const(node.inputs[1])
+    return node is not None and node.op_type in ("MatMul", "Gemm", "MatMulNBits") and \
+        _const(node.inputs[1])
 
 
 def _mlp_chain(value: ir.Value, memo: dict[int, set[str] | None]) -> set[str] | None:
@@ -198,9 +212,10 @@ def _mlp_chain(value: ir.Value, memo: dict[int, set[str] | None]) -> set[str] | 
 def mlp_groups(model: ir.Model, groups: list[Group]) -> tuple[int, int]:
     """``(ok, mlps)``: MLPs whose hidden channels form their own prunable group.
 
-    An MLP is a Linear (MatMul/Gemm with a constant weight) whose input is computed from
-    other Linears through activations only (see :func:`_mlp_chain`). It is ok when a
-    prunable group of single-channel units holds its hidden tensor, and the group's
+    An MLP is a Linear (MatMul/Gemm/MatMulNBits with a constant weight) whose input is
+    computed from other Linears through activations only (see :func:`_mlp_chain`). It is
+    ok when a prunable group of single-channel units (whole quantization blocks for a
+    MatMulNBits, which prunes its input in blocks) holds its hidden tensor, and the group's
     matrix weights are exactly the MLP's: nothing from another layer is coupled in.
     """
     memo: dict[int, set[str] | None] = {}
@@ -211,8 +226,11 @@ def mlp_groups(model: ir.Model, groups: list[Group]) -> tuple[int, int]:
         total += 1
         own = chain | {node.inputs[1].name}
         for group in _groups_on(groups, node.inputs[0].name):
-            matrices = {m.name for m in group.weights if len(m.value.shape or ()) >= 2}
-            if group.prunable and group.block == 1 and matrices == own:
+            matrices = {m.name for m in group.weights if len(m.value.shape or ()) >= 2
+                        and {"out", "in"} & set(m.roles)}  # not [N, blocks] scales
+            # single channels, or whole quantization blocks of a MatMulNBits (exact)
+            if group.prunable and group.block == _quant_block(node.inputs[1]) and \
+                    matrices == own:
                 ok += 1
                 break
     return ok, total
