@@ -24,9 +24,10 @@ import onnxruntime as ort
 
 from spa_opt.errors import InputError, OptionError, VerificationError
 from spa_opt.ir.cost import count_cost
-from spa_opt.ir.io import ModelSource, load_model
+from spa_opt.ir.io import ModelSource, load_model, tensor_bytes
 from spa_opt.ir.repair import repair_model
-from spa_opt.ort import quiet_session_options, session_from_model
+from spa_opt.ir.validate import check_input, unknown_operator
+from spa_opt.ort import describe_error, quiet_session_options, session_from_model
 from spa_opt.passes._infra.base import SpaPass
 from spa_opt.passes._infra.context import PipelineContext, Targets
 from spa_opt.passes._infra.manager import Instrument, PassManager
@@ -54,15 +55,40 @@ def check_ignore_patterns(model: ir.Model, patterns: Sequence[str]) -> None:
             raise OptionError("ignore", f"'{pattern}' matches no node name")
 
 
-def _reference_session(source: ModelSource, model: ir.Model) -> ort.InferenceSession:
+#: Past this many bytes of weights the input is not loaded in onnxruntime just to
+#: validate it (it would cost a copy of the weights); ``verify`` still loads it.
+VALIDATE_SESSION_BYTES = 1 << 30
+
+
+def _input_session(source: ModelSource, model: ir.Model,
+                   verify: int) -> ort.InferenceSession | None:
+    """An onnxruntime session of the input, made before any pass: what it refuses is bad input.
+
+    None when it was not needed (no ``verify`` and over :data:`VALIDATE_SESSION_BYTES`)
+    or when onnxruntime only lacks an operator (the analysis pins it; ``verify`` then
+    cannot run and says so).
+    """
+    if verify <= 0 and tensor_bytes(model) > VALIDATE_SESSION_BYTES:
+        return None
     try:
         if isinstance(source, (str, os.PathLike)):
             return ort.InferenceSession(str(source), quiet_session_options(),
                                         providers=["CPUExecutionProvider"])
         return session_from_model(model, quiet_session_options())
     except Exception as error:  # onnxruntime raises its own untyped failures
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"the input model does not run in onnxruntime: {first}") from None
+        message = describe_error(error)
+        if verify <= 0 and unknown_operator(message):
+            return None
+        raise InputError(f"the input model does not run in onnxruntime: {message}") from None
+
+
+def _reference_run(session: ort.InferenceSession, feeds: list[dict]) -> list[dict]:
+    """The input's outputs on ``feeds``; a failure there is the input's, so bad input."""
+    try:
+        return run_all(session, feeds)
+    except Exception as error:  # onnxruntime raises its own untyped failures
+        raise InputError(f"the input model does not run in onnxruntime: "
+                         f"{describe_error(error)}") from None
 
 
 def optimize(
@@ -129,6 +155,8 @@ def optimize(
     context = PipelineContext(targets=targets, show_progress=show_progress, io=io).attach(loaded)
     context.report["load"] = {"nodes-reordered": 0, "value-info-dropped": 0,
                               **repair_model(loaded)}
+    check_input(loaded)
+    session = _input_session(model, loaded, verify)
     context.input_dims = dict(input_dims or {})
     if calibration is not None:
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
@@ -146,7 +174,9 @@ def optimize(
     if verify > 0:
         feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
                               past_length=past_length)
-        reference = run_all(_reference_session(model, loaded), feeds)
+        assert session is not None  # made whenever verify > 0, or InputError
+        reference = _reference_run(session, feeds)
+    del session
 
     manager = PassManager(passes, instruments)
     manager(loaded)
@@ -163,7 +193,8 @@ def optimize(
         try:
             result = run_all(session_from_model(loaded, quiet_session_options()), feeds)
         except Exception as error:  # the result must run; anything else is our bug
-            raise VerificationError(f"the result does not run in onnxruntime: {error}") from error
+            raise VerificationError("the result does not run in onnxruntime: "
+                                    f"{describe_error(error)}") from error
         verified = compare(reference, result,
                            [c["name"] for c in changed if c["kind"] == "output"])
 

@@ -12,12 +12,14 @@ are checked by ``tests/test_startup.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +325,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     _check_save_calib(args, {p.name for p in passes})
     instruments = _instruments(args)
 
+    import onnxruntime
+
+    # Sessions made before ours (the environment's telemetry, provider notes) log to
+    # onnxruntime's default logger; spa-opt's own sessions log nothing below fatal.
+    onnxruntime.set_default_logger_severity(1 if args.debug else 4)
     from spa_opt.api import optimize
 
     model, report = optimize(
@@ -355,9 +362,33 @@ def run(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _library_logs(debug: bool) -> Iterator[None]:
+    """Keep the libraries' log records (onnx_ir's shape inference tracebacks) off stderr.
+
+    Without a handler, Python's last-resort handler prints every warning a library
+    logs, traceback included; a run prints what spa-opt says and nothing else, unless
+    ``--debug`` asks for everything.
+    """
+    if debug:
+        yield
+        return
+    root, handler = logging.getLogger(), logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: map errors to exit codes and one-line messages."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    with _library_logs(debug):
+        return _main(argv, debug)
+
+
+def _main(argv: Sequence[str] | None, debug: bool) -> int:
     try:
         return run(argv)
     except InputError as error:

@@ -14,6 +14,7 @@ hand the result to ``InferenceSession``. Two rules make that work for every size
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,36 @@ _PLACEHOLDER_LOCATION = "spa-opt-in-memory-initializer"
 
 
 def quiet_session_options() -> ort.SessionOptions:
-    """Session options that log errors only (verification runs are not the user's session)."""
+    """Session options that log nothing below fatal.
+
+    Verification and validation sessions are not the user's: their failures become
+    spa-opt's own one-line messages (:func:`describe_error`), and onnxruntime's
+    colour-coded ``[E:onnxruntime:...]`` line on stderr would only repeat them.
+    """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     return options
+
+
+_RUNNING = re.compile(r"Non-zero status code returned while running (\S+) node\. "
+                      r"Name:'(.*?)' Status Message: (.*)")
+_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE = re.compile(r"^(\S*/)?\S+\.(h|cc|cpp):\d+ (\S+ )?")
+
+
+def describe_error(error: BaseException, limit: int = 300) -> str:
+    """One line naming the node, for an onnxruntime failure, without its source paths.
+
+    onnxruntime's messages span lines and start with a status code and the C++ file
+    that raised them; the user needs the node and what is wrong with it.
+    """
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = _STATUS.sub("", text)
+    running = _RUNNING.search(text)
+    if running:
+        op, name, status = running.groups()
+        text = f"node '{name}' ({op}): {_SOURCE.sub('', status)}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def session_from_model(

@@ -71,7 +71,15 @@ def load_model(source: ModelSource, *, base_dir: str | os.PathLike | None = None
     else:
         raise InputError(f"cannot load a model from a {type(source).__name__}")
     _require_model(proto, label)
-    model = ir.from_proto(proto)
+    from spa_opt.ir.validate import check_unique_names
+
+    check_unique_names(proto, label)
+    try:
+        model = ir.from_proto(proto)
+    except Exception as error:  # onnx_ir's deserializer names only the graph it was in
+        cause = error.__cause__ or error
+        detail = " ".join(str(cause).split()) or type(cause).__name__
+        raise InputError(f"{label} cannot be read as an ONNX graph: {detail}") from None
     if base_dir is not None:
         ir.external_data.set_base_dir(model.graph, str(base_dir))
     check_external_data(model, base_dir)
@@ -277,7 +285,10 @@ def save_model(
         if target.resolve() in forbidden:
             raise InputError(f"refused to write '{target}': it would overwrite the input")
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=folder))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=folder))
+    except OSError as error:  # a read-only folder, a full disk: the user's environment
+        raise InputError(f"cannot write '{destination}': {error.strerror or error}") from None
     try:
         staged_model = staging / destination.name
         with _inline_external_tensors(model, initializers=not external_data):

@@ -10,7 +10,10 @@ repaired (and counted) as the model is loaded, before any pass:
 - stale or contradictory ``value_info`` (jax2onnx writes shapes from before a
   stride-2 convolution): intermediate shape annotations are only hints, so when the
   full check fails and passes once they are dropped, they are dropped. The graph's
-  inputs and outputs keep their declared types: they are the model's interface.
+  inputs and outputs keep their declared types: they are the model's interface;
+- a graph output declared without a shape (onnxruntime runs it, the checker requires
+  one): the shape ONNX inference gives it is written, so the interface gains only
+  what the graph already implies.
 
 Anything else the checker rejects is left for the passes to report; this module
 never raises on such a model and never changes one it cannot repair.
@@ -22,6 +25,7 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.check import check_model
+from spa_opt.ir.shapes import temporary_shapes
 
 
 def repair_model(model: ir.Model) -> dict[str, int]:
@@ -30,6 +34,9 @@ def repair_model(model: ir.Model) -> dict[str, int]:
     moved = _sort_if_needed(model)
     if moved:
         repairs["nodes-reordered"] = moved
+    shaped = _shape_bare_outputs(model)
+    if shaped:
+        repairs["output-shapes-inferred"] = shaped
     dropped = _drop_stale_value_info(model)
     if dropped:
         repairs["value-info-dropped"] = dropped
@@ -60,6 +67,26 @@ def _sort_if_needed(model: ir.Model) -> int:
         detail = " ".join(str(error).split()) or type(error).__name__
         raise InputError(f"the graph cannot be put in topological order: {detail}") from None
     return late
+
+
+def _shape_bare_outputs(model: ir.Model) -> int:
+    """Give graph outputs without a shape the one inference finds; how many gained one."""
+    bare = [value for value in model.graph.outputs if value.shape is None]
+    if not bare:
+        return 0
+    try:
+        with temporary_shapes(model):
+            inferred = [(value, value.shape, value.type) for value in bare]
+    except Exception:  # inference failing is the check's to report, not this repair's
+        return 0
+    shaped = 0
+    for value, shape, type_ in inferred:
+        if shape is not None:
+            value.shape = shape
+            if value.type is None:
+                value.type = type_
+            shaped += 1
+    return shaped
 
 
 def _full_check_passes(model: ir.Model) -> bool:
