@@ -13,11 +13,13 @@ right names, dtypes and shapes, token ids inside the embedding table. Rules:
   size from ``dims`` (the run's ``input_dims``, from ``--input-dim``), keyed by dim name
   (``{"seq": 128}``) or by ``"input:axis"`` (``{"x:2": 224}``, for unnamed dims); a size
   needed and not given is an error (see :mod:`spa_opt.inputs`).
-- ``.npz``: keys are the input names (any key when the model has one input and the file
-  one array); rank, dtype kind and static dims are checked, floats cast to the input's
-  float type (must stay finite), integers to its integer type (must stay in range);
-  every array has the same number of samples. ``.npy``: the same, one-input models only.
-  Arrays are fed as stored: ``mean``/``std`` are refused (normalise before saving).
+- ``.npz``: keys are the input names (a one-input model also takes one array saved
+  positionally, ``np.savez(f, x)``'s ``arr_0``; a key naming something else is refused:
+  the file was most likely made for another model); rank, dtype kind and static dims
+  are checked, floats cast to the input's float type (must stay finite), integers to
+  its integer type (must stay in range); every array has the same number of samples.
+  ``.npy``: the same, one-input models only. Arrays are fed as stored: ``mean``/``std``
+  are refused (normalise before saving).
 - Decoders with a key/value cache: ``input_ids`` alone is enough; the cache (empty,
   past length 0), ``attention_mask`` (ones), ``position_ids`` (from 0) and the other
   inputs of :mod:`spa_opt.decoder_inputs` that the file leaves out are built for every
@@ -266,13 +268,20 @@ def _labels(label: str, key: str, array: np.ndarray, limit: int | None) -> np.nd
     return array[:limit] if limit is not None else array
 
 
+POSITIONAL_KEY = "arr_0"
+"""The key ``np.savez`` gives an array passed without a name."""
+
+
 def _match_keys(label: str, inputs: list[InputSpec], keys: list[str],
                 optional: set[str] | None = None) -> list[tuple[InputSpec, str]]:
     """Pair inputs with keys; ``optional`` inputs may be missing (they are built)."""
-    if len(inputs) == 1 and len(keys) == 1:
-        return [(inputs[0], keys[0])]
-    optional = optional or set()
     names = [i.name for i in inputs]
+    if len(inputs) == 1 and keys == [POSITIONAL_KEY]:
+        return [(inputs[0], keys[0])]
+    if not set(keys) & set(names):
+        raise InputError(f"{label}: no key matches an input name: keys {keys}, the model's "
+                         f"inputs {names}")
+    optional = optional or set()
     missing = [n for n in names if n not in keys and n not in optional]
     extra = [k for k in keys if k not in names]
     if missing or extra:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
 import traceback
@@ -198,12 +199,17 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise InputError(f"refused to write '{destination}': it is the input model")
     if not destination.parent.resolve().is_dir():
         raise InputError(f"cannot write '{destination}': no folder '{destination.parent}'")
+    if not os.access(destination.parent.resolve(), os.W_OK | os.X_OK):
+        raise InputError(f"cannot write '{destination}': the folder '{destination.parent}' "
+                         "is not writable")
     if args.report:
         report = Path(args.report).resolve()
         if not report.parent.is_dir():
             raise InputError(f"cannot write report '{args.report}': no such folder")
         if report.is_dir():
             raise InputError(f"cannot write report '{args.report}': it is a folder")
+        if not os.access(report.parent, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write report '{args.report}': its folder is not writable")
         models = {source.resolve(), destination.resolve(),
                   destination.resolve().with_name(destination.name + ".data")}
         if report in models:
@@ -213,11 +219,17 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _stage_json(path: Path, data: dict) -> Path:
     """Write ``data`` beside ``path`` under a temporary name; the caller renames it."""
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
+    try:
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
+    except OSError as error:  # the user's environment: permissions, a full disk
+        raise InputError(f"cannot write report '{path}': {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(data, stream, indent=2, allow_nan=False)
             stream.write("\n")
+    except OSError as error:
+        Path(staging).unlink(missing_ok=True)
+        raise InputError(f"cannot write report '{path}': {error.strerror or error}") from None
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
@@ -234,6 +246,8 @@ def _save_outputs(model: Any, destination: Path, report_path: str | None, report
         save_model(model, destination, external_data=external_data, protected=[source])
         if staged is not None:
             try:
+                # mkstemp makes the file 0600; the report is as readable as the model
+                os.chmod(staged, stat.S_IMODE(destination.stat().st_mode))
                 os.replace(staged, report_path)
             except OSError as error:
                 destination.unlink(missing_ok=True)

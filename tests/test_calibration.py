@@ -101,10 +101,19 @@ def test_save_any_input_name(tmp_path):
 def test_npz_casts_floats_and_limits(tmp_path):
     model = passthrough(("x", F, ["n", 3]))
     data = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
-    np.savez(tmp_path / "c.npz", anything=data)  # one input, one array: any key
+    np.savez(tmp_path / "c.npz", data)  # one input, one array saved without a name
     loaded = load_calibration(tmp_path / "c.npz", model, limit=2)
     assert loaded.feeds["x"].dtype == np.float32 and loaded.samples == 2
     np.testing.assert_array_equal(loaded.feeds["x"], data[:2].astype(np.float32))
+
+
+def test_npz_keys_naming_no_input_are_refused_with_keys_and_inputs(tmp_path):
+    """Issue 16: a file saved for another model was used silently."""
+    model = passthrough(("x", F, ["n", 3]))
+    np.savez(tmp_path / "c.npz", image=np.zeros((2, 3), np.float32))
+    message = error(load_calibration, tmp_path / "c.npz", model)
+    assert "no key matches an input name" in message
+    assert "['image']" in message and "['x']" in message
 
 
 def test_npz_integer_ids_cast_in_range(tmp_path):

@@ -76,13 +76,20 @@ def _write_reconstructed(context: PipelineContext) -> int:
     return len(reconstructed)
 
 
-def _nothing_removed(context: PipelineContext, skipped: list) -> str:
+def _nothing_removed(context: PipelineContext, skipped: list, groups: list) -> str:
     """Why a run with prunable groups removed nothing, in words."""
     if context.analyses.selection is not None:
         return "nothing removed: the given selection is empty"
     if context.targets.given:
         if skipped:
             return f"nothing removed: every eligible group was skipped ({len(skipped)})"
+        round_to = context.targets.round_to
+        widest = max((g.channels for g in groups if g.prunable), default=0)
+        if round_to > 1 and 0 < widest <= round_to:
+            # Keeping a multiple of round_to channels means keeping them all (issue 16).
+            return (f"nothing removed: the --round-to step ({round_to} channels) is not "
+                    f"smaller than any prunable group (the widest has {widest} channels), "
+                    "so every group keeps all its channels")
         return "nothing removed: the targets are met without removing a unit"
     if context.analyses.dead is not None:
         return "nothing removed: the dead analysis found no removable zero channels"
@@ -142,7 +149,7 @@ class PrunePass(SpaPass):
         if grown:
             context.report["prune"]["grown"] = grown
         if context.report["prune"]["message"] is None and not removed and not grown:
-            context.report["prune"]["message"] = _nothing_removed(context, skipped)
+            context.report["prune"]["message"] = _nothing_removed(context, skipped, groups)
         context.report["channels"] = {
             "total": sum(g.channels for g in groups if g.prunable),
             "removed": self.stats["channels-removed"],
