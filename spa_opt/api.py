@@ -23,6 +23,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from spa_opt.errors import InputError, OptionError, VerificationError
+from spa_opt.ir.check import check_model
 from spa_opt.ir.cost import count_cost
 from spa_opt.ir.io import ModelSource, load_model, tensor_bytes
 from spa_opt.ir.repair import repair_model
@@ -180,6 +181,7 @@ def optimize(
 
     manager = PassManager(passes, instruments)
     manager(loaded)
+    _check_result(passes, manager.records, loaded)
     after = count_cost(loaded)
     changed = _interface_changes(interface, loaded)
     if changed or io == "rewrite":
@@ -201,6 +203,31 @@ def optimize(
     report = Report(canonical, _targets_dict(targets), manager.records, before, after,
                     verified, dict(context.report))
     return loaded, report
+
+
+def _check_result(passes: Sequence[SpaPass], records: Sequence[Any], model: ir.Model) -> None:
+    """A result is valid whatever the pipeline: the invariant behind exit code 0.
+
+    The input passed these checks on load (:mod:`spa_opt.ir.validate`), so a result
+    that fails them was broken by a pass: a :class:`VerificationError` naming the last
+    pass that changed the model. Skipped when that pass was ``prune`` (it checks its
+    result) or a ``check`` ran after it.
+    """
+    changed = [i for i, record in enumerate(records) if record.modified]
+    if not changed:
+        return
+    last = passes[changed[-1]]
+    if last.name == "prune" and getattr(last.options, "check", False):
+        return
+    if any(p.name == "check" for p in passes[changed[-1] + 1:]):
+        return
+    try:
+        check_model(model)
+    except VerificationError as error:
+        message = str(error).removeprefix("the model is invalid: ")
+        if unknown_operator(message):
+            return
+        raise VerificationError(f"pass '{last.name}' left an invalid model: {message}") from error
 
 
 def _interface(model: ir.Model) -> dict[tuple[str, str], list]:

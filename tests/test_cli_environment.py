@@ -87,3 +87,16 @@ def test_a_round_to_step_wider_than_every_group_says_so(tmp_path: Path, capsys) 
     assert code == 0, err
     assert "--round-to step (1000 channels)" in err and "widest has 8 channels" in err
     assert "targets are met without removing a unit" not in err
+
+
+def test_a_pass_that_breaks_the_model_never_exits_0(tmp_path: Path, capsys) -> None:
+    """Exit 0 means a valid output whatever the pipeline: the last changing pass is named."""
+    from misbehaving_passes import registered
+
+    write_input(tmp_path)
+    with registered():
+        code, _, err = run_cli_in(capsys, tmp_path, ["-p", "test-break-conv-out",
+                                                     "in.onnx", "out.onnx"])
+    assert code == 1
+    assert "pass 'test-break-conv-out' left an invalid model" in err
+    assert not (tmp_path / "out.onnx").exists()

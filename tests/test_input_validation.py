@@ -131,3 +131,20 @@ def test_library_warnings_stay_off_stderr_unless_debug(tmp_path: Path, capfd,
     assert all(line.startswith(("prune: ", "verify: ")) for line in lines), lines
     code, lines = run(tmp_path, capfd, conv_chain(), "--debug")
     assert code == 0 and any("Shape inference failed" in line for line in lines)
+
+
+def test_a_slice_from_zero_without_steps_between_convs_prunes(tmp_path: Path, capfd) -> None:
+    """Issue 16, by hand: Conv -> Slice(starts=[0], no steps) -> Conv was an IndexError."""
+    model = conv_chain()
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(np.array([v], dtype=np.int64), name)
+                              for name, v in (("starts", 0), ("ends", 6), ("axes", 1))])
+    graph.node.insert(2, helper.make_node("Slice", ["a", "starts", "ends", "axes"], ["s"],
+                                          name="cut"))
+    graph.node[-1].input[0] = "s"
+    w2 = numpy_helper.to_array(graph.initializer[1])[:, :6]
+    graph.initializer[1].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w2), "w2"))
+    code, lines = run(tmp_path, capfd, model)
+    assert code == 0, lines
+    assert all(line.startswith(("prune: ", "verify: ")) for line in lines), lines
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
