@@ -224,13 +224,41 @@ def test_gather_indices_are_renumbered_with_negatives_and_duplicates():
     assert const(model, "n_s", 1) == [4, 1, 4]  # kept 0, 1, 3, 4, 5, 7
 
 
-def test_a_patch_that_cannot_follow_skips_the_group():  # both groups of a strided Slice
-    graph = chain([node("Slice", ["h", "st", "en", "ax", "stp"], "s")], "s",
-                  [i64("st", [1]), i64("en", [8]), i64("ax", [1]), i64("stp", [2])], 4)
-    _, data = ratio_half(*graph, FEED)
-    assert data["prune"]["groups"] == []
-    assert [s["why"] for s in data["prune"]["skipped"]] == [
-        "a strided Slice over the channels at node `n_s`"] * 2
+def strided(start: int, end: int, step: int, consumed: int):
+    """``chain`` through ``Slice(h, start, end, axis 1, step)``."""
+    return chain([node("Slice", ["h", "st", "en", "ax", "stp"], "s")], "s",
+                 [i64("st", [start]), i64("en", [end]), i64("ax", [1]), i64("stp", [step])],
+                 consumed)
+
+
+@pytest.mark.parametrize(("bounds", "consumed", "kill", "after"), [
+    ((1, 8, 2), 4, [0], (0, 2, 8)),                    # 1, 3, 5, 7 -> 0, 2, 4, 6
+    ((1, 8, 2), 4, [1], (2, 2, 8)),                    # a picked one: 3, 5, 7 -> 2, 4, 6
+    ((1, 8, 2), 4, [0, 1, 2], (0, 2, 6)),              # 3, 5, 7 -> 0, 2, 4
+    ((-1, -9, -3), 3, [0], (6, -3, -(2**63))),         # 7, 4, 1 -> 6, 3, 0
+    ((-1, -9, -3), 3, [0, 6], None),                   # 7, 4, 1 -> 5, 3, 0: uneven
+    ((1, 8, 2), 4, [0, 2], None),                      # 1, 3, 5, 7 -> 0, 1, 3, 5
+])
+def test_a_strided_slice_keeps_the_channels_it_picks(bounds, consumed, kill, after):
+    """A strided Slice used to skip its groups; it now follows the removal exactly.
+
+    Found by the random architectures of issue 16 (a dead unit that prune skipped).
+    Unevenly spaced survivors need a Gather in front; the Slice then takes the axis.
+    """
+    model, _ = lossless(*strided(*bounds, consumed), {"W1": (0, kill)}, FEED,
+                        removed=len(kill))
+    gathers = [n for n in model.graph if n.op_type == "Gather"]
+    if after is None:
+        assert len(gathers) == 1 and const(model, "n_s", 4) == [1]
+        return
+    assert not gathers
+    assert (const(model, "n_s", 1)[0], const(model, "n_s", 4)[0],
+            const(model, "n_s", 2)[0]) == after
+
+
+def test_a_strided_slice_prunes_by_ratio():
+    _, data = ratio_half(*strided(1, 8, 2, 4), FEED)
+    assert data["prune"]["skipped"] == [] and data["channels"]["removed"] > 0
 
 
 # ---------------------------------------------------------------------- grouped Conv, GroupNorm

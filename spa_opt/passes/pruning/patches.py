@@ -13,7 +13,10 @@ One handler per kind:
   entries whatever subgraph produced them;
 - ``split-sizes``: Split gets explicit sizes (an input from opset 13, an attribute
   before), since equal parts may no longer be equal;
-- ``slice-bounds``: start and end move left by the removed positions before them;
+- ``slice-bounds``: start and end move left by the removed positions before them; a
+  strided Slice gets the start, step and end of the positions it still picks, or, when
+  the removal left them unevenly spaced, a ``Gather`` of exactly those positions in
+  front of it (the Slice then takes the whole axis);
 - ``gather-indices``: indices of removed rows go, the rest are renumbered;
 - ``group``: a depthwise Conv's group count follows its input channels;
 - ``num-groups``: GroupNormalization's group count follows its channels;
@@ -29,8 +32,8 @@ One handler per kind:
   counted at its size), and packed uint8 zero points, several blocks to a byte, are
   repacked without the removed blocks (:func:`spa_opt.ir.nbits.repack_zero_points`).
 
-:func:`problem` says, before selection, when a patch cannot be applied (a strided
-Slice over channels), so the group is skipped instead of producing a wrong model.
+:func:`problem` says, before selection, when a patch cannot be applied (Slice bounds
+that are not constant), so the group is skipped instead of producing a wrong model.
 """
 
 from __future__ import annotations
@@ -67,10 +70,9 @@ def problem(patch: Patch) -> str | None:
         return f"no way to rewrite a {patch.kind} at node `{patch.node}`"
     if patch.kind == "shape-entry" and patch.entry is None:
         return f"the shape entry to rewrite at node `{patch.node}` is unknown"
-    if patch.kind == "slice-bounds" and patch.axis is not None:
-        bounds = _slice_bounds(node, patch.axis[1])
-        if bounds is None or bounds[2] != 1:
-            return f"a strided Slice over the channels at node `{patch.node}`"
+    if (patch.kind == "slice-bounds" and patch.axis is not None
+            and _slice_bounds(node, patch.axis[1]) is None):
+        return f"the Slice bounds at node `{patch.node}` are not constant"
     return None
 
 
@@ -200,7 +202,8 @@ def _slice_bounds(node: ir.Node, axis: int) -> tuple[int, int, int, int] | None:
         steps = _ints(steps_in) if steps_in is not None else np.ones(count, int)
         if starts is None or ends is None or axes is None or steps is None:
             return None
-    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    data = node.inputs[0]
+    rank = len(data.shape) if data is not None and data.shape is not None else None
     for slot, a in enumerate(axes):
         if (a + rank if a < 0 and rank else a) == axis:
             return slot, int(starts[slot]), int(steps[slot]), int(ends[slot])
@@ -214,13 +217,19 @@ def _slice(node: ir.Node, patches: list[Patch], removal: Removal, names: NameAll
               else [int(x) for x in _ints(node.inputs[1])])  # type: ignore[union-attr]
     ends = (list(node.attributes["ends"].as_ints()) if legacy
             else [int(x) for x in _ints(node.inputs[2])])  # type: ignore[union-attr]
+    steps_in = None if legacy or len(node.inputs) < 5 else _ints(node.inputs[4])
+    steps = [1] * len(starts) if steps_in is None else [int(x) for x in steps_in]
     for patch in patches:
         data, axis = patch.axis  # type: ignore[misc]
         found = removal.get(data, axis)
         bounds = _slice_bounds(node, axis)
         assert found is not None and bounds is not None
-        slot, start, _, end = bounds
+        slot, start, step, end = bounds
         extent, removed = found.extent, found.positions
+        if step != 1:
+            starts[slot], steps[slot], ends[slot] = _strided(node, data, axis, removal,
+                                                             (start, step, end), names)
+            continue
 
         def moved(bound: int, extent: int = extent, removed: np.ndarray = removed) -> int:
             if bound >= extent:
@@ -235,6 +244,51 @@ def _slice(node: ir.Node, patches: list[Patch], removal: Removal, names: NameAll
     else:
         _replace_input(node, 1, np.array(starts), names)
         _replace_input(node, 2, np.array(ends), names)
+        if steps_in is not None:
+            _replace_input(node, 4, np.array(steps), names)
+
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _strided(node: ir.Node, data: ir.Value, axis: int, removal: Removal,
+             bounds: tuple[int, int, int], names: NameAllocator) -> tuple[int, int, int]:
+    """New ``(start, step, end)`` of a strided Slice on ``axis`` of ``data``.
+
+    The Slice keeps picking the positions it picked that survive, renumbered. When
+    they are no longer evenly spaced (a removed position between two picked ones, in
+    one gap and not another), no step spells them: a ``Gather`` of exactly those
+    positions goes in front of the Slice, which then takes the whole axis.
+    """
+    start, step, end = bounds
+    found = removal.get(data, axis)
+    assert found is not None
+    picked = np.arange(found.extent)[slice(start, end, step)]
+    renumber = np.full(found.extent, -1, dtype=np.int64)
+    renumber[found.kept] = np.arange(found.kept.size)
+    kept = renumber[picked]
+    kept = kept[kept >= 0]
+    if kept.size <= 1:
+        first = int(kept[0]) if kept.size else 0
+        return first, 1, first + int(kept.size)
+    gaps = np.diff(kept)
+    if np.all(gaps == gaps[0]):
+        last, gap = int(kept[-1]), int(gaps[0])
+        return int(kept[0]), gap, last + gap if last + gap >= 0 else _INT64_MIN
+    dims = removal.new_dims(data)
+    if dims is not None:
+        dims[axis] = int(kept.size)
+    label = node.name or node.op_type
+    gathered = ir.Value(name=names(f"{label}_picked"), type=data.type,
+                        shape=ir.Shape(dims) if dims is not None else None)
+    index = names.initializer(kept.astype(np.int64), f"{label}_picked_indices")
+    gather = ir.Node("", "Gather", [data, index], outputs=[gathered],
+                     attributes=[ir.AttrInt64("axis", axis)], name=names(f"{label}_gather"))
+    assert node.graph is not None
+    node.graph.insert_before(node, gather)
+    node.replace_input_with(0, gathered)
+    return 0, 1, _INT64_MAX
 
 
 @_handles("gather-indices")
