@@ -148,3 +148,19 @@ def test_a_slice_from_zero_without_steps_between_convs_prunes(tmp_path: Path, ca
     assert code == 0, lines
     assert all(line.startswith(("prune: ", "verify: ")) for line in lines), lines
     onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+
+
+def test_a_declared_shape_the_graph_contradicts_once_folded_is_bad_input(tmp_path: Path,
+                                                                         capfd) -> None:
+    """Found by the fuzzer (segformer, a Transpose inserted): the checker passed the input,
+    fold-constants resolved the Shape -> Reshape chain, and its result failed the check."""
+    table = numpy_helper.from_array(np.arange(6, dtype=np.float32), "table")
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["table", "s"], ["r"], name="reshape"),
+             helper.make_node("Add", ["r", "x"], ["y"], name="add")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [table])
+    model.graph.node[2].input[1] = "r"  # y = r + r: shape [2, 3] ...
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 3  # ... declared [3, 3]
+    code, lines = run(tmp_path, capfd, model)
+    assert_rejected(tmp_path, code, lines, "input model is invalid", "differ")

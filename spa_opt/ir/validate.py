@@ -11,6 +11,8 @@ input is judged first, and whatever makes it unusable is an
   graph outputs without a shape): the onnx checker's full check, strict shape
   inference and the channel counts of :func:`spa_opt.ir.check.check_model`, the same
   rules ``prune`` holds its result to, so a result can only fail them by our fault;
+  and strict inference with data propagation (a declared shape the graph contradicts
+  only once its shape computations fold);
 - onnxruntime builds a session of it (:func:`input_session`): a model onnxruntime
   refuses is refused, in one line naming the node (:func:`spa_opt.ort.describe_error`).
 
@@ -81,6 +83,7 @@ def check_input(model: ir.Model) -> None:
         value.const_value = None
     try:
         check_model(model)
+        _infer_with_data_propagation(model)
     except VerificationError as error:
         message = str(error).removeprefix("the model is invalid: ")
         if unknown_operator(message):
@@ -90,6 +93,25 @@ def check_input(model: ir.Model) -> None:
         for value, tensor in mapped:
             value.const_value = tensor
         _restore(model, initializers, saved)
+
+
+def _infer_with_data_propagation(model: ir.Model) -> None:
+    """Strict inference with data propagation, as the graph will be once folded.
+
+    A declared shape (a graph output's, typically) can contradict what the graph
+    computes only once ``Shape`` -> ``Reshape`` chains are folded: the checker passes
+    the input, and ``fold-constants`` then leaves a model that fails it.
+    """
+    from onnx_ir.passes.common import _c_api_utils
+
+    def infer(proto: onnx.ModelProto) -> None:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
+                                          data_prop=True)
+
+    try:
+        _c_api_utils.call_onnx_api(infer, model)
+    except onnx.shape_inference.InferenceError as error:
+        raise VerificationError(" ".join(str(error).split())) from error
 
 
 def _restore(model: ir.Model, initializers: list[ir.Value], saved: list) -> None:
