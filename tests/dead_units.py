@@ -17,6 +17,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import helper
 
+from spa_opt.ir import nbits
 from spa_opt.ir.quant import expand, quantization_of
 from spa_opt.ort import quiet_session_options
 from spa_opt.passes.coupling.groups import Group
@@ -43,7 +44,17 @@ def randomize_weights(model: ir.Model, seed: int = 0) -> None:
 
 
 def zero_code(value: ir.Value, data: np.ndarray) -> np.ndarray:
-    """What ``data`` holds where it stands for 0: its zero point for quantized codes."""
+    """What ``data`` holds where it stands for 0: its zero point for quantized codes.
+
+    MatMulNBits' packed ``[N, blocks, bytes]`` codes stand for 0 at each block's zero
+    point, packed as the codes are (4-bit: ``zp | zp << 4``, 0x88 for the default 8).
+    """
+    packed = nbits.reader_of(value) if data.dtype == np.uint8 else None
+    if packed is not None and data.ndim == 3:
+        points = nbits.zero_points(packed)
+        if points is not None:
+            codes = np.repeat(points.astype(np.uint8)[..., None], packed.block_size, axis=2)
+            return nbits.pack(codes, packed.bits).reshape(data.shape)
     quantization = quantization_of(value) if data.dtype.kind in "iu" else None
     if quantization is None or quantization.zero_point is None:
         return np.zeros_like(data)

@@ -33,7 +33,7 @@ from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.passes.group import groups_of
 from spa_opt.verify import compare, random_inputs
 from tests.conftest import GOLDEN
-from tests.dead_units import KEEP_ROLES, randomize_weights, run
+from tests.dead_units import KEEP_ROLES, randomize_weights, run, zero_code
 
 _spec = importlib.util.spec_from_file_location(
     "update_expected", GOLDEN / "scripts" / "update_expected.py"
@@ -149,25 +149,20 @@ def _kill_everywhere(model: ir.Model, groups: list[Group], seed: int) -> dict[st
             data = arrays[id(value)][1]
             index = [slice(None)] * data.ndim
             index[member.axis] = member.index_map.take(units)
-            data[tuple(index)] = 0
+            data[tuple(index)] = zero_code(value, data)[tuple(index)]
     for value, data in arrays.values():
         value.const_value = ir.tensor(data, name=value.name)
     return killed
 
 
-DEAD_UNPROVEN = (".qdq", ".qop", ".ortopt", ".bf16", ".dynq", ".nbits")
-"""Models whose killed units ``dead`` cannot prove zero yet (issue 15, left open): a zero
-activation crosses a QuantizeLinear/DequantizeLinear pair (or a QLinear op) as the zero
-point, which the lattice does not follow; onnxruntime's fused contrib ops have no zero
-facts in the operator table; the bf16 conversion and the dynamic quantization read
-their biases through Casts and DequantizeLinear views whose zero facts do not reach the
-Add; MatMulNBits' packed 4-bit codes are zero at their zero point (8), not at byte 0,
-and the kill above writes 0. The prune sweep above still checks these models."""
-
-
-@pytest.mark.parametrize("key", sorted(k for k in MODELS
-                                       if not any(kind in k for kind in DEAD_UNPROVEN)))
+@pytest.mark.parametrize("key", sorted(MODELS))
 def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
+    """Every model, the deployment graphs too: killed units are written as the code that
+    stands for 0 (a quantized weight's zero point, MatMulNBits' packed zero points), and
+    ``dead`` follows them through Q/DQ pairs, QLinear ops, dynamic quantization, Casts
+    and onnxruntime's fused ops (spa_opt.passes.zeros). Removing zero channels moves no
+    quantization parameter (a static scale is a constant, a dynamic one spans the range
+    with 0 in it), so quantized graphs are exact too: the 1e-5 bound holds for all."""
     model = load_model(onnx.load_from_string(source(key)))
     repair_model(model)  # as the run below does on load
     context = PipelineContext().attach(model)

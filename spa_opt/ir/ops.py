@@ -19,6 +19,9 @@ plus one row here. A row says:
     broadcast along it is an all-zero constant;
   - ``"weighted"``: contraction with a constant weight (see ``weighted``);
   - ``"norm"``: normalizations, zero when the channel's scale and shift are zero;
+  - quantization and fused kinds (``"quantize"``, ``"dequantize"``,
+    ``"quantized-contraction"``, ``"qlinear-*"``, ``"skip-norm"``, ``"attention"``,
+    ``"nbits"``, ``"fused-conv"``): one rule each in :mod:`spa_opt.passes.zeros`;
   - ``None``: nothing is known (the channel is not proved zero);
 - ``flops``: operations per output element for ops that are not contractions
   (``"reduce"``: one per *input* element, ``"window"``: one per window element);
@@ -36,7 +39,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-ZeroKind = Literal["moving", "sum", "product", "weighted", "norm"]
+ZeroKind = Literal["moving", "sum", "product", "weighted", "norm", "quantize", "dequantize",
+                   "quantized-contraction", "qlinear-sum", "qlinear-product",
+                   "qlinear-moving", "skip-norm", "attention", "nbits", "fused-conv"]
 FlopKind = int | Literal["reduce", "window"]
 
 
@@ -91,17 +96,18 @@ OPS: dict[str, OpInfo] = {
     "RMSNormalization": OpInfo(zero="norm", flops=4),
     **_rows("Softmax LogSoftmax", flops=3),
     # --- quantization (rules: passes/rules/quant.py) ---
-    # No zero facts: Q of a zero channel is its zero point's code, DQ of a zero code is
-    # zero only when the zero point is, and neither is checked per node here.
+    # Zero facts: Q of a zero channel is its zero point's code, DQ of the zero point is 0;
+    # passes/zeros/quant_rules.py checks the zero points agree.
     # Q: divide, round, add, saturate; DQ: subtract, multiply; dynamic Q also scans the
     # range.
-    **_rows("QuantizeLinear", flops=4),
-    **_rows("DequantizeLinear", flops=2),
-    **_rows("DynamicQuantizeLinear", flops=6),
+    **_rows("QuantizeLinear", zero="quantize", flops=4),
+    **_rows("DequantizeLinear", zero="dequantize", flops=2),
+    **_rows("DynamicQuantizeLinear", zero="quantize", flops=6),
     # Quantized contractions: weights are not at input 1 (QLinear*) or are integer codes
     # read with zero points (ConvInteger, MatMulInteger), so not `weighted` (the dead
     # analysis would read raw codes as weights); ir/cost.py counts their MACs.
-    **_rows("QLinearConv QLinearMatMul ConvInteger MatMulInteger"),
+    **_rows("QLinearConv QLinearMatMul ConvInteger MatMulInteger",
+            zero="quantized-contraction"),
     # --- end quantization ---
 }
 
@@ -109,29 +115,34 @@ OPS: dict[str, OpInfo] = {
 # Keyed by (domain, op). `weighted` here means: a contraction with a constant weight
 # at input 1 whose cost ir/cost.py counts (packed qkv, transposed operands, 4-bit rows
 # are handled there); these ops are not in WEIGHTED, whose readers assume ONNX layouts.
-# Zero kinds only where the ONNX-domain semantics hold as they are: f(0) = 0 unary ops
-# (moving), bias-then-f(0)=0 ops whose every input carries the channel (sum), and
-# FusedMatMul (alpha * A @ B, a product). The norms (gamma at input 2), attention,
-# EmbedLayerNormalization, FusedConv (its activation may not keep 0) and MatMulNBits
-# (packed codes) give None.
+# Zero kinds: the ONNX-domain ones where their semantics hold as they are (f(0) = 0
+# unary ops: moving; bias-then-f(0)=0 ops: sum; FusedMatMul, alpha * A @ B: product;
+# the norms with gamma at input 1), and rules of their own (passes/zeros/contrib_rules.py)
+# for the skip norms, Attention, MatMulNBits and FusedConv. EmbedLayerNormalization,
+# MultiHeadAttention and GroupQueryAttention give None (no fact).
 CONTRIB_OPS: dict[tuple[str, str], OpInfo] = {
     **{("com.microsoft", op): info for op, info in {
         # attention: (packed qkv projection) + Q.K^T + A.V, counted by ir/cost.py
-        "Attention": OpInfo(weighted=True),
+        "Attention": OpInfo(weighted=True, zero="attention"),
         **_rows("MultiHeadAttention GroupQueryAttention"),
         "RotaryEmbedding": OpInfo(flops=3),
-        **_rows("SkipLayerNormalization", flops=6),
-        **_rows("SkipSimplifiedLayerNormalization", flops=5),
+        **_rows("SkipLayerNormalization", zero="skip-norm", flops=6),
+        **_rows("SkipSimplifiedLayerNormalization", zero="skip-norm", flops=5),
         "EmbedLayerNormalization": OpInfo(flops=7),
-        "LayerNormalization": OpInfo(flops=5),
-        "SimplifiedLayerNormalization": OpInfo(flops=4),
+        "LayerNormalization": OpInfo(zero="norm", flops=5),
+        "SimplifiedLayerNormalization": OpInfo(zero="norm", flops=4),
         **_rows("Gelu QuickGelu", zero="moving", flops=8),
         **_rows("FastGelu BiasGelu", zero="sum", flops=9),
         "BiasAdd": OpInfo(zero="sum", flops=2),
         "BiasSplitGelu": OpInfo(zero="sum", flops=10),
         "FusedMatMul": OpInfo(weighted=True, zero="product"),
-        "FusedConv": OpInfo(weighted=True, flops=1),
-        "MatMulNBits": OpInfo(weighted=True),
+        "FusedConv": OpInfo(weighted=True, zero="fused-conv", flops=1),
+        "MatMulNBits": OpInfo(weighted=True, zero="nbits"),
+        # QOperator ops onnxruntime keeps in its domain (ir/cost.py counts QGemm's MACs)
+        "QGemm": OpInfo(zero="quantized-contraction"),
+        "QLinearAdd": OpInfo(zero="qlinear-sum"),
+        "QLinearMul": OpInfo(zero="qlinear-product"),
+        **_rows("QLinearGlobalAveragePool QLinearLeakyRelu", zero="qlinear-moving"),
     }.items()},
     # onnxruntime registers these in the ONNX domain (onnx.checker rejects them)
     ("", "SimplifiedLayerNormalization"): OpInfo(zero="norm", flops=4),
