@@ -2,7 +2,8 @@
 
 Two tests per model, both through the public API the CLI uses:
 
-- the sweep: ``couple,group,l1,prune`` at ratios 0.1, 0.3 and 0.5 in both scopes.
+- the sweep: ``couple,group,l1,prune`` at ratios 0.1, 0.3 and 0.5 in both scopes
+  (two of the six combinations in the default run, the others in CI's slow step).
   Each result passes the full checker (``prune`` checks before returning), runs in
   onnxruntime (``verify``), keeps its declared inputs and outputs, and its params and
   FLOPs fall exactly as the report says (recounted on the saved and reloaded file);
@@ -69,12 +70,33 @@ def signature(proto: onnx.ModelProto) -> list[tuple[str, str]]:
     return [(v.name, str(v.type)) for v in (*proto.graph.input, *proto.graph.output)]
 
 
-@pytest.mark.parametrize("key", deploy_slow(sorted(MODELS)))
-def test_prune_sweep_is_valid_smaller_and_as_reported(key: str, tmp_path) -> None:
+REDUCED = [("local", 0.5), ("global", 0.3)]
+"""The combinations of the default run; CI's slow step runs the rest of ``COMBINATIONS``."""
+
+
+def sweep_params() -> list:
+    """Every model with the reduced combinations, and in the slow step the others.
+
+    The zoo's big graphs take seconds per run and the deployment variants repeat their
+    float sources' graphs: they run the reduced combinations only, and those of the
+    deployment variants in the slow step.
+    """
+    rest = [c for c in COMBINATIONS if c not in REDUCED]
+    params = []
+    for key in sorted(MODELS):
+        deploy = key.startswith("deploy/")
+        marks = [pytest.mark.slow] if deploy else []
+        params.append(pytest.param(key, REDUCED, id=f"{key}-reduced", marks=marks))
+        if not deploy and key not in BIG:
+            params.append(pytest.param(key, rest, id=f"{key}-rest", marks=pytest.mark.slow))
+    return params
+
+
+@pytest.mark.parametrize(("key", "combinations"), sweep_params())
+def test_prune_sweep_is_valid_smaller_and_as_reported(
+    key: str, combinations: list[tuple[str, float]], tmp_path
+) -> None:
     original = onnx.load_from_string(source(key))
-    # The deployment variants repeat their float sources' graphs: two combinations each.
-    reduced = key in BIG or key.startswith("deploy/")
-    combinations = [("local", 0.5), ("global", 0.3)] if reduced else COMBINATIONS
     for scope, ratio in combinations:
         model, report = spa_opt.optimize(onnx.load_from_string(source(key)),
                                          "couple,group,l1,prune", ratio=ratio,
