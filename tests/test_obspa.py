@@ -43,7 +43,7 @@ def accuracy(model) -> float:
     return float((logits.argmax(axis=1) == TEST["label"]).mean())
 
 
-QUANTIZED = (".qdq", ".qop", ".dynq")
+QUANTIZED = (".qdq", ".qop", ".dynq", ".nbits")
 """Golden models with quantized weights (see ``obspa``'s docstring for why it refuses)."""
 
 

@@ -37,7 +37,7 @@ Rules:
 - fp16/bf16 weights are read and solved in float64 and written back in the model's
   dtype;
 - quantized graphs (a ``DequantizeLinear`` of integer weights, or QLinearConv /
-  QLinearMatMul / ConvInteger / MatMulInteger weights) are refused with an
+  QLinearMatMul / ConvInteger / MatMulInteger weights, MatMulNBits) are refused with an
   ``InputError`` (exit 2) naming a weight. Measured on a QDQ CNN (3 Conv + Gemm,
   ``quantize_static`` per-channel int8, ``--ratio 0.3``, noise Hessians): re-quantizing
   the reconstructed weights with the existing per-channel scales clips 42 of 1562 codes
@@ -89,8 +89,15 @@ QUANTIZED = ("obspa: `{name}` is a quantized weight; obspa reconstructs float we
              "up to 16% weight error per layer): run obspa on the float model, then quantize")
 
 
+BLOCK_QUANTIZED = ("obspa: `{name}` is a MatMulNBits ({bits}-bit weights in blocks of "
+                   "{block}); obspa reconstructs float weights, and re-quantizing them into "
+                   "blocks about doubles the quantization error (bench/nbits_requant.py): run "
+                   "obspa on the float model, then quantize")
+
+
 def _refuse_quantized(model: ir.Model) -> None:
-    """Stop on a quantized graph (QDQ weights or QOperator ops), naming one weight."""
+    """Stop on a quantized graph (QDQ weights, QOperator ops, MatMulNBits), naming one."""
+    from spa_opt.ir.nbits import nbits_of
     from spa_opt.ir.quant import quantization_of
 
     for graph in model.graphs():
@@ -98,6 +105,12 @@ def _refuse_quantized(model: ir.Model) -> None:
             tensor = value.const_value
             if tensor is not None and tensor.dtype.is_integer() and quantization_of(value):
                 raise InputError(QUANTIZED.format(name=value.name))
+        for node in graph:
+            packed = nbits_of(node)
+            if packed is not None:
+                raise InputError(BLOCK_QUANTIZED.format(
+                    name=node.name or packed.input(1).name, bits=packed.bits,
+                    block=packed.block_size))
 
 
 NO_CONSUMER = ("obspa: no consumer layer (Conv with group 1, Gemm, or MatMul with a "
