@@ -19,6 +19,7 @@ from onnx import helper
 
 from spa_opt.ir import nbits
 from spa_opt.ir.quant import expand, quantization_of
+from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ort import quiet_session_options
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.coupling.solver import Coupling
@@ -83,17 +84,31 @@ def kill(model: ir.Model, group: Group, units: np.ndarray) -> onnx.ModelProto:
     return proto
 
 
-def expose(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """The model with ``names`` added as graph outputs (typed by shape inference)."""
+def element_types(model: ir.Model) -> dict[str, int]:
+    """Element types of every computed value, from spa-opt's shape inference (which
+    types onnxruntime's contrib ops; ONNX inference leaves them untyped)."""
+    with temporary_shapes(model):
+        return {out.name: out.dtype.value for node in model.graph for out in node.outputs
+                if out.dtype is not None}
+
+
+def expose(proto: onnx.ModelProto, names: list[str],
+           model: ir.Model | None = None) -> onnx.ModelProto:
+    """The model with ``names`` added as graph outputs (typed by ONNX shape inference,
+    else by :func:`element_types` of ``model``, else float)."""
     inferred = onnx.shape_inference.infer_shapes(proto)
     infos = {vi.name: vi for vi in inferred.graph.value_info}
+    untyped = model is not None and any(n not in infos for n in names)
+    recorded = {name: helper.make_tensor_value_info(name, dtype, None)
+                for name, dtype in (element_types(model) if untyped else {}).items()}
     present = {o.name for o in proto.graph.output}
     result = onnx.ModelProto()
     result.CopyFrom(proto)
     for name in names:
         if name in present:
             continue
-        info = infos.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        info = infos.get(name) or recorded.get(name) or helper.make_tensor_value_info(
+            name, onnx.TensorProto.FLOAT, None)
         result.graph.output.append(info)
     return result
 
@@ -172,7 +187,10 @@ def broadcast_mixed(group: Group) -> set[str]:
         member_in = [by_value[v.name] for v in node.inputs if v is not None and v.name in by_value]
         if not member_in or not any(v.name in by_value for v in node.outputs):
             continue
-        rank = max(len(v.shape) for v in node.inputs if v is not None and v.shape is not None)
+        rank = max((len(v.shape) for v in node.inputs if v is not None and v.shape is not None),
+                   default=None)
+        if rank is None:  # an unshaped contrib op: nothing to tell broadcast from
+            continue
         for other in node.inputs:
             if other is None or other.name in by_value or other.const_value is not None:
                 continue
@@ -184,27 +202,71 @@ def broadcast_mixed(group: Group) -> set[str]:
     return descendants(starts)
 
 
+def dynamic_codes(value: ir.Value) -> tuple[str, str] | None:
+    """(scale, zero point) names when ``value`` is DynamicQuantizeLinear's codes."""
+    node = value.producer()
+    if node is None or node.op_type != "DynamicQuantizeLinear" or node.outputs[0] is not value:
+        return None
+    return node.outputs[1].name, node.outputs[2].name
+
+
+def exposed_names(groups: list[Group]) -> list[str]:
+    """Every activation member of ``groups``, and the run-time quantization parameters
+    of dynamically quantized ones (see :func:`check_dead_units`)."""
+    names = {m.name for g in groups for m in g.members if m.kind in ("value", "output")}
+    names |= {n for g in groups for m in g.members if m.kind in ("value", "output")
+              for n in dynamic_codes(m.value) or ()}
+    return sorted(names)
+
+
+def _dequantized(run_: dict[str, np.ndarray], value: ir.Value) -> tuple[np.ndarray, float]:
+    scale, zero = dynamic_codes(value)
+    step = float(run_[scale])
+    return (run_[value.name].astype(np.float64) - float(run_[zero])) * step, step
+
+
 def check_dead_units(
     model: ir.Model, coupling: Coupling, group: Group, units: np.ndarray,
     feeds: list[dict], reference: list[dict[str, np.ndarray]],
 ) -> list[str]:
-    """Problems found when ``units`` of ``group`` are dead (empty list: correct)."""
+    """Problems found when ``units`` of ``group`` are dead (empty list: correct).
+
+    Both runs expose the same values (the reference's): onnxruntime fuses QDQ pairs
+    into integer kernels only where the intermediate values are not graph outputs, so
+    exposing different sets compares two arithmetics. DynamicQuantizeLinear's codes
+    are compared as the real values they stand for: a dead unit holds the run-time zero
+    point (real 0), and killing units moves the tensor's range, so the other channels
+    are re-rounded to the new grid: each run is within half its step of the same real
+    value (the range covers it, so nothing clips), hence within one step of each other.
+    """
     activations = [m for m in group.members if m.kind in ("value", "output")]
-    names = sorted({m.name for m in activations})
-    dead = run(expose(kill(model, group, units), names), feeds)
+    names = sorted(reference[0])
+    dead = run(expose(kill(model, group, units), names, model), feeds)
     after_norm = downstream_of_consumers(coupling, group)
     mixed = broadcast_mixed(group)
     problems = []
     for member in activations:
         positions = member.index_map.take(units)
         others = np.setdiff1d(np.arange(member.index_map.extent), positions)
-        first, second = (np.take(run_[member.name], positions, axis=member.axis) for run_ in dead)
+        dynamic = dynamic_codes(member.value) is not None
+        first, second = (np.take(_dequantized(run_, member.value)[0] if dynamic
+                                 else run_[member.name], positions, axis=member.axis)
+                         for run_ in dead)
         if member.name not in mixed and not np.allclose(first, second, rtol=1e-5, atol=1e-5):
             problems.append(f"{member.name}:{member.axis} units {units.tolist()} are not "
                             "input-independent")
         if member.name in after_norm:
             continue
         for run_, ref in zip(dead, reference, strict=True):
+            if dynamic:
+                (got, step), (want, ref_step) = (_dequantized(r, member.value)
+                                                 for r in (run_, ref))
+                got, want = (np.take(v, others, axis=member.axis) for v in (got, want))
+                if not np.all(np.abs(got - want) <= max(step, ref_step) * (1 + 1e-6)):
+                    problems.append(f"{member.name}:{member.axis} other channels changed "
+                                    "by more than one quantization step")
+                    break
+                continue
             got = np.take(run_[member.name], others, axis=member.axis)
             want = np.take(ref[member.name], others, axis=member.axis)
             scale = max(1.0, float(np.abs(want).max(initial=0.0)))

@@ -24,7 +24,13 @@ from spa_opt.passes.coupling.solver import Coupling
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.verify import random_inputs
 from tests.conftest import GOLDEN
-from tests.dead_units import check_dead_units, expose, randomize_weights, run
+from tests.dead_units import (
+    check_dead_units,
+    expose,
+    exposed_names,
+    randomize_weights,
+    run,
+)
 
 _spec = importlib.util.spec_from_file_location(
     "update_expected", GOLDEN / "scripts" / "update_expected.py"
@@ -66,28 +72,22 @@ def test_groups_match_the_expectation_file(key: str) -> None:
         pytest.fail(f"groups of {key} changed (update_expected.py rewrites them):\n{diff[:6000]}")
 
 
-NUMERICALLY_COUPLED = ("deploy/bert_cls.dynq", "deploy/bert_cls.qdq", "deploy/resnet_cls.qop",
-                       "deploy/bert_cls.ortopt", "deploy/llama_kv.ortopt",
-                       "deploy/llama_kv.nbits")
-"""Deployment variants this check cannot judge (issue 15, left open): quantized
-activations share one scale over the tensor (dynamic quantization computes it at run
-time), so zeroing units moves every other channel's codes; onnxruntime's fused graphs
-hit index-map mismatches in the fused ops this check does not model yet (max() of an
-empty mask in llama_kv.ortopt); the 4-bit Llama's packed codes have no zero code
-the kill writes (MatMulNBits is zero at its zero point, byte 0x88). Their groups
-are pinned by the expectation files, and the prune sweep runs them."""
-
-
-@pytest.mark.parametrize("key", sorted(k for k in MODELS if k not in NUMERICALLY_COUPLED))
+@pytest.mark.parametrize("key", sorted(MODELS))
 def test_dead_units_appear_exactly_where_the_index_maps_say(key: str) -> None:
+    """Every model, the deployment graphs too. Quantized graphs need no exception: a
+    killed unit of a static QDQ or QOperator tensor holds its zero point (a per-tensor
+    scale is a constant, so no other code moves); dynamically quantized codes are
+    compared as real values within one quantization step (tests/dead_units.py says
+    why); the reference and the killed run expose the same values, since onnxruntime
+    fuses QDQ pairs into integer kernels only where no intermediate is an output."""
     model, coupling, groups = analysed(key)
     prunable = [g for g in groups if g.prunable]
     assert prunable, f"{key}: no prunable group"
     if key in BIG:
         prunable = prunable[:: max(1, len(prunable) // 3)][:3]
     feeds = random_inputs(model, 2, seed=1)
-    names = sorted({m.name for g in prunable for m in g.members if m.kind in ("value", "output")})
-    reference = run(expose(ir.serde.serialize_model(model), names), feeds)
+    reference = run(expose(ir.serde.serialize_model(model), exposed_names(prunable), model),
+                    feeds)
     rng = np.random.default_rng(0)
     problems = []
     for group in prunable:
