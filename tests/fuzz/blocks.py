@@ -304,7 +304,7 @@ def resize(graph: Graph, t: Tensor) -> Tensor:
 
 def squeeze_excite(graph: Graph, t: Tensor) -> Tensor:
     """Global pool, bottleneck 1x1 Convs, Sigmoid gate multiplied into the channels."""
-    n, c = t.shape[0], t.channels
+    c = t.channels
     hidden = graph.choices.integer(1, max(1, c))
     s = graph.op1("GlobalAveragePool", [t.name])
     s = graph.op1("Conv", [s, graph.weight(hidden, c, 1, 1), graph.weight(hidden, low=-0.5)],
@@ -313,7 +313,6 @@ def squeeze_excite(graph: Graph, t: Tensor) -> Tensor:
     s = graph.op1("Conv", [s, graph.weight(c, hidden, 1, 1), graph.weight(c, low=-0.5)],
                   kernel_shape=[1, 1])
     gate = graph.op1("Sigmoid", [s])
-    del n
     return Tensor(graph.op1("Mul", [t.name, gate]), list(t.shape))
 
 
@@ -324,6 +323,24 @@ def channels_last(graph: Graph, t: Tensor) -> Tensor:
     out = graph.choices.integer(1, graph.limits.channels)
     y = graph.op1("MatMul", [y, graph.weight(t.channels, out)])
     return Tensor(graph.op1("Transpose", [y], perm=[0, 3, 1, 2]), [n, out, h, w])
+
+
+def shuffle(graph: Graph, t: Tensor) -> Tensor:
+    """ShuffleNet's channel shuffle: Reshape [N, g, C/g, H, W], swap g and C/g, back."""
+    _, c, h, w = t.shape
+    groups = graph.choices.choice([d for d in range(2, c) if c % d == 0])
+    y = graph.op1("Reshape", [t.name, graph.ints([0, groups, c // groups, h, w])])
+    y = graph.op1("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    return Tensor(graph.op1("Reshape", [y, graph.ints([0, c, h, w])]), list(t.shape))
+
+
+def spatial_concat(graph: Graph, t: Tensor) -> Tensor:
+    """Branches of equal width concatenated along height: their channels go together."""
+    width = graph.choices.integer(1, graph.limits.channels)
+    parts = [project(graph, t, width) for _ in range(graph.choices.integer(2, 3))]
+    y = graph.op1("Concat", [p.name for p in parts], axis=graph.choices.choice([2, -2]))
+    n, _, h, w = t.shape
+    return Tensor(y, [n, width, int(h) * len(parts), w])
 
 
 def to_sequence(graph: Graph, t: Tensor) -> Tensor:
@@ -393,9 +410,13 @@ def attention(graph: Graph, t: Tensor) -> Tensor:
 def mlp(graph: Graph, t: Tensor) -> Tensor:
     """Up projection, activation, down projection, residual Add."""
     hidden = linear(graph, t, graph.choices.integer(1, 2 * graph.limits.channels))
-    options = ["relu", "sigmoid", "swish"] + (["gelu"] if graph.opset >= 20 else [])
+    options = ["relu", "sigmoid", "swish", "glu"] + (["gelu"] if graph.opset >= 20 else [])
     kind = graph.choices.choice(options)
-    if kind == "swish":
+    if kind == "glu":  # SwiGLU: a gate projection multiplied into the up projection
+        gate = linear(graph, t, hidden.channels).name
+        h = graph.op1("Mul", [graph.op1("Mul", [gate, graph.op1("Sigmoid", [gate])]),
+                              hidden.name])
+    elif kind == "swish":
         h = graph.op1("Mul", [hidden.name, graph.op1("Sigmoid", [hidden.name])])
     else:
         h = graph.op1({"relu": "Relu", "sigmoid": "Sigmoid", "gelu": "Gelu"}[kind],
@@ -406,6 +427,10 @@ def mlp(graph: Graph, t: Tensor) -> Tensor:
 
 def _multi_channel(graph: Graph, t: Tensor) -> bool:
     return t.channels >= 2
+
+
+def _composite(graph: Graph, t: Tensor) -> bool:
+    return any(t.channels % d == 0 for d in range(2, t.channels))
 
 
 def _opset(minimum: int) -> Fits:
@@ -428,6 +453,7 @@ BLOCKS: dict[str, list[Block]] = {
               Block("concat-tree", concat_tree), Block("pool", pool),
               Block("resize", resize, _small_image), Block("se", squeeze_excite),
               Block("channels-last", channels_last), Block("to-sequence", to_sequence),
+              Block("shuffle", shuffle, _composite), Block("spatial-concat", spatial_concat),
               Block("to-flat", image_to_flat, _flattenable)],
     "seq": [Block("linear", linear), Block("layernorm", norm, _opset(17)), *_COMMON,
             Block("attention", attention), Block("mlp", mlp),

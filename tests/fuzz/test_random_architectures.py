@@ -38,7 +38,7 @@ def _settings(examples: int) -> settings:
 
 
 RATIOS = st.floats(0.05, 0.95).map(lambda r: round(r, 2))
-SLOW = 4
+SLOW = 3
 """How many times more examples the ``slow`` variants try."""
 
 
