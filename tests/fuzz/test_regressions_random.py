@@ -8,6 +8,7 @@ Slice); here is the shape the generator found it in.
 
 from __future__ import annotations
 
+import pytest
 from onnx import numpy_helper
 
 import spa_opt
@@ -66,3 +67,24 @@ def test_an_unevenly_spaced_survivor_set_goes_through_a_gather() -> None:
     assert data["channels"]["removed"] == 1 and data["verify"]["max_abs_err"] <= 1e-5
     assert [n.op_type for n in model.graph] == ["Conv", "Gather", "Slice", "Conv"]
     assert check_prune(proto, 0.5) > 0
+
+
+@pytest.mark.xfail(strict=True, reason="dead counts a contraction whose output carries the "
+                   "group as passing the channels on (spa_opt/passes/zeros: dead_units)")
+def test_unread_split_part_of_a_residual_stream_is_not_dead() -> None:
+    """Seed 779 of ``bench/random_architectures.py``, shrunk.
+
+    ``h = x @ W1`` (6 channels), ``r = h + h @ W2``, ``a, b = Split(r, [4, 2])``; only
+    ``a`` is an output (``b`` feeds a Relu nobody reads). ``dead`` calls channels 4, 5
+    dead because no node reading them "lets them leave the group": ``h @ W2`` writes
+    into the same residual group. But the MatMul contracts them: rows 4, 5 of ``W2``
+    feed every output column, ``a`` included, so removing them moves ``a`` (by 4.6).
+    """
+    nodes = [node("MatMul", ["x", "W1"], "h"), node("MatMul", ["h", "W2"], "m"),
+             node("Add", ["h", "m"], "r"),
+             node("Split", ["r", "sp"], ["a", "b"], axis=-1), node("Relu", ["b"], "unused")]
+    inits = [w("W1", 4, 6), w("W2", 6, 6), i64("sp", [4, 2])]
+    proto = make_model(nodes, [vi("x", 1, 3, 4)], [vi("a", 1, 3, 4)], inits)
+    _, report = spa_opt.optimize(proto, "couple,group,dead,prune", verify=2)
+    data = report.to_dict()
+    assert data["verify"]["max_abs_err"] <= 1e-5, data["dead"]
