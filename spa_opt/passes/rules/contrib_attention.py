@@ -27,7 +27,9 @@ Rules (``N`` heads of size ``H``, ``G`` kv heads, ``r = N / G``):
 - ``com.microsoft::GroupQueryAttention(query, key, value, past_key, past_value, ...,
   cos_cache, sin_cache)``: query channel ``j`` is unit ``j // H // r``, key/value
   channel ``j`` unit ``j // H``; a packed query (no key) holds the three sections;
-  caches ``[B,G,P,H]`` carry unit ``g`` on axis 1; cos/sin caches have no channels;
+  caches ``[B,G,P,H]`` carry unit ``g`` on axis 1; ``head_sink [N]`` (one logit per
+  query head) entry ``n`` is unit ``n // r``; cos/sin caches and the fused q/k norm
+  weights ``[H]`` have no channels; per-channel scales of a quantized cache pin the node;
 - ``Attention`` (ONNX, opset 23/24): 4-D ``Q [B,Nq,S,H]``, ``K``/``V [B,Nkv,L,H]``
   carry units ``n // r`` / ``n`` on axis 1; 3-D inputs (``q_num_heads``,
   ``kv_num_heads``) carry them in blocks of the head size, as GQA; ``attn_mask``
@@ -217,6 +219,11 @@ def group_query_attention(c: NodeCoupling) -> None:
     if not heads or not kv_heads or heads % kv_heads or out_size is None or out_size % heads:
         _pin_all(c, "GroupQueryAttention with unknown or unequal head groups")
         return
+    for scale in (c.input(12), c.input(13)):  # k_scale/v_scale of a quantized cache
+        dims = c.dims(scale)
+        if scale is not None and (dims is None or any(d != 1 for d in dims)):
+            _pin_all(c, "GroupQueryAttention with per-channel cache scales")
+            return
     head, rep = out_size // heads, heads // kv_heads
     out_keys = _blocks(out_size, head, rep)
     _batch_and_sequence(c, query, out)
@@ -239,6 +246,9 @@ def group_query_attention(c: NodeCoupling) -> None:
     for cache in (c.input(3), c.input(4), c.output(1), c.output(2)):
         _link_heads(c, cache, 1, out, 2, out_keys, kv_heads, head_dim=3)
     _link_heads(c, c.input(10), 1, out, 2, out_keys, kv_heads, rep)  # attention_bias
+    sink = c.input(11)  # head_sink [N]: one logit per query head
+    _link_heads(c, sink, 0, out, 2, out_keys, kv_heads, rep)
+    c.role(sink, 0, "param")
     _link_heads(c, c.output(3), 1, out, 2, out_keys, kv_heads, rep)  # output_qk
     for extra in (c.input(7), c.input(8)):  # cos/sin caches: positions, rotary pairs
         c.pin_tracked(extra, "a rotary cache (positions and rotary pairs, no heads)")
