@@ -504,3 +504,26 @@ def test_bias_split_gelu_loses_channel_j_with_j_plus_d() -> None:
     x = x_feed().astype(np.float64)
     np.testing.assert_allclose(bias_split_gelu_graph(pruned, x),
                                bias_split_gelu_graph(zeroed, x), atol=1e-5)
+
+
+def test_onnx_attention_of_mixed_ranks_pins() -> None:
+    """A 3-D query with 4-D key and value (onnxruntime refuses it): the 3-D rule would
+    scale ``kv_num_heads`` under a key it never sliced, so the heads stay, with a reason."""
+    from spa_opt.passes.couple import couple_model
+    from spa_opt.passes.coupling.groups import build_groups
+
+    names = ["past_key_cross", "past_value_cross"]
+    nodes = [op("MatMul", ["x", "Wq"], "q"),
+             op("Attention", ["q", *names], "o", q_num_heads=HEADS, kv_num_heads=KV_HEADS),
+             op("MatMul", ["o", "Wo"], "y")]
+    graph = helper.make_graph(
+        nodes, "mixed", [io("x", 1, SEQ, HIDDEN), *(io(n, 1, KV_HEADS, 5, HEAD) for n in names)],
+        [io("y", 1, SEQ, HIDDEN)], [weight("Wq", HIDDEN, HEADS * HEAD),
+                                    weight("Wo", HEADS * HEAD, HIDDEN)],
+        value_info=[io("o", 1, SEQ, HEADS * HEAD)])
+    proto = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 23)])
+    mixed = ir.from_proto(proto)
+    heads = [g for g in build_groups(couple_model(mixed, io="rewrite"), mixed.graph)
+             if any(m.name == "Wq" and m.axis == 1 for m in g.members)]
+    assert len(heads) == 1 and not heads[0].prunable
+    assert "differ in rank" in " ".join(str(r) for r in heads[0].reasons)

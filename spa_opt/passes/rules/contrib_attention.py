@@ -271,6 +271,9 @@ def onnx_attention(c: NodeCoupling) -> None:
     if not heads or not kv_heads or heads % kv_heads:
         _pin_all(c, "Attention with unknown or unequal head groups")
         return
+    if len(k_dims) != len(q_dims) or len(c.dims(value) or k_dims) != len(q_dims):
+        _pin_all(c, "Attention whose q, k and v differ in rank")  # kernels refuse it too
+        return
     rep = heads // kv_heads
     if len(q_dims) == 4:
         anchor_keys = np.arange(heads) // rep
