@@ -8,7 +8,6 @@ Slice); here is the shape the generator found it in.
 
 from __future__ import annotations
 
-import pytest
 from onnx import numpy_helper
 
 import spa_opt
@@ -69,8 +68,6 @@ def test_an_unevenly_spaced_survivor_set_goes_through_a_gather() -> None:
     assert check_prune(proto, 0.5) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="dead counts a contraction whose output carries the "
-                   "group as passing the channels on (spa_opt/passes/zeros: dead_units)")
 def test_unread_split_part_of_a_residual_stream_is_not_dead() -> None:
     """Seed 779 of ``bench/random_architectures.py``, shrunk.
 

@@ -39,7 +39,9 @@ learns nothing, and its outputs' codes are unknown.
 
 :func:`dead_units` then calls a unit dead when it is zero wherever the group's
 channels leave it (an activation member read by a node none of whose outputs carries
-the group: a contraction, a reduction, an unknown op), read there with the zero code
+the group: a contraction, a reduction, an unknown op; or by a contraction whose weight
+rows are in the group, which mixes the channels even when its output writes back into
+the same residual stream), read there with the zero code
 it holds, and the group feeds no normalizer, since removing even a zero channel
 changes a mean over channels. The backward fact counts too: where the reader is a
 contraction whose weight slices for the unit are all zero (its input columns), the
@@ -155,23 +157,44 @@ def propagate(graph: ir.Graph, groups: Sequence[Group]) -> ZeroFacts:
     return facts
 
 
+def _input_rows(reader: ir.Node, member: Member, group: Group,
+                facts: ZeroFacts) -> Member | None:
+    """The member of ``group`` that is ``reader``'s weight rows for ``member``'s channels.
+
+    Only for a contraction reading ``member`` as its data input (input 0) with its
+    weight, at input 1, a member of the same group that consumes the channels (role
+    ``in``): the reader then mixes every one of those channels into every output
+    channel, whatever group its output belongs to.
+    """
+    if reader.op_type not in WEIGHTED or len(reader.inputs) < 2 or reader.domain not in (
+            "", "ai.onnx") or reader.inputs[0] is not member.value:
+        return None
+    for other, weight_member in facts.by_value.get(id(reader.inputs[1]), ()):
+        if other is group and "in" in weight_member.roles:
+            return weight_member
+    return None
+
+
 def _zero_columns(reader: ir.Node, member: Member, group: Group,
                   facts: ZeroFacts) -> np.ndarray:
     """Units whose input columns are all zero in ``reader``'s constant weight.
 
-    Only for a contraction reading ``member`` as its data input (input 0) with its
-    weight, at input 1, a member of the same group that consumes the channels (role
-    ``in``): then the unit contributes nothing to the reader's output.
+    They contribute nothing to the reader's output (see :func:`_input_rows`).
     """
-    nothing = np.zeros(group.units, dtype=bool)
-    if reader.op_type not in WEIGHTED or len(reader.inputs) < 2 or reader.domain not in (
-            "", "ai.onnx") or reader.inputs[0] is not member.value:
-        return nothing
-    weight = reader.inputs[1]
-    for other, weight_member in facts.by_value.get(id(weight), ()):
-        if other is group and "in" in weight_member.roles:
-            return facts.get(weight_member, group)
-    return nothing
+    rows = _input_rows(reader, member, group, facts)
+    return np.zeros(group.units, dtype=bool) if rows is None else facts.get(rows, group)
+
+
+def _carries(reader: ir.Node, member: Member, group: Group, facts: ZeroFacts) -> bool:
+    """Whether ``reader`` passes ``member``'s channels on, unit by unit, to an output.
+
+    An output in the same group is not enough: a contraction whose output writes back
+    into the residual stream it reads (``r = h + h @ W``) is in the group on both sides,
+    yet mixes every input channel into every output channel.
+    """
+    if _input_rows(reader, member, group, facts) is not None:
+        return False
+    return any(g is group for out in reader.outputs for g, _ in facts.by_value.get(id(out), ()))
 
 
 def _read_as_held(reader: ir.Node, member: Member, group: Group,
@@ -209,9 +232,7 @@ def dead_units(graph: ir.Graph, groups: Sequence[Group],
             if member.kind == "weight" or id(member.value) in facts.views:
                 continue  # weights, and views of them, are read, not computed
             for node in readers.get((id(member.value), member.axis), ()):
-                carried = any(g is group for out in node.outputs
-                              for g, _ in facts.by_value.get(id(out), ()))
-                if not carried:
+                if not _carries(node, member, group, facts):
                     zero = facts.get(member, group) & _read_as_held(node, member, group, facts)
                     flags &= zero | _zero_columns(node, member, group, facts)
         flags &= ~group.pinned
