@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.ir import nbits
+from spa_opt.ir.nbits import dequantized, reader_of
 from spa_opt.ir.tensors import constant_array
 
 _QUANT_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -170,9 +170,9 @@ def float_weight(value: ir.Value | None) -> np.ndarray | None:
     if data is None:
         return None
     if data.dtype.kind in "iu":
-        packed = nbits.reader_of(value) if data.dtype == np.uint8 else None
+        packed = reader_of(value) if data.dtype == np.uint8 else None
         if packed is not None:  # MatMulNBits: [N, blocks, block_size] real values
-            real = nbits.dequantized(data, packed)
+            real = dequantized(data, packed)
             return data if real is None else real
         q = quantization_of(value)
         return data if q is None else dequantize(data, q)

@@ -27,7 +27,7 @@ from typing import Any
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from spa_opt.ir import contrib_shapes
+from spa_opt.ir.contrib_shapes import fill as fill_contrib_shapes
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ def _fill_contrib(model: ir.Model) -> None:
     the next row can use them.
     """
     for _ in range(_FILL_ROUNDS):
-        if not contrib_shapes.fill(model):
+        if not fill_contrib_shapes(model):
             return
         ShapeInferencePass(strict_mode=False)(model)
 
