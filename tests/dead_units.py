@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import pytest
 from onnx import helper
 
 from spa_opt.ir import nbits
@@ -276,3 +277,23 @@ def check_dead_units(
                 problems.append(f"{member.name}:{member.axis} other channels changed")
                 break
     return problems
+
+
+def alternate(keys: list, half: int = 0) -> list:
+    """``keys`` (or pytest params) with every other one by position marked slow.
+
+    The two golden dead-unit tests (the lattice's removal in ``test_prune_golden``, the
+    index maps in ``test_golden_groups``) take ``half`` 0 and 1: the default run checks
+    every model with one of them and CI's slow step with the other, which keeps the
+    default suite within its time budget. A key already a param keeps its marks.
+    """
+    result = []
+    for i, key in enumerate(keys):
+        if i % 2 == half:
+            result.append(key)
+        elif isinstance(key, str):
+            result.append(pytest.param(key, marks=pytest.mark.slow))
+        else:
+            result.append(pytest.param(*key.values, marks=[*key.marks, pytest.mark.slow],
+                                       id=key.id))
+    return result

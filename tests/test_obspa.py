@@ -27,6 +27,7 @@ from spa_opt.ir.check import check_model
 from spa_opt.ort import session_from_model
 from spa_opt.passes._infra.context import PipelineContext
 from tests.conftest import GOLDEN, ROOT
+from tests.dead_units import alternate
 from tests.test_prune_golden import BIG, MODELS, deploy_slow, signature, source
 
 DIGITS = GOLDEN / "digits"
@@ -47,10 +48,11 @@ QUANTIZED = (".qdq", ".qop", ".dynq", ".nbits")
 """Golden models with quantized weights (see ``obspa``'s docstring for why it refuses)."""
 
 
-@pytest.mark.parametrize("key", deploy_slow(sorted(set(MODELS) - BIG)))
+@pytest.mark.parametrize("key", alternate(deploy_slow(sorted(set(MODELS) - BIG))))
 def test_every_golden_model(key: str, tmp_path) -> None:
     """The four zoo giants (VGG-19, ZFNet, AlexNet, DenseNet-121) are left to the prune
-    sweep: folding and randomizing them alone takes tens of seconds each."""
+    sweep: folding and randomizing them alone takes tens of seconds each. Every other
+    model (and the deployment variants) runs in CI's slow step."""
     options = LIGHT_OPTIONS if key.startswith("light/") else FAST
     pipeline = f"couple,group,obspa<{options}>,prune"
     if any(kind in key for kind in QUANTIZED):  # obspa refuses them by design (one line)
