@@ -27,7 +27,7 @@ from spa_opt.ir.check import check_model
 from spa_opt.ir.cost import count_cost
 from spa_opt.ir.io import ModelSource, load_model, tensor_bytes
 from spa_opt.ir.repair import repair_model
-from spa_opt.ir.validate import check_input, unknown_operator
+from spa_opt.ir.validate import check_input, known_invalidity, unknown_operator
 from spa_opt.ort import describe_error, quiet_session_options, session_from_model
 from spa_opt.passes._infra.base import SpaPass
 from spa_opt.passes._infra.context import PipelineContext, Targets
@@ -224,8 +224,8 @@ def _check_result(passes: Sequence[SpaPass], records: Sequence[Any], model: ir.M
     try:
         check_model(model)
     except VerificationError as error:
-        message = str(error).removeprefix("the model is invalid: ")
-        if unknown_operator(message):
+        message = known_invalidity(error)
+        if message is None:
             return
         raise VerificationError(f"pass '{last.name}' left an invalid model: {message}") from error
 
