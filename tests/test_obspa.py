@@ -5,7 +5,8 @@
   reaches the target (or says why), and the report has a row per consumer layer;
 - on the trained digits ResNet, obspa keeps more test accuracy than l1 at the same FLOPs
   in every Hessian mode, and the reconstruction is what keeps it;
-- the Hessian obspa accumulates is ``2 X Xᵀ / N`` of the layer's real im2col input;
+- the Hessian obspa accumulates is ``2 X Xᵀ / N`` of the layer's real im2col input
+  (tests/test_streaming.py, with the stages);
 - no torch, tensorflow or jax is imported on the obspa path.
 """
 
@@ -119,36 +120,6 @@ def test_with_data_the_accuracy_is_kept_and_reconstruction_is_what_keeps_it() ->
     context.analyses.reconstructed = {}
     build_pipeline("prune")[0](model)
     assert accuracy(model) < accuracy(pruned) - 0.1
-
-
-def test_hessian_is_that_of_the_layer_input() -> None:
-    """Accumulated H equals 2XXᵀ/N of the im2col input that reproduces the conv output."""
-    from spa_opt.calibration import load_calibration
-    from spa_opt.ir.shapes import temporary_shapes
-    from spa_opt.obs.hessian import features
-    from spa_opt.passes.group import groups_of
-    from spa_opt.passes.obspa import layers_of
-    from spa_opt.passes.obspa_graph.layers import geometry, key_of
-    from spa_opt.passes.obspa_graph.propagate import _session, accumulate
-
-    model = load_model(DIGITS / "resnet.onnx")
-    calibration = load_calibration(CALIB, model, limit=3)
-    layers = [layer for layer in layers_of(groups_of(model, PipelineContext.of(model)))
-              if layer.kind == "conv" and layer.kernel == (3, 3)][:2]
-    with temporary_shapes(model):
-        accumulators = accumulate(model, layers, calibration, max_positions=10**6, seed=0)
-        values = [v for layer in layers for v in (layer.activation, layer.node.outputs[0])]
-        session = _session(model, values)
-    for layer in layers:
-        x, y = session.run([layer.activation.name, layer.node.outputs[0].name],
-                           calibration.feeds)
-        cols = features(x, geometry(layer), 10**9, np.random.default_rng(0)).astype(np.float64)
-        weight = layer.matrix(with_bias=True)
-        produced = (weight @ cols).reshape(y.shape[1], y.shape[0], -1).transpose(1, 0, 2)
-        np.testing.assert_allclose(produced, y.reshape(y.shape[0], y.shape[1], -1), atol=1e-3)
-        expected = 2.0 * cols @ cols.T / cols.shape[1]
-        np.testing.assert_allclose(accumulators[key_of(layer)].hessian(True), expected,
-                                   rtol=1e-4, atol=1e-4)
 
 
 def test_cli_reports_layers_stats_and_verify(tmp_path) -> None:

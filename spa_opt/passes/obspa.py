@@ -69,7 +69,7 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.obs.linalg import dampen, energy, error, reconstruct
+from spa_opt.obs.linalg import dampen, energy
 from spa_opt.obs.order import Consumer, OrderTask, solve_order
 from spa_opt.obs.threads import run_tasks
 from spa_opt.passes._infra.base import SpaPass, option
@@ -78,7 +78,11 @@ from spa_opt.passes._infra.instruments import progress
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
-from spa_opt.passes.obspa_graph.layers import Layer, consumers
+from spa_opt.passes.obspa_graph.layers import Layer, consumers, key_of
+from spa_opt.passes.obspa_graph.propagate import DEFAULT_BATCH_BYTES, finite, stages_for, stream
+from spa_opt.passes.obspa_graph.records import LayerRecord, reconstruct_layer
+from spa_opt.passes.obspa_graph.sources import can_synthesize, synthesize
+from spa_opt.passes.obspa_graph.store import DEFAULT_BUDGET_MB, SpillStore
 from spa_opt.passes.pruning.plan import plan_selection
 
 T = TypeVar("T")
@@ -111,6 +115,11 @@ def _refuse_quantized(model: ir.Model) -> None:
                 raise InputError(BLOCK_QUANTIZED.format(
                     name=node.name or packed.input(1).name, bits=packed.bits,
                     block=packed.block_size))
+
+
+PART_FLOOR = 512 << 20
+"""A group's joint ordering may always hold this much (Hessians and inverses) at once,
+whatever ``memory`` says: splitting a group changes its scores, spilling does not."""
 
 
 NO_CONSUMER = ("obspa: no consumer layer (Conv with group 1, Gemm, or MatMul with a "
@@ -150,15 +159,13 @@ class ObspaOptions:
         12288, "wider layers are not reconstructed (their float64 Hessian alone would "
         "take more than 1.2 GB); their groups rank by their other consumers")
     jobs: int = option(0, "threads for per-group and per-layer work (0: all cores)")
-
-
-@dataclasses.dataclass
-class _LayerInfo:
-    layer: Layer
-    blocks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    hessian: np.ndarray | None = None
-    source: str = ""
-    with_bias: bool = False
+    propagate: Literal["auto", "original", "pruned"] = option(
+        "auto", "Hessians from the original network's activations (original: every layer "
+        "independent) or, after the selection, from the pruned and reconstructed network's, "
+        "stage by stage, fitting the original outputs (pruned: measured better with data "
+        "and with noise); auto: pruned, original for hessian=bn")
+    memory: int = option(DEFAULT_BUDGET_MB, "megabytes of activations and Hessians held "
+                                            "across stages before they spill to disk")
 
 
 @register
@@ -178,24 +185,22 @@ class ObspaPass(SpaPass):
         self._check_options()
         _refuse_quantized(model)
         groups = groups_of(model, context)
-        with temporary_shapes(model, symbolic=True):  # weight shapes, outputs, costs
-            self._run(model, context, groups)
+        budget = int(self.options.memory) << 20
+        with temporary_shapes(model, symbolic=True), \
+                SpillStore(budget, context.scratch_dir or None) as store:
+            self._run(model, context, groups, store)
         return ir.passes.PassResult(model, False)
 
-    def _run(self, model: ir.Model, context: PipelineContext, groups: list[Group]) -> None:
+    def _run(self, model: ir.Model, context: PipelineContext, groups: list[Group],
+             store: SpillStore) -> None:
         started = time.perf_counter()
-        layers, unscored, too_wide = self._layers(groups, self.options.max_columns)
-        source = self._hessians(model, context, layers)
+        records, unscored, too_wide = self._layers(groups, self.options.max_columns)
+        source, calibration, stage_seconds = self._hessians(model, context, records, store)
         self.count("hessian-seconds", time.perf_counter() - started)
 
         tick = time.perf_counter()
-        tasks = [self._task(g, layers) for g in groups if g.prunable and g.id not in unscored]
-        results = self._map(context, "obspa order", "group", solve_order, tasks,
-                            [max((c.weight.shape[1] for c in t.consumers), default=0)
-                             for t in tasks])
-        scores = {r.group: r.scores for r in results}
+        scores = self._order(context, groups, records, unscored, store)
         self.count("order-seconds", time.perf_counter() - tick)
-        self.count("order-steps", sum(r.steps for r in results))
         context.analyses.update(scores=scores, criterion=self.pipeline_text())
 
         plan = plan_selection(model, groups, context.targets, scores, context.analyses.dead,
@@ -203,30 +208,50 @@ class ObspaPass(SpaPass):
         context.analyses.update(selection=plan.selection, plan=plan)
 
         tick = time.perf_counter()
-        infos = list(layers.values())
+        listed = list(records.values())
         rows = self._map(context, "obspa reconstruct", "layer",
-                         lambda info: _reconstruct(info, plan.selection), infos,
-                         [i.layer.width for i in infos])
-        reconstructed: dict[ir.Value, np.ndarray] = {}
-        for info, (_, weight, bias) in zip(layers.values(), rows, strict=True):
-            if weight is not None:
-                reconstructed[info.layer.weight] = weight
-                if bias is not None and info.layer.bias is not None:
-                    reconstructed[info.layer.bias] = bias
-        context.analyses.reconstructed = reconstructed
+                         lambda r: reconstruct_layer(r, _hessian(store, r), plan.selection),
+                         listed, [r.layer.width for r in listed])
+        new_weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for record, (_, matrix) in zip(listed, rows, strict=True):
+            if matrix is not None:
+                new_weights[id(record.layer.weight)] = record.layer.unmatrix(matrix)
+        table = [row for row, _ in rows]
         self.count("reconstruct-seconds", time.perf_counter() - tick)
-        self.count("layers", len(layers))
+        if self.options.propagate != "original" and calibration is not None:
+            tick = time.perf_counter()
+            new_weights, table, stage_seconds = self._sequential(
+                model, context, groups, records, plan.selection, new_weights, calibration,
+                store)
+            self.count("sequential-seconds", time.perf_counter() - tick)
+        reconstructed: dict[ir.Value, np.ndarray] = {}
+        for record in listed:
+            found = new_weights.get(id(record.layer.weight))
+            if found is None:
+                continue
+            weight, bias = found
+            reconstructed[record.layer.weight] = weight
+            if bias is not None and record.layer.bias is not None:
+                reconstructed[record.layer.bias] = bias
+        context.analyses.reconstructed = reconstructed
+        self.count("layers", len(records))
+        self.count("stages", len(stage_seconds))
         self.count("weights-reconstructed", len(reconstructed))
-        table = [row for row, _, _ in rows]
+        self.count("spilled-mb", store.spilled / 2**20)
         for row in table:
             if row["removed"]:
                 self.count(f"error[{row['layer']}]", row["relative_error"])
                 self.count(f"seconds[{row['layer']}]", row["seconds"])
         context.report["obspa"] = {
             "hessian": source, "options": self.pipeline_text(),
+            "propagate": "original" if calibration is None or
+                         self.options.propagate == "original" else "pruned",
             "groups": {"scored": len(scores), "unscored": len(unscored)},
             "too_wide": too_wide,
             "layers": table,
+            "stages": [round(s, 4) for s in stage_seconds],
+            "memory": {"budget_mb": self.options.memory, "spilled_mb": store.spilled / 2**20,
+                       "peak_held_mb": store.peak / 2**20},
             "seconds": {"total": time.perf_counter() - started},
         }
 
@@ -236,11 +261,15 @@ class ObspaPass(SpaPass):
             raise InputError("obspa: samples and jobs must be >= 0, rounds and positions >= 1")
         if not 0.0 <= o.damp <= 10.0 or o.std <= 0:
             raise InputError("obspa: damp must be in [0, 10] and std positive")
+        if o.memory < 0:
+            raise InputError("obspa: memory must be >= 0 (megabytes)")
+        if o.propagate == "pruned" and o.hessian == "bn":
+            raise InputError("obspa: propagate=pruned needs activations; hessian=bn has none")
 
     @staticmethod
     def _layers(groups: list[Group], max_columns: int
-                ) -> tuple[dict[int, _LayerInfo], dict[str, str], list[str]]:
-        layers: dict[int, _LayerInfo] = {}
+                ) -> tuple[dict[int, LayerRecord], dict[str, str], list[str]]:
+        records: dict[int, LayerRecord] = {}
         unscored: dict[str, str] = {}
         too_wide: set[str] = set()
         for group in groups:
@@ -254,59 +283,79 @@ class ObspaPass(SpaPass):
                 unscored[group.id] = NO_CONSUMER if not wide else (
                     f"obspa: its only consumers are wider than max-columns: {', '.join(wide)}")
             for layer, blocks in found:
-                info = layers.setdefault(id(layer.weight), _LayerInfo(layer))
-                info.blocks[group.id] = blocks
-        return layers, unscored, sorted(too_wide)
+                record = records.setdefault(id(layer.weight), LayerRecord(layer))
+                record.blocks[group.id] = blocks
+        return records, unscored, sorted(too_wide)
 
-    def _hessians(self, model: ir.Model, context: PipelineContext,
-                  layers: dict[int, _LayerInfo]) -> dict[str, Any]:
+    def _mode(self, model: ir.Model, context: PipelineContext, any_layer: bool
+              ) -> tuple[str, str]:
         o = self.options
         mode = o.hessian
         fallback = ""
         if mode == "auto":
             mode = "data" if context.calibration is not None else (
-                "synth" if _can_synthesize(model) else "noise")
-        if mode == "synth" and layers:
-            fallback = _synthesize(model, context, o.hessian == "synth", o.samples)
+                "synth" if can_synthesize(model) else "noise")
+        if mode == "synth" and any_layer:
+            fallback = synthesize(model, context, o.hessian == "synth", o.samples)
             mode = "noise" if fallback else "synth"
-        for info in layers.values():
-            info.with_bias = o.bias and info.layer.bias is not None
-        if not layers:
-            return {"mode": mode}
+        return mode, fallback
+
+    def _hessians(self, model: ir.Model, context: PipelineContext,
+                  records: dict[int, LayerRecord], store: SpillStore
+                  ) -> tuple[dict[str, Any], Any, list[float]]:
+        """Every record's dampened Hessian into ``store``.
+
+        Returns the facts for the report, the calibration used and the seconds per stage.
+        """
+        o = self.options
+        mode, fallback = self._mode(model, context, bool(records))
+        for record in records.values():
+            record.with_bias = o.bias and record.layer.bias is not None
+        if not records:
+            return {"mode": mode}, None, []
         if mode == "bn":
             from spa_opt.passes.obspa_graph.analytic import bn_hessian, identity_hessian
 
-            for info in layers.values():
-                found = bn_hessian(info.layer, info.with_bias)
-                width = info.layer.width + info.with_bias
-                info.hessian = found if found is not None else identity_hessian(width)
-                info.source = "bn" if found is not None else "identity (no BatchNorm source)"
-                dampen(info.hessian, o.damp)
-            return {"mode": "bn"}
+            for record in records.values():
+                found = bn_hessian(record.layer, record.with_bias)
+                width = record.layer.width + record.with_bias
+                hessian = found if found is not None else identity_hessian(width)
+                record.source = "bn" if found is not None else "identity (no BatchNorm source)"
+                self._keep(store, record, dampen(hessian, o.damp))
+            return {"mode": "bn"}, None, []
         calibration = self._calibration(model, context, "data" if mode == "synth" else mode)
-        from spa_opt.passes.obspa_graph.layers import key_of
-        from spa_opt.passes.obspa_graph.propagate import accumulate
-
-        with progress(context.show_progress, calibration.samples, "obspa hessians",
-                      "sample", since=self._started) as advance:
-            accumulators = accumulate(
-                model, [i.layer for i in layers.values()], calibration,
-                max_positions=o.positions, seed=context.targets.seed, jobs=o.jobs,
-                progress=advance)
         from spa_opt.passes.obspa_graph.analytic import identity_hessian
 
-        for info in layers.values():
-            hessian = accumulators[key_of(info.layer)].hessian(info.with_bias)
-            info.source = mode
-            if not np.isfinite(hessian).all():  # activations overflowed float32
-                hessian = identity_hessian(hessian.shape[0])
-                info.source = f"identity ({mode} activations overflow)"
-            info.hessian = dampen(hessian, o.damp)
-        facts = {"mode": mode, "source": calibration.source, "samples": calibration.samples}
+        by_weight = {id(r.layer.weight): r for r in records.values()}
+        layers = [r.layer for r in records.values()]
+        seconds: list[float] = []
+        total = len(stages_for(model, layers))
+        with progress(context.show_progress, total, "obspa hessians", "stage",
+                      since=self._started) as advance:
+            for done in stream(model, layers, calibration, store, max_positions=o.positions,
+                               seed=context.targets.seed, jobs=o.jobs):
+                for layer in done.layers:
+                    record = by_weight[id(layer.weight)]
+                    record.stage = done.stage.index
+                    hessian = done.accumulators[key_of(layer)].hessian(record.with_bias)
+                    record.source = mode
+                    if not finite(hessian):  # activations overflowed float32
+                        hessian = identity_hessian(hessian.shape[0])
+                        record.source = f"identity ({mode} activations overflow)"
+                    self._keep(store, record, dampen(hessian, o.damp))
+                del done.accumulators
+                seconds.append(done.seconds)
+                advance(1)
+        facts = {"mode": mode, "source": calibration.source, "samples": calibration.samples,
+                 "stages": total}
         if fallback:
             facts["fallback"] = fallback
-        return facts
+        return facts, calibration, seconds
 
+    @staticmethod
+    def _keep(store: SpillStore, record: LayerRecord, hessian: np.ndarray) -> None:
+        record.hessian_bytes = hessian.nbytes
+        store.put(record.key, hessian)
 
     def _calibration(self, model: ir.Model, context: PipelineContext, mode: str) -> Any:
         o = self.options
@@ -325,15 +374,74 @@ class ObspaPass(SpaPass):
                                  dims=context.input_dims,
                                  exponent=(o.exponent, max(o.exponent, o.exponent_max)))
 
-    def _task(self, group: Group, layers: dict[int, _LayerInfo]) -> OrderTask:
-        consumers_ = []
-        for info in layers.values():
-            blocks = info.blocks.get(group.id)
-            if blocks is not None:
-                weight = info.layer.matrix(info.with_bias)
-                consumers_.append(Consumer(info.layer.name, weight, info.hessian, blocks))
+    def _order(self, context: PipelineContext, groups: list[Group],
+               records: dict[int, LayerRecord], unscored: dict[str, str],
+               store: SpillStore) -> dict[str, np.ndarray]:
+        """Every scored group's unit scores (one task per group, or per part of a group)."""
+        tasks: list[OrderTask] = []
+        owners: list[str] = []
+        part_budget = max(self.options.memory << 19, PART_FLOOR)  # half the budget
+        split = 0
+        for group in groups:
+            if not group.prunable or group.id in unscored:
+                continue
+            mine = [r for r in records.values() if group.id in r.blocks]
+            parts = _parts(mine, part_budget)
+            split += len(parts) > 1
+            for part in parts:
+                tasks.append(self._task(group, part, store,
+                                        "none" if len(parts) > 1 else self.options.norm))
+                owners.append(group.id)
+        results = self._map(context, "obspa order", "group", solve_order, tasks,
+                            [max((c.weight.shape[1] for c in t.consumers), default=0)
+                             for t in tasks])
+        scores: dict[str, np.ndarray] = {}
+        for owner, result in zip(owners, results, strict=True):
+            scores[owner] = scores[owner] + result.scores if owner in scores else result.scores
+        if self.options.norm == "relative":
+            for group in groups:
+                mine = [r for r in records.values() if group.id in r.blocks]
+                if group.id in scores and len(_parts(mine, part_budget)) > 1:
+                    scale = sum(energy(r.layer.matrix(r.with_bias), _hessian(store, r))
+                                for r in mine)
+                    scores[group.id] = scores[group.id] / scale if scale > 0 else \
+                        scores[group.id]
+        self.count("order-steps", sum(r.steps for r in results))
+        self.count("groups-split", split)
+        return scores
+
+    def _task(self, group: Group, part: list[LayerRecord], store: SpillStore,
+              norm: Literal["none", "relative"]) -> OrderTask:
+        consumers_ = [Consumer(r.layer.name, r.layer.matrix(r.with_bias), _hessian(store, r),
+                               r.blocks[group.id]) for r in part]
         return OrderTask(group.id, group.units, np.flatnonzero(~group.pinned), consumers_,
-                         self.options.order, self.options.rounds, self.options.norm)
+                         self.options.order, self.options.rounds, norm)
+
+    def _sequential(self, model: ir.Model, context: PipelineContext, groups: list[Group],
+                    records: dict[int, LayerRecord], selection: dict[str, np.ndarray],
+                    first: dict[int, tuple[np.ndarray, np.ndarray | None]], calibration: Any,
+                    store: SpillStore) -> tuple[dict, list[dict[str, Any]], list[float]]:
+        from spa_opt.passes.obspa_graph.sequential import sequential
+
+        initial: dict[str, np.ndarray] = {}
+        for record in records.values():
+            found = first.get(id(record.layer.weight))
+            if found is None:
+                continue
+            initial[record.layer.weight.name] = found[0]
+            if found[1] is not None and record.layer.bias is not None:
+                initial[record.layer.bias.name] = found[1]
+        layers = [r.layer for r in records.values()]
+        infos = {id(r.layer.weight): r for r in records.values()}
+        total = len(stages_for(model, layers))
+        with progress(context.show_progress, total, "obspa sequential", "stage",
+                      since=self._started) as advance:
+            return sequential(model, layers, infos, groups, selection, initial, calibration,
+                              store, lambda r: _hessian(store, r),
+                              max_positions=self.options.positions,
+                              seed=context.targets.seed, damp=self.options.damp,
+                              jobs=self.options.jobs, batch_bytes=DEFAULT_BATCH_BYTES,
+                              progress=advance)
 
     def _map(self, context: PipelineContext, label: str, unit: str,
              function: Callable[[T], R], items: list[T], sizes: list[int]) -> list[R]:
@@ -343,33 +451,28 @@ class ObspaPass(SpaPass):
             return run_tasks(function, items, sizes, self.options.jobs, advance)
 
 
-def _reconstruct(info: _LayerInfo, selection: dict[str, np.ndarray]
-                 ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
-    """One layer's new weights for the selected removal, and its report row."""
-    start = time.perf_counter()
-    removed_parts = [blocks[selection[g]].ravel() for g, blocks in info.blocks.items()
-                     if g in selection and len(selection[g])]
-    removed = np.unique(np.concatenate(removed_parts)) if removed_parts else \
-        np.zeros(0, np.int64)
-    layer = info.layer
-    row: dict[str, Any] = {
-        "layer": layer.name, "op": layer.node.op_type, "weight": layer.weight.name,
-        "columns": layer.width, "removed": int(removed.size), "source": info.source,
-        "error": 0.0, "relative_error": 0.0, "rewritten": False, "seconds": 0.0,
-    }
-    if removed.size == 0 or info.hessian is None:
-        return row, None, None
-    weight = layer.matrix(info.with_bias)
-    new = reconstruct(weight, info.hessian, removed)
-    scale = energy(weight, info.hessian)
-    row["error"] = error(weight, new, info.hessian)
-    row["relative_error"] = row["error"] / scale if scale > 0 else 0.0
-    row["seconds"] = time.perf_counter() - start
-    if not layer.rewritable:
-        return row, None, None
-    row["rewritten"] = True
-    new_weight, new_bias = layer.unmatrix(new)
-    return row, new_weight, new_bias
+def _hessian(store: SpillStore, record: LayerRecord) -> np.ndarray | None:
+    return store.get(record.key) if record.key in store else None
+
+
+def _parts(records: list[LayerRecord], budget: int) -> list[list[LayerRecord]]:
+    """A group's consumers in stage order, in runs that fit ``budget``.
+
+    A run holds its Hessians and their inverses at once; one run when they all fit.
+    """
+    ordered = sorted(records, key=lambda r: r.stage)
+    if sum(2 * r.hessian_bytes for r in ordered) <= budget:
+        return [ordered]
+    parts: list[list[LayerRecord]] = [[]]
+    held = 0
+    for record in ordered:
+        cost = 2 * record.hessian_bytes
+        if parts[-1] and held + cost > budget:
+            parts.append([])
+            held = 0
+        parts[-1].append(record)
+        held += cost
+    return parts
 
 
 def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:
@@ -383,30 +486,3 @@ def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:
                     yield layer
 
 
-def _can_synthesize(model: ir.Model) -> bool:
-    """Whether the data-free default can synthesize inputs: the extra, float inputs only."""
-    import spa_opt.autodiff as autodiff
-
-    inputs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
-    return autodiff.available() and bool(inputs) and all(
-        v.dtype is not None and v.dtype.is_floating_point() for v in inputs)
-
-
-def _synthesize(model: ir.Model, context: PipelineContext, explicit: bool, samples: int
-                ) -> str:
-    """Run ``synthesize`` (its defaults, ``samples`` inputs) into the context; why not, or ''.
-
-    Asked for explicitly (``hessian=synth``) a failure is the user's error; as the
-    data-free default it falls back to noise and the report says why.
-    """
-    from spa_opt.passes.synthesize import SynthesizePass
-
-    synthesizer = SynthesizePass(**({"samples": samples} if samples else {}))
-    synthesizer.stats = {}
-    try:
-        synthesizer.run(model, context)
-    except Exception as error:  # the data-free default must not fail where noise works
-        if explicit:
-            raise
-        return f"synthesize failed, noise used: {type(error).__name__}: {error}"
-    return ""

@@ -1,19 +1,25 @@
-"""Hessians from calibration inputs: run the original model in onnxruntime, accumulate.
+"""Hessians from calibration inputs, one stage at a time (``propagate=original``).
 
-Every consumer layer's activation becomes an extra output of the model for the
-duration of one onnxruntime session (the graph is restored afterwards). The inputs go
-through in batches sized so that one batch's activations take about ``batch_bytes``;
-each batch feeds every :class:`~spa_opt.obs.hessian.Accumulator` and is then
-dropped, so memory holds one batch plus the running ``Σ X Xᵀ`` per accumulator.
+The graph is cut into stages (:mod:`.stages`). For each stage in order, one onnxruntime
+session runs only that stage's nodes over the whole calibration set, batch by batch:
+its inputs are the graph inputs and the values earlier stages left in the
+:class:`~.store.SpillStore`; its outputs are its consumer layers' activations, which
+feed the stage's :class:`~spa_opt.obs.hessian.Accumulator` and are dropped with the
+batch, and the values later stages read, which go into the store. Once every batch
+has passed, the stage's accumulators are handed to the caller and the stored values
+no later stage reads are freed. So memory holds the model's memory-mapped weights,
+the values crossing one cut for the calibration set, one batch's activations and one
+stage's accumulators; nothing is computed twice (each node runs once per sample).
 
 Every layer sees the original network's activations, not those of a network already
-pruned upstream: layers are then independent and can be solved in parallel, which
-measured as good as the sequential variant on the digits ResNet.
+pruned upstream; :mod:`.sequential` does the other (``propagate=pruned``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -23,88 +29,152 @@ from spa_opt.errors import InputError
 from spa_opt.obs.hessian import Accumulator
 from spa_opt.obs.threads import run_tasks
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
+from spa_opt.passes.obspa_graph.stages import Stage, plan_stages
+from spa_opt.passes.obspa_graph.store import SpillStore
+from spa_opt.passes.obspa_graph.subgraph import stage_session
 
 DEFAULT_BATCH_BYTES = 256 << 20
+"""Rough budget of one batch's stage inputs and outputs."""
 
 
-def _session(model: ir.Model, values: list[ir.Value]):  # -> ort.InferenceSession
-    from spa_opt.ort import quiet_session_options, session_from_model
+@dataclasses.dataclass
+class StageDone:
+    """One stage's accumulators, handed over when every batch has passed."""
 
-    graph = model.graph
-    saved = list(graph.outputs)
-    extra = [v for v in values if v not in saved and not v.is_graph_input()]
-    for value in extra:
-        graph.outputs.append(value)
-    options = quiet_session_options()
-    # Idle onnxruntime threads spin by default and would steal the cores numpy's
-    # BLAS needs between runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return session_from_model(model, options)
-    except Exception as error:  # onnxruntime raises untyped failures
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise InputError(f"obspa: the model does not run in onnxruntime: {first}") from None
-    finally:
-        graph.outputs.clear()
-        graph.outputs.extend(saved)
+    stage: Stage
+    accumulators: dict[tuple, Accumulator]
+    layers: list[Layer]
+    seconds: float
+
+
+def stages_for(model: ir.Model, layers: Iterable[Layer]) -> list[Stage]:
+    """The model's stages around these layers."""
+    activations: dict[int, list[ir.Value]] = {}
+    nodes: dict[int, ir.Node] = {}
+    for layer in layers:
+        if not layer.activation.name:
+            raise InputError("obspa: a consumer layer reads an unnamed value; run on a model "
+                             "whose values have names")
+        nodes[id(layer.node)] = layer.node
+        activations.setdefault(id(layer.node), []).append(layer.activation)
+    return plan_stages(model.graph, list(nodes.values()), activations)
+
+
+def _sample_bytes(values: Iterable[ir.Value], dims: dict[str, int]) -> int | None:
+    total = 0
+    for value in values:
+        shape = value.shape
+        if shape is None or value.dtype is None:
+            return None
+        count = 1
+        for axis, dim in enumerate(shape):
+            if axis == 0:
+                continue
+            size = dim if isinstance(dim, int) else dims.get(str(dim))
+            if size is None:
+                return None
+            count *= size
+        total += count * value.dtype.itemsize
+    return total
+
+
+def batch_size(stages: list[Stage], calibration: Calibration, budget: int) -> int:
+    """Samples per batch so one batch of the busiest stage takes about ``budget``."""
+    per_sample = 0
+    for stage in stages:
+        found = _sample_bytes([*stage.inputs, *stage.outputs, *stage.activations],
+                              calibration.dims)
+        if found is None:
+            return 8
+        per_sample = max(per_sample, found)
+    return max(1, min(256, budget // max(per_sample, 1)))
+
+
+def last_reader(stages: list[Stage]) -> dict[str, int]:
+    """Value name -> the last stage index that reads it from the store."""
+    last: dict[str, int] = {}
+    for position, stage in enumerate(stages):
+        for value in stage.inputs:
+            last[value.name] = position
+    return last
+
+
+def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store: SpillStore,
+           *, max_positions: int, seed: int, jobs: int = 0,
+           batch_bytes: int = DEFAULT_BATCH_BYTES,
+           progress: Callable[[int], None] | None = None) -> Iterator[StageDone]:
+    """Yield every stage's accumulators in order (see the module docstring).
+
+    The caller keeps the model's value types inferred (stage inputs and outputs need
+    them), takes what it needs from each :class:`StageDone` before asking for the next,
+    and closes ``store``.
+    """
+    stages = stages_for(model, layers)
+    by_node: dict[int, list[Layer]] = {}
+    for layer in layers:
+        by_node.setdefault(id(layer.node), []).append(layer)
+    size = batch_size(stages, calibration, batch_bytes)
+    last = last_reader(stages)
+    for position, stage in enumerate(stages):
+        started = time.perf_counter()
+        stage_layers = [la for node in stage.layer_nodes for la in by_node[id(node)]]
+        accumulators: dict[tuple, Accumulator] = {}
+        reads: dict[tuple, str] = {}
+        for index, layer in enumerate(stage_layers):
+            key = key_of(layer)
+            if key not in accumulators:
+                accumulators[key] = Accumulator(key[1], max_positions,
+                                                seed + 7919 * position + index, layer.width)
+                reads[key] = layer.activation.name
+        names = [v.name for v in stage.outputs]
+        session = stage_session(model, stage) if names else None
+        keys = list(accumulators)
+        widths = [accumulators[k].width for k in keys]
+        for batch, feed in enumerate(calibration.batches(model, size)):
+            inputs = {v.name: feed[v.name] for v in stage.graph_inputs}
+            inputs.update({v.name: store.get((v.name, batch)) for v in stage.inputs})
+            outputs = dict(zip(names, session.run(names, inputs), strict=True)) \
+                if session is not None else {}
+            for value in stage.carried:
+                store.put((value.name, batch), outputs[value.name])
+            available = {**inputs, **outputs}
+            run_tasks(lambda key, got=available, acc=accumulators, at=reads:
+                      acc[key].add(got[at[key]]), keys, widths, jobs)
+            if progress is not None and position == 0:
+                progress(len(next(iter(feed.values()))) if feed else 1)
+            del outputs, available, inputs
+        del session
+        _release(store, stage, position, last)
+        yield StageDone(stage, accumulators, stage_layers, time.perf_counter() - started)
+
+
+def _release(store: SpillStore, stage: Stage, position: int, last: dict[str, int]) -> None:
+    """Drop the stored values no stage after ``position`` reads."""
+    for value in stage.inputs:
+        if last.get(value.name, -1) <= position:
+            batch = 0
+            while (value.name, batch) in store:
+                store.drop((value.name, batch))
+                batch += 1
 
 
 def accumulate(model: ir.Model, layers: Iterable[Layer], calibration: Calibration, *,
                max_positions: int, seed: int, jobs: int = 0,
-               batch_bytes: int = DEFAULT_BATCH_BYTES,
+               batch_bytes: int = DEFAULT_BATCH_BYTES, budget: int = 1 << 62,
                progress: Callable[[int], None] | None = None) -> dict[tuple, Accumulator]:
-    """One accumulator per activation and geometry, filled from every calibration sample.
+    """Every stage's accumulators in one dict (for tests and benchmarks).
 
-    The caller keeps the model's value types inferred (extra outputs need them).
-
-    Args:
-        model: The model as it is now (before any removal).
-        layers: The consumer layers whose Hessians are wanted.
-        calibration: Model inputs, samples along axis 0.
-        max_positions: Columns per batch and accumulator beyond which a subset is drawn.
-        seed: Seed of those subsets.
-        jobs: Threads for the accumulators (0: all cores).
-        batch_bytes: Rough budget of one batch's activations.
-        progress: Called with the number of samples after each batch.
-
-    Returns:
-        Accumulators keyed by :func:`~spa_opt.passes.obspa_graph.layers.key_of`.
+    Keyed by :func:`~spa_opt.passes.obspa_graph.layers.key_of`.
     """
-    accumulators: dict[tuple, Accumulator] = {}
-    reads: dict[tuple, ir.Value] = {}
-    for index, layer in enumerate(layers):
-        key = key_of(layer)
-        if key not in accumulators:
-            accumulators[key] = Accumulator(key[1], max_positions, seed + index, layer.width)
-            reads[key] = layer.activation
-    values = list({id(v): v for v in reads.values()}.values())
-    for value in values:
-        if not value.name:
-            raise InputError("obspa: a consumer layer reads an unnamed value; run on a model "
-                             "whose values have names")
-    session = _session(model, values)
-    names = [v.name for v in values]
-    input_names = {i.name for i in session.get_inputs()}
+    found: dict[tuple, Accumulator] = {}
+    with SpillStore(budget) as store:
+        for done in stream(model, list(layers), calibration, store,
+                           max_positions=max_positions, seed=seed, jobs=jobs,
+                           batch_bytes=batch_bytes, progress=progress):
+            found.update(done.accumulators)
+    return found
 
-    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        wanted = [n for n in names if n not in input_names]
-        outputs = dict(zip(wanted, session.run(wanted, feed), strict=True)) if wanted else {}
-        outputs.update({n: feed[n] for n in names if n in input_names})
-        return outputs
 
-    probe = next(calibration.batches(model, 1))
-    probe_bytes = sum(a.nbytes for a in run(probe).values())
-    size = max(1, min(256, batch_bytes // max(probe_bytes, 1)))
-    keys = list(accumulators)
-    sizes = [accumulators[k].width for k in keys]
-    done = 0
-    for feed in calibration.batches(model, size):
-        outputs = run(feed)
-        run_tasks(lambda key, got=outputs: accumulators[key].add(got[reads[key].name]), keys,
-                  sizes, jobs)
-        count = len(next(iter(feed.values())))
-        done += count
-        if progress is not None:
-            progress(count)
-        del outputs
-    return accumulators
+def finite(array: np.ndarray) -> bool:
+    """Whether every entry is finite (activations overflowing float32 are not)."""
+    return bool(np.isfinite(array).all())

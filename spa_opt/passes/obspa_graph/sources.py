@@ -1,0 +1,35 @@
+"""Where obspa's activations come from when the user gives none: synthesized or noise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx_ir as ir
+
+
+def can_synthesize(model: ir.Model) -> bool:
+    """Whether the data-free default can synthesize inputs: the extra, float inputs only."""
+    import spa_opt.autodiff as autodiff
+
+    inputs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+    return autodiff.available() and bool(inputs) and all(
+        v.dtype is not None and v.dtype.is_floating_point() for v in inputs)
+
+
+def synthesize(model: ir.Model, context: Any, explicit: bool, samples: int) -> str:
+    """Run ``synthesize`` (its defaults, ``samples`` inputs) into the context; why not, or ''.
+
+    Asked for explicitly (``hessian=synth``) a failure is the user's error; as the
+    data-free default it falls back to noise and the report says why.
+    """
+    from spa_opt.passes.synthesize import SynthesizePass
+
+    synthesizer = SynthesizePass(**({"samples": samples} if samples else {}))
+    synthesizer.stats = {}
+    try:
+        synthesizer.run(model, context)
+    except Exception as error:  # the data-free default must not fail where noise works
+        if explicit:
+            raise
+        return f"synthesize failed, noise used: {type(error).__name__}: {error}"
+    return ""

@@ -1,0 +1,104 @@
+"""Arrays obspa keeps between stages, in memory up to a budget, memory-mapped past it.
+
+Two kinds of array outlive a stage: the activations later stages read (one array per
+value and calibration batch) and the dampened Hessians the selection and the
+reconstruction need after every stage has passed. Both go into a :class:`SpillStore`:
+while the arrays held in memory stay under ``budget`` bytes they stay there; an array
+that would cross it is written to a ``.npy`` file in a scratch folder and read back
+memory-mapped. Memory-mapped pages are file-backed, so the kernel can drop them under
+pressure instead of swapping, and the process's anonymous memory stays at one stage's
+working set whatever the model's size.
+
+The scratch folder is made on the first spill (beside the output when the caller knows
+where that is, else in the system's temporary folder) and removed by :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Hashable
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BUDGET_MB = 1024
+"""Memory obspa may hold across stages before it spills (``memory`` option)."""
+
+
+class SpillStore:
+    """``key -> array`` held in memory up to ``budget`` bytes, on disk past it."""
+
+    def __init__(self, budget: int, folder: str | os.PathLike | None = None,
+                 label: str = "obspa") -> None:
+        self.budget = budget
+        self.base = Path(folder) if folder else None
+        self.label = label
+        self._memory: dict[Hashable, np.ndarray] = {}
+        self._disk: dict[Hashable, tuple[Path, np.ndarray]] = {}
+        self._folder: Path | None = None
+        self.held = 0
+        """Bytes held in memory now."""
+        self.spilled = 0
+        """Bytes written to disk so far."""
+        self.peak = 0
+        """Most bytes held in memory at once."""
+
+    def _scratch(self) -> Path:
+        if self._folder is None:
+            base = self.base if self.base is not None and self.base.is_dir() else None
+            self._folder = Path(tempfile.mkdtemp(prefix=f".{self.label}-spill-", dir=base))
+        return self._folder
+
+    def put(self, key: Hashable, array: np.ndarray) -> None:
+        """Keep ``array`` (not copied when it stays in memory) under ``key``."""
+        self.drop(key)
+        if self.held + array.nbytes <= self.budget:
+            self._memory[key] = array
+            self.held += array.nbytes
+            self.peak = max(self.peak, self.held)
+            return
+        path = self._scratch() / f"{len(self._disk) + len(self._memory)}-{abs(hash(key))}.npy"
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=array.dtype,
+                                           shape=array.shape)
+        mapped[...] = array
+        mapped.flush()
+        del mapped
+        self._disk[key] = (path, np.load(path, mmap_mode="r"))
+        self.spilled += array.nbytes
+
+    def get(self, key: Hashable) -> np.ndarray:
+        """The array under ``key`` (read-only and memory-mapped when it was spilled)."""
+        if key in self._memory:
+            return self._memory[key]
+        return self._disk[key][1]
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._memory or key in self._disk
+
+    def drop(self, key: Hashable) -> None:
+        """Forget ``key`` and free its memory or file."""
+        array = self._memory.pop(key, None)
+        if array is not None:
+            self.held -= array.nbytes
+        found = self._disk.pop(key, None)
+        if found is not None:
+            path, mapped = found
+            del mapped
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Forget everything and remove the scratch folder."""
+        self._memory.clear()
+        self._disk.clear()
+        self.held = 0
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> SpillStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
