@@ -110,6 +110,7 @@ def optimize(
     calibration: Any = None,
     input_dims: Mapping[str, int] | None = None,
     io: Literal["keep", "rewrite"] = "keep",
+    scratch_dir: str | os.PathLike | None = None,
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -139,6 +140,9 @@ def optimize(
         io: ``keep`` the graph's inputs and outputs as they are, or ``rewrite``: let
             key/value-cache inputs and outputs lose heads, with the new shapes written
             and listed in the report's ``io`` entry (see ``PipelineContext.io``).
+        scratch_dir: Folder for arrays passes spill to disk (obspa past its memory
+            budget; the CLI gives the output's folder); the system's temporary folder
+            when None. Spilled files are removed when the pass ends.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -159,6 +163,7 @@ def optimize(
     check_input(loaded)
     session = _input_session(model, loaded, verify)
     context.input_dims = dict(input_dims or {})
+    context.scratch_dir = str(scratch_dir) if scratch_dir is not None else ""
     if calibration is not None:
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
 

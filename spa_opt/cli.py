@@ -352,6 +352,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
         calibration=_calibration_spec(args), input_dims=dict(args.input_dim), io=args.io,
+        scratch_dir=destination.parent,
     )
     if args.save_calib:
         _save_calibration(model, args.save_calib)

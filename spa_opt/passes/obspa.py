@@ -215,7 +215,9 @@ class ObspaPass(SpaPass):
         new_weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         for record, (_, matrix) in zip(listed, rows, strict=True):
             if matrix is not None:
-                new_weights[id(record.layer.weight)] = record.layer.unmatrix(matrix)
+                weight, bias = record.layer.unmatrix(matrix)
+                new_weights[id(record.layer.weight)] = (
+                    _held(store, record.layer.weight.name, weight), bias)
         table = [row for row, _ in rows]
         self.count("reconstruct-seconds", time.perf_counter() - tick)
         if self.options.propagate != "original" and calibration is not None:
@@ -345,7 +347,7 @@ class ObspaPass(SpaPass):
                     self._keep(store, record, dampen(hessian, o.damp))
                 del done.accumulators
                 seconds.append(done.seconds)
-                advance(1)
+                advance(1, f"stage {done.stage.index + 1}/{total}: {done.seconds:.1f} s")
         facts = {"mode": mode, "source": calibration.source, "samples": calibration.samples,
                  "stages": total}
         if fallback:
@@ -378,8 +380,9 @@ class ObspaPass(SpaPass):
                records: dict[int, LayerRecord], unscored: dict[str, str],
                store: SpillStore) -> dict[str, np.ndarray]:
         """Every scored group's unit scores (one task per group, or per part of a group)."""
-        tasks: list[OrderTask] = []
-        owners: list[str] = []
+        # A task's float64 weights and Hessians are gathered when it runs, not before:
+        # gathered up front, every consumer's would be held at once.
+        specs: list[tuple[Group, list[LayerRecord], Literal["none", "relative"]]] = []
         part_budget = max(self.options.memory << 19, PART_FLOOR)  # half the budget
         split = 0
         for group in groups:
@@ -388,13 +391,13 @@ class ObspaPass(SpaPass):
             mine = [r for r in records.values() if group.id in r.blocks]
             parts = _parts(mine, part_budget)
             split += len(parts) > 1
-            for part in parts:
-                tasks.append(self._task(group, part, store,
-                                        "none" if len(parts) > 1 else self.options.norm))
-                owners.append(group.id)
-        results = self._map(context, "obspa order", "group", solve_order, tasks,
-                            [max((c.weight.shape[1] for c in t.consumers), default=0)
-                             for t in tasks])
+            norm = "none" if len(parts) > 1 else self.options.norm
+            specs.extend((group, part, norm) for part in parts)
+        results = self._map(
+            context, "obspa order", "group",
+            lambda spec: solve_order(self._task(spec[0], spec[1], store, spec[2])), specs,
+            [max((r.layer.width for r in part), default=0) for _, part, _ in specs])
+        owners = [group.id for group, _, _ in specs]
         scores: dict[str, np.ndarray] = {}
         for owner, result in zip(owners, results, strict=True):
             scores[owner] = scores[owner] + result.scores if owner in scores else result.scores
@@ -449,6 +452,16 @@ class ObspaPass(SpaPass):
         with progress(context.show_progress, len(items), label, unit,
                       since=self._started) as advance:
             return run_tasks(function, items, sizes, self.options.jobs, advance)
+
+
+def _held(store: SpillStore, name: str, weight: np.ndarray) -> np.ndarray:
+    """``weight`` as the store keeps it: itself, or memory-mapped once past the budget.
+
+    A spilled weight stays readable after the store closes (its file is unlinked, the
+    mapping lives on), until ``prune`` has written it.
+    """
+    store.put(("weight", name), weight)
+    return store.get(("weight", name))
 
 
 def _hessian(store: SpillStore, record: LayerRecord) -> np.ndarray | None:

@@ -141,7 +141,7 @@ PROGRESS_TICK = 0.5
 """Seconds between redraws while nothing advances (the elapsed time keeps moving)."""
 
 
-def _ignore(n: int = 1) -> None:
+def _ignore(n: int = 1, note: str | None = None) -> None:
     """The advance function of a disabled bar."""
 
 
@@ -164,8 +164,10 @@ def _screen(stream: TextIO) -> dict[str, Any]:
 def progress(enabled: bool, total: int | None, label: str, unit: str = "it", *,
              file: TextIO | None = None, delay: float = PROGRESS_DELAY,
              tick: float = PROGRESS_TICK, since: float | None = None
-             ) -> Iterator[Callable[[int], None]]:
-    """A progress bar for one stretch of a pass's work; yields its ``advance(n=1)``.
+             ) -> Iterator[Callable[..., None]]:
+    """A progress bar for one stretch of a pass's work; yields its ``advance(n=1, note)``.
+
+    ``note`` replaces the text after the bar (obspa: the last stage's time).
 
     Passes call it with ``context.show_progress``, which the CLI sets only when stderr
     is a terminal (and ``--no-progress`` clears), so tests, pipes and the API draw
@@ -207,8 +209,10 @@ def progress(enabled: bool, total: int | None, label: str, unit: str = "it", *,
     lock = threading.Lock()
     done = threading.Event()
 
-    def advance(n: int = 1) -> None:
+    def advance(n: int = 1, note: str | None = None) -> None:
         with lock:
+            if note is not None:
+                bar.set_postfix_str(note, refresh=False)
             bar.update(n)
 
     def redraw() -> None:

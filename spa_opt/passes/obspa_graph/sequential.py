@@ -80,7 +80,9 @@ class Emulation:
 
     def __init__(self, groups: Iterable[Group], selection: dict[str, np.ndarray],
                  initial: dict[str, np.ndarray], weights: dict[str, Any]) -> None:
-        self.zero = zeroed_members(groups, selection)
+        # reconstructed weights already read nothing of the removed columns
+        self.zero = {name: entries for name, entries in
+                     zeroed_members(groups, selection).items() if name not in initial}
         self.overrides: dict[str, np.ndarray] = {}
         for name, entries in self.zero.items():
             value = weights.get(name)
@@ -94,16 +96,15 @@ class Emulation:
                 self.overrides[name] = array
 
     def set(self, name: str, array: np.ndarray) -> None:
-        """A weight's new value (zeroed again at its members' selected units)."""
-        entries = self.zero.get(name)
-        self.overrides[name] = _zero(array, entries) if entries else array
+        """A weight's new value (a reconstruction: zero at the removed columns already)."""
+        self.overrides[name] = array
 
 
 def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: list[Group],
                selection: dict[str, np.ndarray], initial: dict[str, np.ndarray],
                calibration: Calibration, store: SpillStore, hessian_of: Callable[[Any], np.ndarray],
                *, max_positions: int, seed: int, damp: float, jobs: int,
-               batch_bytes: int, progress: Callable[[int], None] | None = None
+               batch_bytes: int, progress: Callable[..., None] | None = None
                ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray | None]], list[dict[str, Any]],
                           list[float]]:
     """Run the stages again with the emulated pruned network; new weights per layer.
@@ -124,7 +125,7 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
         damp: Damping of the pruned network's Hessians (and the ridge toward ``W``).
         jobs: Threads for the accumulators and the solves (0: all cores).
         batch_bytes: Rough budget of one batch's stage inputs and outputs (both networks).
-        progress: Called with 1 after each stage.
+        progress: Called with 1 and the stage's time after each stage.
 
     Returns:
         ``id(layer.weight)`` -> (weight, bias) in the model's layout for rewritable
@@ -178,6 +179,8 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
             if matrix is None or not layer.rewritable:
                 continue
             new_weight, new_bias = layer.unmatrix(matrix)
+            store.put(("weight", layer.weight.name), new_weight)  # spilled past the budget
+            new_weight = store.get(("weight", layer.weight.name))
             results[id(layer.weight)] = (new_weight, new_bias)
             emulation.set(layer.weight.name, new_weight)
             if new_bias is not None and layer.bias is not None:
@@ -197,7 +200,7 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
         del accumulators
         seconds.append(time.perf_counter() - started)
         if progress is not None:
-            progress(1)
+            progress(1, f"stage {position + 1}/{len(stages)}: {seconds[-1]:.1f} s")
     return results, rows, seconds
 
 
