@@ -143,7 +143,8 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
             if progress is not None and position == 0:
                 progress(len(next(iter(feed.values()))) if feed else 1)
             del outputs, available, inputs
-        del session
+        if session is not None:
+            session.close()
         _release(store, stage, position, last)
         yield StageDone(stage, accumulators, stage_layers, time.perf_counter() - started)
 

@@ -168,7 +168,9 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
             run_tasks(lambda key, a=seen, b=fed, acc=accumulators, at=reads:
                       acc[key].add(a[at[key]], b[at[key]]), keys, widths, jobs)
             del seen, fed
-        del original, emulated
+        for session in (original, emulated):
+            if session is not None:
+                session.close()
         solved = run_tasks(
             lambda layer, acc=accumulators: _solve(layer, infos[id(layer.weight)],
                                                    acc[key_of(layer)], selection, hessian_of,
@@ -189,7 +191,7 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
             emulated = stage_session(model, stage, emulation.overrides)
             for batch, feed in enumerate(calibration.batches(model, size)):
                 _run(emulated, "emul", stage, names, feed, batch, store, carry=True)
-            del emulated
+            emulated.close()
         for value in stage.inputs:
             if last.get(value.name, -1) <= position:
                 for tag in ("orig", "emul"):

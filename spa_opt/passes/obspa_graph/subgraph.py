@@ -13,7 +13,10 @@ with reconstructed and zeroed weights.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -80,14 +83,47 @@ def stage_model(model: ir.Model, stage: Stage,
     return result, handed
 
 
+class StageSession:
+    """An onnxruntime session of one stage that can give its weights' pages back.
+
+    A memory-mapped weight read for the session stays resident in this process (its
+    pages count in the RSS) for as long as its tensor keeps the mapping open. ``close``
+    drops the session, the arrays handed to it, and closes the mappings of the external
+    tensors it read, so a decoder's weights are resident one stage at a time.
+    """
+
+    def __init__(self, session: Any, handed: list[tuple[str, np.ndarray]], values: list[Any],
+                 external: list[ir.ExternalTensor]) -> None:
+        self._session = session
+        self._keep = (handed, values)
+        self._external = external
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``InferenceSession.run``."""
+        return self._session.run(names, feed)
+
+    def close(self) -> None:
+        """Drop the session and release the memory-mapped weights it read."""
+        self._session = None
+        self._keep = ([], [])
+        gc.collect()  # onnxruntime's OrtValues hold views of the mappings until collected
+        for tensor in self._external:
+            with contextlib.suppress(BufferError):  # a view is alive elsewhere: keep it
+                tensor.release()
+        self._external = []
+
+
 def stage_session(model: ir.Model, stage: Stage,
-                  overrides: Mapping[str, np.ndarray] | None = None):  # -> InferenceSession
+                  overrides: Mapping[str, np.ndarray] | None = None) -> StageSession:
     """An onnxruntime session that runs ``stage`` (see the module docstring)."""
     import onnxruntime as ort
 
     from spa_opt.ort import describe_error, quiet_session_options
 
     proto, handed = stage_model(model, stage, overrides)
+    external = [v.const_value for node in stage.nodes for v in node.inputs
+                if v is not None and isinstance(v.const_value, ir.ExternalTensor)
+                and v.const_value.raw is None]  # mapped by this session, not before
     options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     values = [ort.OrtValue.ortvalue_from_numpy(array) for _, array in handed]
@@ -99,5 +135,4 @@ def stage_session(model: ir.Model, stage: Stage,
     except Exception as error:  # onnxruntime raises untyped failures
         raise InputError(f"obspa: stage {stage.index} of the model does not run in "
                          f"onnxruntime: {describe_error(error)}") from None
-    session._spa_opt_keepalive = (handed, values)  # type: ignore[attr-defined]
-    return session
+    return StageSession(session, handed, values, external)
