@@ -46,6 +46,7 @@ from spa_opt.obs.threads import run_tasks
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
 from spa_opt.passes.obspa_graph.propagate import batch_size, last_reader, stages_for
+from spa_opt.passes.obspa_graph.stages import Stage
 from spa_opt.passes.obspa_graph.store import SpillStore
 from spa_opt.passes.obspa_graph.subgraph import stage_session
 
@@ -148,45 +149,49 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
     for position, stage in enumerate(stages):
         started = time.perf_counter()
         stage_layers = [la for node in stage.layer_nodes for la in by_node[id(node)]]
-        accumulators: dict[tuple, CrossAccumulator] = {}
-        reads: dict[tuple, str] = {}
-        for index, layer in enumerate(stage_layers):
-            key = key_of(layer)
-            if key not in accumulators:
-                accumulators[key] = CrossAccumulator(key[1], max_positions,
-                                                     seed + 7919 * position + index,
-                                                     layer.width)
-                reads[key] = layer.activation.name
         names = [v.name for v in stage.outputs]
         original = stage_session(model, stage) if names else None
-        emulated = stage_session(model, stage, emulation.overrides) if names else None
-        keys = list(accumulators)
-        widths = [accumulators[k].width for k in keys]
-        for batch, feed in enumerate(calibration.batches(model, size)):
-            seen = _run(original, "orig", stage, names, feed, batch, store, carry=True)
-            fed = _run(emulated, "emul", stage, names, feed, batch, store, carry=False)
-            run_tasks(lambda key, a=seen, b=fed, acc=accumulators, at=reads:
-                      acc[key].add(a[at[key]], b[at[key]]), keys, widths, jobs)
-            del seen, fed
-        for session in (original, emulated):
-            if session is not None:
-                session.close()
-        solved = run_tasks(
-            lambda layer, acc=accumulators: _solve(layer, infos[id(layer.weight)],
-                                                   acc[key_of(layer)], selection, hessian_of,
-                                                   damp),
-            stage_layers, [la.width for la in stage_layers], jobs)
-        for layer, (row, matrix) in zip(stage_layers, solved, strict=True):
-            rows.append(row)
-            if matrix is None or not layer.rewritable:
-                continue
-            new_weight, new_bias = layer.unmatrix(matrix)
-            store.put(("weight", layer.weight.name), new_weight)  # spilled past the budget
-            new_weight = store.get(("weight", layer.weight.name))
-            results[id(layer.weight)] = (new_weight, new_bias)
-            emulation.set(layer.weight.name, new_weight)
-            if new_bias is not None and layer.bias is not None:
-                emulation.set(layer.bias.name, new_bias)
+        for wave, members in enumerate(waves(stage, stage_layers)):
+            accumulators: dict[tuple, CrossAccumulator] = {}
+            reads: dict[tuple, str] = {}
+            for index, layer in enumerate(members):
+                key = key_of(layer)
+                if key not in accumulators:
+                    accumulators[key] = CrossAccumulator(
+                        key[1], max_positions, seed + 7919 * position + 101 * wave + index,
+                        layer.width)
+                    reads[key] = layer.activation.name
+            emulated = stage_session(model, stage, emulation.overrides) if names else None
+            keys = list(accumulators)
+            widths = [accumulators[k].width for k in keys]
+            for batch, feed in enumerate(calibration.batches(model, size)):
+                seen = _run(original, "orig", stage, names, feed, batch, store,
+                            carry=wave == 0)
+                fed = _run(emulated, "emul", stage, names, feed, batch, store, carry=False)
+                run_tasks(lambda key, a=seen, b=fed, acc=accumulators, at=reads:
+                          acc[key].add(a[at[key]], b[at[key]]), keys, widths, jobs)
+                del seen, fed
+            if emulated is not None:
+                emulated.close()
+            solved = run_tasks(
+                lambda layer, acc=accumulators: _solve(layer, infos[id(layer.weight)],
+                                                       acc[key_of(layer)], selection,
+                                                       hessian_of, damp),
+                members, [la.width for la in members], jobs)
+            del accumulators
+            for layer, (row, matrix) in zip(members, solved, strict=True):
+                rows.append(row)
+                if matrix is None or not layer.rewritable:
+                    continue
+                new_weight, new_bias = layer.unmatrix(matrix)
+                store.put(("weight", layer.weight.name), new_weight)  # spilled past budget
+                new_weight = store.get(("weight", layer.weight.name))
+                results[id(layer.weight)] = (new_weight, new_bias)
+                emulation.set(layer.weight.name, new_weight)
+                if new_bias is not None and layer.bias is not None:
+                    emulation.set(layer.bias.name, new_bias)
+        if original is not None:
+            original.close()
         if stage.carried:  # what later stages read, now from this stage's new weights
             emulated = stage_session(model, stage, emulation.overrides)
             for batch, feed in enumerate(calibration.batches(model, size)):
@@ -199,11 +204,34 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
                     while (tag, value.name, batch) in store:
                         store.drop((tag, value.name, batch))
                         batch += 1
-        del accumulators
         seconds.append(time.perf_counter() - started)
         if progress is not None:
             progress(1, f"stage {position + 1}/{len(stages)}: {seconds[-1]:.1f} s")
     return results, rows, seconds
+
+
+def waves(stage: Stage, layers: list[Layer]) -> list[list[Layer]]:
+    """The stage's layers in waves, each solved from the solved ones before it.
+
+    A layer comes after every layer of the stage it reads through (o_proj after q, k
+    and v; down after gate and up), so it fits what those layers now feed it.
+    """
+    made: dict[int, int] = {}  # value id -> how many of the stage's layers it comes after
+    depth: dict[int, int] = {}
+    layer_nodes = {id(layer.node) for layer in layers}
+    for node in stage.nodes:
+        level = max((made.get(id(v), 0) for v in node.inputs if v is not None), default=0)
+        if id(node) in layer_nodes:
+            depth[id(node)] = level
+            level += 1
+        for value in node.outputs:
+            made[id(value)] = level
+    for layer in layers:  # a layer reading a stage input directly
+        depth.setdefault(id(layer.node), 0)
+    found: dict[int, list[Layer]] = {}
+    for layer in layers:
+        found.setdefault(depth[id(layer.node)], []).append(layer)
+    return [found[level] for level in sorted(found)]
 
 
 def _run(session: Any, tag: str, stage: Any, names: list[str], feed: dict[str, np.ndarray],
