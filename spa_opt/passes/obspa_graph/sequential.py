@@ -2,13 +2,12 @@
 
 The input of a stage is what the pruned network before it feeds it. Once the
 selection is planned, the stages (:mod:`.stages`) run again in order, each twice per
-batch: as the original network (its stored values from the original run of
+batch and wave: as the original network (its stored values from the original run of
 the stages before) and as the *emulated pruned network*: the same nodes with
 
-- every consumer layer of the stages already done carrying its sequential
-  reconstruction, and those of this stage and later ones their ``propagate=original``
-  reconstruction (so within a stage a layer sees the earlier layers of the same stage
-  as reconstructed from the original activations);
+- every consumer layer solved so far carrying its sequential reconstruction, and the
+  others their ``propagate=original`` one. Within a stage the layers are solved in
+  waves (:func:`waves`: o_proj after q, k and v), the stage running again for each;
 - every weight that reads a group's channels (grouped convolutions, layers too wide
   to reconstruct) zero at the selected units' columns.
 
