@@ -13,6 +13,7 @@ from spa_opt.obs.linalg import (
     inverse,
     reconstruct,
     remove,
+    remove_in_place,
 )
 from spa_opt.obs.order import Consumer, OrderTask, solve_order
 
@@ -124,3 +125,19 @@ def test_blocks_order_needs_fewer_steps() -> None:
     result = solve_order(task)
     assert result.steps == 3  # four rounds of eight, the last without a downdate
     assert np.isfinite(result.scores).all()
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_in_place_removal_equals_the_compacting_one(block: int) -> None:
+    w, _, h = _layer(rows=5, d=24, n=200, seed=6)
+    hinv = inverse(h)
+    columns = np.arange(block) + 7
+    new_w, new_hinv, kept, cost = remove(w, hinv, columns)
+    w_in, hinv_in = np.array(w, order="C"), hinv.copy()
+    assert remove_in_place(w_in, hinv_in, columns) == pytest.approx(cost, rel=1e-12)
+    np.testing.assert_allclose(w_in[:, kept], new_w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hinv_in[np.ix_(kept, kept)], new_hinv, rtol=1e-10, atol=1e-12)
+    assert not w_in[:, columns].any() and not hinv_in[columns].any()
+    blocks = np.arange(24).reshape(-1, 1)
+    np.testing.assert_allclose(block_costs(w, hinv, blocks),  # the 1x1 division path
+                               0.5 * (w ** 2).sum(0) / np.diag(hinv), rtol=1e-12)

@@ -81,6 +81,10 @@ def block_costs(weight: np.ndarray, hinv: np.ndarray, blocks: np.ndarray) -> np.
     """
     if blocks.size == 0:
         return np.zeros(len(blocks))
+    if blocks.shape[1] == 1:  # single columns: the block inverse is a division
+        columns = blocks[:, 0]
+        return 0.5 * np.einsum("ru,ru->u", weight[:, columns], weight[:, columns]) \
+            / np.diagonal(hinv)[columns]
     sub = hinv[blocks[:, :, None], blocks[:, None, :]]  # (units, b, b)
     w = np.ascontiguousarray(weight[:, blocks].transpose(1, 2, 0))  # (units, b, rows)
     solved = np.linalg.solve(sub, w)
@@ -112,6 +116,41 @@ def remove(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray
     new_hinv = hinv[np.ix_(kept, kept)]
     new_hinv -= coupling.T @ scipy.linalg.cho_solve(factor, coupling, check_finite=False)
     return new_weight, new_hinv, kept, cost
+
+
+def remove_in_place(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray) -> float:
+    """:func:`remove` without compaction: ``weight`` and ``hinv`` keep their size.
+
+    The Schur downdate ``H⁻¹ -= (H⁻¹)_:M S⁻¹ (H⁻¹)_M:`` with ``S = (H⁻¹)_MM`` makes the
+    removed rows and columns of ``H⁻¹`` exactly zero, and the update
+    ``W -= W_:M S⁻¹ (H⁻¹)_M:`` makes the removed columns of ``W`` zero, so both stay at
+    full size and the remaining columns keep their indices: no per-round copy of the
+    kept block. Both are one BLAS ``gemm`` with ``beta = 1`` on the array itself;
+    ``hinv`` must be C- or Fortran-contiguous (it is symmetric, so its transpose is the
+    same matrix in the other order) and ``weight`` C-contiguous.
+
+    Returns:
+        The cost of the removal.
+    """
+    block = hinv[np.ix_(columns, columns)]
+    factor = scipy.linalg.cho_factor(block, lower=True, check_finite=False)
+    coupling = hinv[columns, :]  # (H⁻¹)_M:, (|M|, d)
+    w_m = weight[:, columns]
+    solved_w = scipy.linalg.cho_solve(factor, w_m.T, check_finite=False)  # S⁻¹ W_Mᵀ
+    cost = 0.5 * float(np.einsum("rm,mr->", w_m, solved_w))
+    blas = scipy.linalg.blas
+    # W -= (S⁻¹ W_Mᵀ)ᵀ (H⁻¹)_M:  on weight.T (Fortran order of a C-ordered weight)
+    blas.dgemm(-1.0, coupling, solved_w, beta=1.0, c=weight.T, trans_a=1, overwrite_c=1)
+    # H⁻¹ -= Y Yᵀ with Y = (H⁻¹)_:M L⁻ᵀ (S = L Lᵀ)
+    lower = factor[0]
+    y = scipy.linalg.solve_triangular(lower, coupling, lower=True, check_finite=False)
+    target = hinv if hinv.flags.f_contiguous else hinv.T
+    blas.dgemm(-1.0, y, y, beta=1.0, c=target, trans_a=1, overwrite_c=1)
+    hinv[np.ix_(columns, columns)] = 0.0  # exactly, not to rounding
+    hinv[columns, :] = 0.0
+    hinv[:, columns] = 0.0
+    weight[:, columns] = 0.0
+    return cost
 
 
 def reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray) -> np.ndarray:

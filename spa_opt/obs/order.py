@@ -8,7 +8,7 @@ weights ``W``, dampened Hessian ``H`` and the columns of every unit. The task:
    (:func:`~spa_opt.obs.linalg.block_costs`);
 3. removes the cheapest unit (``greedy``) or the cheapest ``ceil(removable / rounds)``
    (``blocks``) from every consumer at once, updating the kept weights and downdating
-   every ``H⁻¹`` (:func:`~spa_opt.obs.linalg.remove`); then back to 2.
+   every ``H⁻¹`` in place (:func:`~spa_opt.obs.linalg.remove_in_place`); then back to 2.
 
 A unit's score is its cost when it was removed, raised to be strictly above the score
 of the unit removed before it, so sorting by score gives back the removal order (what
@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from spa_opt.obs.linalg import block_costs, energy, inverse, remove
+from spa_opt.obs.linalg import block_costs, energy, inverse, remove_in_place
 
 
 @dataclasses.dataclass
@@ -84,37 +84,28 @@ def solve_order(task: OrderTask) -> OrderResult:
         return OrderResult(task.group, scores, time.perf_counter() - start, 0)
     scale = sum(energy(c.weight, c.hessian) for c in task.consumers)
     scale = scale if task.norm == "relative" and scale > 0 else 1.0
-    state = []
-    for consumer in task.consumers:
-        position = np.arange(consumer.weight.shape[1])
-        state.append([consumer.weight, inverse(consumer.hessian), position])
+    # One Cholesky (in ``inverse``) per consumer; after it, every round downdates the
+    # consumer's ``W`` and ``H⁻¹`` in place at full size (removed columns become zero),
+    # so unit columns keep their indices and no round copies the kept block.
+    state = [(np.array(c.weight, dtype=np.float64, order="C"), inverse(c.hessian))
+             for c in task.consumers]
     step = 1 if task.order == "greedy" else max(1, math.ceil(remaining.size / task.rounds))
     removed: list[int] = []
     costs_seen: list[float] = []
     steps = 0
     while remaining.size:
         costs = np.zeros(remaining.size)
-        for (weight, hinv, position), consumer in zip(state, task.consumers, strict=True):
-            costs += block_costs(weight, hinv, position[consumer.blocks[remaining]])
+        for (weight, hinv), consumer in zip(state, task.consumers, strict=True):
+            costs += block_costs(weight, hinv, consumer.blocks[remaining])
         ranked = np.argsort(costs, kind="stable")
         take = ranked[:step]
+        removed.extend(remaining[take].tolist())
+        costs_seen.extend(costs[take].tolist())
         if take.size == remaining.size:  # the last units: no need to downdate
-            removed.extend(remaining[take].tolist())
-            costs_seen.extend(costs[take].tolist())
             break
         picked = remaining[take]
-        removed.extend(picked.tolist())
-        costs_seen.extend(costs[take].tolist())
-        for entry, consumer in zip(state, task.consumers, strict=True):
-            weight, hinv, position = entry
-            columns = position[consumer.blocks[picked]].ravel()
-            weight, hinv, kept, _ = remove(weight, hinv, columns)
-            new_position = np.full(position.size, -1)
-            alive = np.flatnonzero(position >= 0)
-            lookup = np.full(weight.shape[1] + columns.size, -1)
-            lookup[kept] = np.arange(kept.size)
-            new_position[alive] = lookup[position[alive]]
-            entry[:] = [weight, hinv, new_position]
+        for (weight, hinv), consumer in zip(state, task.consumers, strict=True):
+            remove_in_place(weight, hinv, consumer.blocks[picked].ravel())
         remaining = np.delete(remaining, take)
         steps += 1
     scores[np.asarray(removed)] = _strictly_increasing([c / scale for c in costs_seen])
