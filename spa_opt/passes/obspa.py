@@ -209,23 +209,22 @@ class ObspaPass(SpaPass):
 
         tick = time.perf_counter()
         listed = list(records.values())
-        rows = self._map(context, "obspa reconstruct", "layer",
-                         lambda r: reconstruct_layer(r, _hessian(store, r), plan.selection),
-                         listed, [r.layer.width for r in listed])
-        new_weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        for record, (_, matrix) in zip(listed, rows, strict=True):
-            if matrix is not None:
-                weight, bias = record.layer.unmatrix(matrix)
-                new_weights[id(record.layer.weight)] = (
-                    _held(store, record.layer.weight.name, weight), bias)
-        table = [row for row, _ in rows]
-        self.count("reconstruct-seconds", time.perf_counter() - tick)
         if self.options.propagate != "original" and calibration is not None:
-            tick = time.perf_counter()
             new_weights, table, stage_seconds = self._sequential(
-                model, context, groups, records, plan.selection, new_weights, calibration,
-                store)
+                model, context, groups, records, plan.selection, calibration, store)
             self.count("sequential-seconds", time.perf_counter() - tick)
+        else:
+            rows = self._map(context, "obspa reconstruct", "layer",
+                             lambda r: reconstruct_layer(r, _hessian(store, r), plan.selection),
+                             listed, [r.layer.width for r in listed])
+            new_weights = {}
+            for record, (_, matrix) in zip(listed, rows, strict=True):
+                if matrix is not None:
+                    weight, bias = record.layer.unmatrix(matrix)
+                    new_weights[id(record.layer.weight)] = (
+                        _held(store, record.layer.weight.name, weight), bias)
+            table = [row for row, _ in rows]
+            self.count("reconstruct-seconds", time.perf_counter() - tick)
         reconstructed: dict[ir.Value, np.ndarray] = {}
         for record in listed:
             found = new_weights.get(id(record.layer.weight))
@@ -422,24 +421,16 @@ class ObspaPass(SpaPass):
 
     def _sequential(self, model: ir.Model, context: PipelineContext, groups: list[Group],
                     records: dict[int, LayerRecord], selection: dict[str, np.ndarray],
-                    first: dict[int, tuple[np.ndarray, np.ndarray | None]], calibration: Any,
-                    store: SpillStore) -> tuple[dict, list[dict[str, Any]], list[float]]:
+                    calibration: Any, store: SpillStore
+                    ) -> tuple[dict, list[dict[str, Any]], list[float]]:
         from spa_opt.passes.obspa_graph.sequential import sequential
 
-        initial: dict[str, np.ndarray] = {}
-        for record in records.values():
-            found = first.get(id(record.layer.weight))
-            if found is None:
-                continue
-            initial[record.layer.weight.name] = found[0]
-            if found[1] is not None and record.layer.bias is not None:
-                initial[record.layer.bias.name] = found[1]
         layers = [r.layer for r in records.values()]
         infos = {id(r.layer.weight): r for r in records.values()}
         total = len(stages_for(model, layers))
         with progress(context.show_progress, total, "obspa sequential", "stage",
                       since=self._started) as advance:
-            return sequential(model, layers, infos, groups, selection, initial, calibration,
+            return sequential(model, layers, infos, groups, selection, calibration,
                               store, lambda r: _hessian(store, r),
                               max_positions=self.options.positions,
                               seed=context.targets.seed, damp=self.options.damp,

@@ -5,9 +5,10 @@ selection is planned, the stages (:mod:`.stages`) run again in order, each twice
 batch and wave: as the original network (its stored values from the original run of
 the stages before) and as the *emulated pruned network*: the same nodes with
 
-- every consumer layer solved so far carrying its sequential reconstruction, and the
-  others their ``propagate=original`` one. Within a stage the layers are solved in
-  waves (:func:`waves`: o_proj after q, k and v), the stage running again for each;
+- every consumer layer solved so far carrying its sequential reconstruction (the
+  others cannot reach the inputs of the layers being solved: those come after them).
+  Within a stage the layers are solved in waves (:func:`waves`: o_proj after q, k and
+  v), the stage running again for each;
 - every weight that reads a group's channels (grouped convolutions, layers too wide
   to reconstruct) zero at the selected units' columns.
 
@@ -76,33 +77,40 @@ def _zero(array: np.ndarray, entries: list[tuple[int, np.ndarray]]) -> np.ndarra
 
 
 class Emulation:
-    """The overrides that turn the original graph into the emulated pruned network."""
+    """The overrides that turn the original graph into the emulated pruned network.
+
+    Rewritable consumer layers need none until they are solved: a layer's weights only
+    reach the inputs of layers after it, and those are solved after it (the next wave or
+    stage); its solved weights are zero at the removed columns. Every other weight that
+    reads a group's channels is zeroed at the selected units once, here.
+    """
 
     def __init__(self, groups: Iterable[Group], selection: dict[str, np.ndarray],
-                 initial: dict[str, np.ndarray], weights: dict[str, Any]) -> None:
-        # reconstructed weights already read nothing of the removed columns
-        self.zero = {name: entries for name, entries in
-                     zeroed_members(groups, selection).items() if name not in initial}
+                 weights: dict[str, Any], solved: set[str]) -> None:
+        self.zero = zeroed_members(groups, selection)
         self.overrides: dict[str, np.ndarray] = {}
         for name, entries in self.zero.items():
             value = weights.get(name)
-            source = initial.get(name)
-            if source is None and value is not None:
-                source = constant_array(value)
+            source = constant_array(value) if value is not None and name not in solved \
+                else None
             if source is not None:
-                self.overrides[name] = _zero(np.asarray(source), entries)  # type: ignore[arg-type]
-        for name, array in initial.items():
-            if name not in self.overrides:
-                self.overrides[name] = array
+                self.overrides[name] = _zero(np.asarray(source), entries)
 
     def set(self, name: str, array: np.ndarray) -> None:
-        """A weight's new value (a reconstruction: zero at the removed columns already)."""
+        """A solved weight (zero at the removed columns already)."""
         self.overrides[name] = array
+
+    def unsolved(self, name: str, weights: dict[str, Any]) -> None:
+        """A layer that could not be solved keeps its weights, zeroed at removed columns."""
+        value = weights.get(name)
+        entries = self.zero.get(name)
+        if value is not None and entries:
+            self.overrides[name] = _zero(np.asarray(constant_array(value)), entries)
 
 
 def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: list[Group],
-               selection: dict[str, np.ndarray], initial: dict[str, np.ndarray],
-               calibration: Calibration, store: SpillStore, hessian_of: Callable[[Any], np.ndarray],
+               selection: dict[str, np.ndarray], calibration: Calibration,
+               store: SpillStore, hessian_of: Callable[[Any], np.ndarray],
                *, max_positions: int, seed: int, damp: float, jobs: int,
                batch_bytes: int, progress: Callable[..., None] | None = None
                ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray | None]], list[dict[str, Any]],
@@ -116,7 +124,6 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
             ``with_bias``, ``layer``).
         groups: The groups (for the emulation's zeroed members).
         selection: Group id -> selected units.
-        initial: Weight name -> the ``propagate=original`` reconstruction (model layout).
         calibration: The same inputs as the first run.
         store: Where values crossing a cut go (one for both networks).
         hessian_of: The original run's dampened Hessian of a layer record.
@@ -135,7 +142,8 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
     for node in model.graph:
         if node.op_type == "Constant" and node.outputs:
             weights[node.outputs[0].name] = node.outputs[0]
-    emulation = Emulation(groups, selection, initial, weights)
+    emulation = Emulation(groups, selection, weights,
+                          {la.weight.name for la in layers if la.rewritable})
     stages = stages_for(model, layers)
     by_node: dict[int, list[Layer]] = {}
     for layer in layers:
@@ -181,6 +189,8 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
             for layer, (row, matrix) in zip(members, solved, strict=True):
                 rows.append(row)
                 if matrix is None or not layer.rewritable:
+                    if layer.rewritable:  # not solved: zeroed as a non-rewritable one is
+                        emulation.unsolved(layer.weight.name, weights)
                     continue
                 new_weight, new_bias = layer.unmatrix(matrix)
                 store.put(("weight", layer.weight.name), new_weight)  # spilled past budget
