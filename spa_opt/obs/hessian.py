@@ -89,7 +89,7 @@ def im2col_view(x: np.ndarray, geo: Geometry) -> np.ndarray:
 
 def features(x: np.ndarray, geo: Geometry, max_positions: int,
              rng: np.random.Generator) -> np.ndarray:
-    """``X`` for one batch: ``(d + 1, columns)`` float32, the last row ones."""
+    """``X`` for one batch: ``(d + 1, columns)`` float32 (Fortran order), the last row ones."""
     if geo.kind == "conv":
         view = im2col_view(x, geo)
         nd = len(geo.kernel)
@@ -107,10 +107,12 @@ def features(x: np.ndarray, geo: Geometry, max_positions: int,
         cols = x.reshape(-1, x.shape[-1])
         if cols.shape[0] > max_positions:
             cols = cols[np.sort(rng.choice(cols.shape[0], max_positions, replace=False))]
-    out = np.empty((cols.shape[1] + 1, cols.shape[0]), dtype=np.float32)
-    out[:-1] = cols.T
-    out[-1] = 1.0
-    return out
+    # Built as (columns, d + 1) rows and returned transposed: a Fortran-ordered view that
+    # BLAS takes as it is, where filling a C-ordered (d + 1, columns) would transpose.
+    out = np.empty((cols.shape[0], cols.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = cols
+    out[:, -1] = 1.0
+    return out.T
 
 
 def mirror_upper(matrix: np.ndarray, block: int = 512) -> np.ndarray:
@@ -161,11 +163,13 @@ class Accumulator:
         if self._scratch is None:
             self._scratch = np.zeros((size, size), dtype=np.float32, order="F")
             self.total = np.zeros((size, size), dtype=np.float64)
-        # cols is C-ordered (d + 1, m), so cols.T is a Fortran (m, d + 1) view: trans=1
-        # computes cols colsᵀ with no copy of the columns.
+        # cols is a Fortran-ordered (d + 1, m) view: trans=0 computes cols colsᵀ with no
+        # copy of the columns (a C-ordered one goes transposed, trans=1, no copy either).
+        fortran = cols.flags.f_contiguous
         with np.errstate(over="ignore", invalid="ignore"):  # checked by the caller
-            product = scipy.linalg.blas.ssyrk(1.0, cols.T, beta=0.0, c=self._scratch,
-                                              trans=1, lower=0, overwrite_c=1)
+            product = scipy.linalg.blas.ssyrk(1.0, cols if fortran else cols.T, beta=0.0,
+                                              c=self._scratch, trans=0 if fortran else 1,
+                                              lower=0, overwrite_c=1)
             self.total += product
         self._scratch = product
         self.count += cols.shape[1]
