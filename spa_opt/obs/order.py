@@ -75,6 +75,48 @@ def _strictly_increasing(costs: list[float]) -> np.ndarray:
     return out
 
 
+COMPACT_BELOW = 0.6
+"""A consumer's working ``W`` and ``H⁻¹`` are compacted to their remaining columns once
+fewer than this fraction of them remain."""
+
+
+class _Working:
+    """One consumer's current ``W`` and ``H⁻¹``, downdated in place, compacted seldom.
+
+    Downdating in place keeps the removed columns as zeros, so the arrays are not
+    copied every round; but every later downdate then also runs over those zeros. When
+    fewer than ``COMPACT_BELOW`` of the columns remain, the arrays are cut to the
+    remaining ones (one copy). The copies then sum to less than the arrays' first size
+    over a whole ordering, and the flops stay within a quarter of always compacting.
+    """
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.weight = np.array(consumer.weight, dtype=np.float64, order="C")
+        self.hinv = inverse(consumer.hessian)  # the one Cholesky of this Hessian
+        self.index = np.arange(self.weight.shape[1])
+        """Original column -> its column in the working arrays (-1: gone)."""
+        self.alive = self.weight.shape[1]
+
+    def where(self, blocks: np.ndarray) -> np.ndarray:
+        """Working columns of original column blocks."""
+        return self.index[blocks]
+
+    def remove(self, columns: np.ndarray) -> None:
+        """Remove original ``columns`` (downdate in place; compact when few remain)."""
+        remove_in_place(self.weight, self.hinv, self.index[columns])
+        self.index[columns] = -1
+        self.alive -= columns.size
+        if self.alive < COMPACT_BELOW * self.weight.shape[1]:
+            kept = np.flatnonzero(np.isin(np.arange(self.weight.shape[1]),
+                                          self.index[self.index >= 0]))
+            self.weight = np.ascontiguousarray(self.weight[:, kept])
+            self.hinv = np.ascontiguousarray(self.hinv[np.ix_(kept, kept)])
+            lookup = np.full(self.index.size, -1)
+            lookup[kept] = np.arange(kept.size)
+            alive = self.index >= 0
+            self.index[alive] = lookup[self.index[alive]]
+
+
 def solve_order(task: OrderTask) -> OrderResult:
     """Run the task (see the module docstring)."""
     start = time.perf_counter()
@@ -87,16 +129,15 @@ def solve_order(task: OrderTask) -> OrderResult:
     # One Cholesky (in ``inverse``) per consumer; after it, every round downdates the
     # consumer's ``W`` and ``H⁻¹`` in place at full size (removed columns become zero),
     # so unit columns keep their indices and no round copies the kept block.
-    state = [(np.array(c.weight, dtype=np.float64, order="C"), inverse(c.hessian))
-             for c in task.consumers]
+    state = [_Working(c) for c in task.consumers]
     step = 1 if task.order == "greedy" else max(1, math.ceil(remaining.size / task.rounds))
     removed: list[int] = []
     costs_seen: list[float] = []
     steps = 0
     while remaining.size:
         costs = np.zeros(remaining.size)
-        for (weight, hinv), consumer in zip(state, task.consumers, strict=True):
-            costs += block_costs(weight, hinv, consumer.blocks[remaining])
+        for work, consumer in zip(state, task.consumers, strict=True):
+            costs += block_costs(work.weight, work.hinv, work.where(consumer.blocks[remaining]))
         ranked = np.argsort(costs, kind="stable")
         take = ranked[:step]
         removed.extend(remaining[take].tolist())
@@ -104,8 +145,8 @@ def solve_order(task: OrderTask) -> OrderResult:
         if take.size == remaining.size:  # the last units: no need to downdate
             break
         picked = remaining[take]
-        for (weight, hinv), consumer in zip(state, task.consumers, strict=True):
-            remove_in_place(weight, hinv, consumer.blocks[picked].ravel())
+        for work, consumer in zip(state, task.consumers, strict=True):
+            work.remove(consumer.blocks[picked].ravel())
         remaining = np.delete(remaining, take)
         steps += 1
     scores[np.asarray(removed)] = _strictly_increasing([c / scale for c in costs_seen])
