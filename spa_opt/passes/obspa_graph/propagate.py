@@ -74,7 +74,7 @@ def _sample_bytes(values: Iterable[ir.Value], dims: dict[str, int]) -> int | Non
             if size is None:
                 return None
             count *= size
-        total += count * value.dtype.itemsize
+        total += int(np.ceil(count * value.dtype.itemsize))  # itemsize is 0.5 for 4 bits
     return total
 
 
@@ -87,7 +87,7 @@ def batch_size(stages: list[Stage], calibration: Calibration, budget: int) -> in
         if found is None:
             return 8
         per_sample = max(per_sample, found)
-    return max(1, min(256, budget // max(per_sample, 1)))
+    return int(max(1, min(256, budget // max(per_sample, 1))))
 
 
 def last_reader(stages: list[Stage]) -> dict[str, int]:
