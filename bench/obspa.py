@@ -37,9 +37,9 @@ not mix):
    unavoidable product, and how much onnxruntime propagation, im2col, float64
    accumulation and per-sample overheads.
 
-Goals printed beside the results: the whole ``obspa`` pass within 3x of its Cholesky
-floor; ResNet-50's whole ``optimize`` under a minute on a 2-core machine. All numbers
-are measured in the run that prints them.
+Goals printed beside the results (issue 17): the whole ``obspa`` pass within 2x of its
+floor, the GEMM floor plus the Cholesky floor; ResNet-50's whole ``optimize`` under 30 s
+on a 2-core machine. All numbers are measured in the run that prints them.
 
 Models:
 
@@ -95,8 +95,9 @@ CACHE = Path(tempfile.gettempdir()) / "spa-opt-bench-analysis"
 RESULT_MARK = "@@bench-obspa-result "
 SAMPLE_SECONDS = 0.01
 MIB = 2**20
-FLOOR_GOAL = 3.0
-RESNET_GOAL_SECONDS = 60.0
+FLOOR_GOAL = 2.0
+"""Issue 17: the obspa pass within 2x of syrk + one Cholesky per Hessian."""
+RESNET_GOAL_SECONDS = 30.0
 
 # Llama-7B MLP.
 HIDDEN, INTERMEDIATE, TOKENS = 4096, 11008, 128
@@ -467,10 +468,12 @@ def goals(results: list[dict[str, Any]]) -> list[str]:
         if "error" in r:
             continue
         chol = sum(layer["cholesky"] for layer in r["layers"])
+        gemm = sum(layer["gemm"] for layer in r["layers"])
         obspa = r["pipeline"]["passes"]["obspa"]
-        ratio = obspa / chol
-        out.append(f"goal obspa pass <= {FLOOR_GOAL:.0f}x its Cholesky floor, "
-                   f"{MODELS[r['model']]}: {_s(obspa)} s / {_s(chol)} s = {_x(ratio)}: "
+        ratio = obspa / (chol + gemm)
+        out.append(f"goal obspa pass <= {FLOOR_GOAL:.0f}x its floor (syrk {_s(gemm)} s + "
+                   f"Cholesky {_s(chol)} s), {MODELS[r['model']]}: {_s(obspa)} s / "
+                   f"{_s(chol + gemm)} s = {_x(ratio)}: "
                    f"{'MET' if ratio <= FLOOR_GOAL else 'NOT MET'}")
         if r["model"] == "resnet50":
             seconds = r["pipeline"]["seconds"]
