@@ -11,10 +11,26 @@ over its block positions of per-position scores). Then:
   (:attr:`Group.primary`), or of the first scored member when the primary did not score;
 - ``norm`` rescales the combined scores: ``none``; ``mean``, ``max`` or ``sum``: divide by
   that statistic; ``minmax``: ``(s - min) / (max - min)``. A zero denominator leaves the
-  scores as they are (``minmax`` then gives zeros).
+  scores as they are (``minmax`` then gives zeros). ``share`` (magnitude criteria ``l1``
+  and ``l2`` only) instead rescales each *member* before ``agg`` combines them
+  (:func:`member_share`): a unit's score on a member becomes the fraction of that
+  member's total it carries.
 
 The defaults, ``agg=mean`` and ``norm=mean``, follow Torch-Pruning's ``group_reduction``
-and ``normalizer``. Results go to ``context.analyses.scores`` (a new dict each run,
+and ``normalizer``.
+
+Across groups (``--scope global``; the ``local`` scope only uses the order within each
+group, so no normalisation changes it) the per-group normalisations do not compare.
+``mean`` gives every group a mean score of 1 whatever it is: the residual stream, whose
+every channel is read by every layer, then ranks with an MLP whose channels each feed one
+layer, and its weakest channels go as early as the MLP's weakest (measured on the trained
+byte-level Llama: ``bench/llm.py``). ``share`` with ``agg=sum`` scores a unit by how many
+members' worth of weight it removes: the fraction of each member it carries, summed. That
+is free of the members' scales (an RMSNorm gain of 1 against a 688-wide projection),
+falls with the group's width (one of 688 channels carries less than one of 256) and grows
+with the number of members (a residual channel touches every projection of every layer),
+so one order ranks MLP channels, attention heads and residual channels together.
+ Results go to ``context.analyses.scores`` (a new dict each run,
 ``{group.id: float64 array of shape (group.units,)}``: the last criterion of a pipeline
 wins) and ``context.analyses.criterion`` (its pipeline text). Groups the criterion
 cannot score get no entry and are listed, with why, in the report's ``criterion``.
@@ -53,6 +69,18 @@ class CriterionOptions:
     )
 
 
+@dataclasses.dataclass
+class MagnitudeOptions(CriterionOptions):
+    """Options of the magnitude criteria (l1, l2): ``norm`` may also be ``share``."""
+
+    norm: Literal["none", "mean", "max", "sum", "minmax", "share"] = option(  # type: ignore
+        "mean",
+        "how a group's scores are rescaled: none, divided by their mean, max or sum, "
+        "minmax to [0, 1], or share: each member's scores divided by the member's sum "
+        "before agg (comparable across groups in the global scope with agg=sum)",
+    )
+
+
 def slice_sums(values: np.ndarray) -> np.ndarray:
     """Sum over every axis but the first, accumulated in float64 (weights stay float32)."""
     return values.reshape(values.shape[0], -1).sum(axis=1, dtype=np.float64)
@@ -76,9 +104,23 @@ def combine(scores: list[tuple[Member, np.ndarray]], primary: Member, agg: str) 
     return {"sum": np.sum, "mean": np.mean, "max": np.max, "prod": np.prod}[agg](stacked, axis=0)
 
 
+def member_share(scores: np.ndarray) -> np.ndarray:
+    """A member's unit scores as fractions of the member's total (unchanged if it is 0).
+
+    The cross-group normalisation of ``norm=share`` (see the module docstring), applied
+    per member before ``agg``; any criterion whose scores are magnitudes can call it.
+    """
+    total = float(np.sum(scores))
+    return scores / total if total > 0 else scores
+
+
 def normalize(scores: np.ndarray, norm: str) -> np.ndarray:
-    """Rescale a group's scores with ``norm`` (see the module docstring)."""
-    if norm == "none" or scores.size == 0:
+    """Rescale a group's scores with ``norm`` (see the module docstring).
+
+    ``share`` acts on members before they combine (:func:`member_share`), so here it
+    leaves the combined scores as they are.
+    """
+    if norm in ("none", "share") or scores.size == 0:
         return scores
     if norm == "minmax":
         low, span = scores.min(), scores.max() - scores.min()
@@ -141,7 +183,10 @@ class CriterionPass(SpaPass):
             tensor = np.moveaxis(array, member.axis, 0)
             scores = self.member_scores(tensor, member, member.index_map.positions)
             if scores is not None:
-                scored.append((member, np.asarray(scores, dtype=np.float64).reshape(group.units)))
+                unit_scores = np.asarray(scores, dtype=np.float64).reshape(group.units)
+                if self.options.norm == "share":
+                    unit_scores = member_share(unit_scores)
+                scored.append((member, unit_scores))
         if not scored:
             return None
         combined = combine(scored, group.primary, self.options.agg)

@@ -15,7 +15,7 @@ import numpy as np
 
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Member
-from spa_opt.passes.criteria.base import CriterionPass, per_unit, slice_sums
+from spa_opt.passes.criteria.base import CriterionPass, MagnitudeOptions, per_unit, slice_sums
 
 
 @register
@@ -23,6 +23,7 @@ class L2Criterion(CriterionPass):
     """Score units by the L2 norm of their weights, per member (analysis)."""
 
     name = "l2"
+    Options = MagnitudeOptions
 
     def member_scores(
         self, tensor: np.ndarray, member: Member, axis_positions: np.ndarray
