@@ -21,6 +21,7 @@ reconstruction can absorb the mean of what was removed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Literal
 
@@ -81,7 +82,14 @@ class Layer:
 
     def matrix(self, with_bias: bool) -> np.ndarray:
         """``W`` as float64 ``(rows, width [+1])``; the bias (or zeros) as the last column."""
-        data = np.asarray(constant_array(self.weight), dtype=np.float64)
+        tensor = self.weight.const_value
+        mapped_before = isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None
+        data = np.array(constant_array(self.weight), dtype=np.float64)
+        if isinstance(tensor, ir.ExternalTensor) and not mapped_before:
+            # a float64 copy was made: give the memory-mapped pages back (they would
+            # otherwise stay resident, every layer's, until the model is saved)
+            with contextlib.suppress(BufferError):
+                tensor.release()
         if self.kind == "conv":
             rows = data.reshape(data.shape[0], -1)
         elif self.in_axis == 0:  # MatMul or Gemm transB=0: (K, N)

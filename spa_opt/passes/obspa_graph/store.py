@@ -36,7 +36,7 @@ class SpillStore:
         self.base = Path(folder) if folder else None
         self.label = label
         self._memory: dict[Hashable, np.ndarray] = {}
-        self._disk: dict[Hashable, tuple[Path, np.ndarray]] = {}
+        self._disk: dict[Hashable, Path] = {}
         self._folder: Path | None = None
         self.held = 0
         """Bytes held in memory now."""
@@ -65,14 +65,18 @@ class SpillStore:
         mapped[...] = array
         mapped.flush()
         del mapped
-        self._disk[key] = (path, np.load(path, mmap_mode="r"))
+        self._disk[key] = path
         self.spilled += array.nbytes
 
     def get(self, key: Hashable) -> np.ndarray:
-        """The array under ``key`` (read-only and memory-mapped when it was spilled)."""
+        """The array under ``key`` (read-only and memory-mapped when it was spilled).
+
+        A spilled array is mapped afresh on every call, so its pages leave the process
+        (and its RSS) when the caller drops it, instead of staying mapped until the end.
+        """
         if key in self._memory:
             return self._memory[key]
-        return self._disk[key][1]
+        return np.load(self._disk[key], mmap_mode="r")
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._memory or key in self._disk
@@ -82,10 +86,8 @@ class SpillStore:
         array = self._memory.pop(key, None)
         if array is not None:
             self.held -= array.nbytes
-        found = self._disk.pop(key, None)
-        if found is not None:
-            path, mapped = found
-            del mapped
+        path = self._disk.pop(key, None)
+        if path is not None:
             path.unlink(missing_ok=True)
 
     def close(self) -> None:
