@@ -201,7 +201,10 @@ def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
     removed = {g["group"]: g["units_removed"] for g in data["prune"]["groups"]}
     expected = {gid: units.tolist() for gid, units in killed.items() if gid in lossless}
     assert removed == expected
-    assert data["verify"]["max_abs_err"] <= 1e-5
+    # 1e-5 absolute, or 2e-6 of the largest output for models whose outputs are large
+    # (the trained LM's logits reach 15, where 1e-5 is 16 float32 ulps: a product of
+    # another width sums in another order)
+    assert data["verify"]["max_abs_err"] <= 1e-5 or data["verify"]["rel_err"] <= 2e-6
 
 
 @pytest.mark.parametrize("key", ["torch/shufflenet.torchscript", "torch/yolo_c2f.torchscript",
