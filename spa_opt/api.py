@@ -34,7 +34,7 @@ from spa_opt.passes._infra.context import PipelineContext, Targets
 from spa_opt.passes._infra.manager import Instrument, PassManager
 from spa_opt.passes._infra.pipeline import PassSpec, parse_pipeline
 from spa_opt.report import Report
-from spa_opt.verify import compare, random_inputs, run_all
+from spa_opt.verify import calibration_inputs, compare, random_inputs, run_all
 
 Pipeline = str | Sequence[SpaPass | PassSpec]
 
@@ -125,8 +125,9 @@ def optimize(
         round_to: Keep channel counts multiples of this.
         ignore: Glob patterns of node names never pruned; each must match a node.
         seed: Seed of every random choice.
-        verify: Compare outputs before and after on this many random inputs (symbolic
-            dims from ``input_dims``, else 1; see :mod:`spa_opt.verify`).
+        verify: Compare outputs before and after on this many inputs: the first
+            calibration inputs when there are any (and ``io`` is ``keep``), else random
+            ones (symbolic dims from ``input_dims``, else 1; see :mod:`spa_opt.verify`).
         instruments: Pass-manager instruments (timing, printing, checking).
         show_progress: Let long passes draw progress bars on stderr.
         base_dir: Folder of external data, for bytes and protos.
@@ -177,9 +178,14 @@ def optimize(
     feeds, reference = [], []
     past_length = 0 if io == "rewrite" else 1  # see spa_opt.verify: feeds per model
     interface = _interface(loaded)
+    source = "random"
     if verify > 0:
-        feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
-                              past_length=past_length)
+        if context.calibration is not None and io == "keep":
+            feeds = calibration_inputs(context.calibration, loaded, verify)
+            source = "calibration (in-sample)"
+        else:
+            feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
+                                  past_length=past_length)
         assert session is not None  # made whenever verify > 0, or InputError
         reference = _reference_run(session, feeds)
     del session
@@ -197,13 +203,14 @@ def optimize(
         if changed:
             feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
                                   past_length=past_length)
+            source = "random"
         try:
             result = run_all(session_from_model(loaded, quiet_session_options()), feeds)
         except Exception as error:  # the result must run; anything else is our bug
             raise VerificationError("the result does not run in onnxruntime: "
                                     f"{describe_error(error)}") from error
         verified = compare(reference, result,
-                           [c["name"] for c in changed if c["kind"] == "output"])
+                           [c["name"] for c in changed if c["kind"] == "output"], feeds, source)
 
     report = Report(canonical, _targets_dict(targets), manager.records, before, after,
                     verified, dict(context.report))

@@ -371,9 +371,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if changes := format_io_changes(report.to_dict().get("io")):
         print(changes, file=sys.stderr)
     if report.verify is not None:
-        print(f"verify: {report.verify.inputs} inputs, max abs err "
-              f"{report.verify.max_abs_err:.3g}, rel err {report.verify.rel_err:.3g}",
-              file=sys.stderr)
+        print(report.verify.summary(), file=sys.stderr)
     return EXIT_OK
 
 

@@ -26,7 +26,10 @@ Schema (every key always present; ``null`` until a pass provides it)::
                                 "before": [dims], "after": [dims]}]} | null
                   (null when the IO is kept and nothing changed),
       "verify":   {"inputs": N, "max_abs_err": x, "rel_err": x,
-                   "per_output": {"name": x}, "reshaped": [names]} | null
+                   "per_output": {"name": x}, "reshaped": [names],
+                   "source": "random" | "calibration (in-sample)",
+                   "top1_agreement": x | null, "kl": x | null,
+                   "perplexity_ratio": x | null} | null
     }
 
 ``coupling`` and ``groups`` come from the ``group`` pass, ``channels`` from pruning, through

@@ -69,7 +69,7 @@ def test_mutations_are_reproducible_by_seed() -> None:
 
 
 def test_the_judge_classifies_what_a_user_sees() -> None:
-    ok = ["prune: removed 1 of 2 prunable channels", "verify: 1 inputs, max abs err 0"]
+    ok = ["prune: removed 1 of 2 prunable channels", "verify: 1 random inputs, max abs err 0"]
     assert judge(0, ok, ["in.onnx", "out.onnx"], True, None).status == "pruned"
     assert judge(0, [*ok, "Traceback (most recent call last):"], [], True, None).kind == \
         "noisy-stderr"

@@ -131,7 +131,7 @@ def test_cli_reports_layers_stats_and_verify(tmp_path) -> None:
         capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     assert "obspa: error[" in result.stderr and "obspa: hessian-seconds" in result.stderr
-    assert "verify: 2 inputs, max abs err" in result.stderr
+    assert "verify: 2 random inputs, " in result.stderr and "max abs err" in result.stderr
     data = json.loads(report.read_text())
     assert data["verify"]["max_abs_err"] > 0  # lossy, and reported
     assert data["obspa"]["layers"] and data["obspa"]["hessian"]["mode"] == "noise"

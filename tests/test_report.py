@@ -140,7 +140,8 @@ def test_report_with_targets_and_verify(tmp_path: Path, capsys) -> None:
         "round_to": 8, "ignore": ["s0.*", "stem.conv"], "seed": 7,
     }
     verify = data["verify"]
-    assert set(verify) == {"inputs", "max_abs_err", "rel_err", "per_output", "reshaped"}
+    assert set(verify) == {"inputs", "max_abs_err", "rel_err", "per_output", "reshaped", "source",
+                           "top1_agreement", "kl", "perplexity_ratio"}
     assert verify["reshaped"] == []
     assert verify["inputs"] == 2
     assert set(verify["per_output"]) == {"logits"}
