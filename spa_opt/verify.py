@@ -27,7 +27,8 @@ images). Beside the errors, for what the outputs are:
 - a classifier's ``(batch, classes)`` float output: the fraction of inputs whose top-1
   class is unchanged, and the mean KL divergence ``KL(softmax(before) ||
   softmax(after))`` in nats;
-- a decoder's ``(batch, seq, vocab)`` logits beside an integer ``(batch, seq)`` input:
+- a decoder's ``(batch, seq, vocab)`` logits beside an integer ``(batch, seq)`` input
+  whose values are all below ``vocab`` (else the output is hidden states: skipped):
   top-1 agreement over positions, the KL, and the ratio of next-token perplexities
   after / before, the targets being the input ids shifted by one.
 """
@@ -184,8 +185,9 @@ def _quality(reference: Sequence[dict[str, np.ndarray]], result: Sequence[dict[s
                 continue
             ids = _token_ids(feeds[index], *want.shape[:2]) if want.ndim == 3 and \
                 index < len(feeds) else None
-            if want.ndim == 3 and ids is None:
-                continue
+            if want.ndim == 3 and (ids is None or ids.min(initial=0) < 0
+                                   or ids.max(initial=0) >= want.shape[-1]):
+                continue  # hidden states, or ids that are not this axis' classes
             before, after = _log_softmax(want), _log_softmax(got)
             agree.setdefault(name, []).append((want.argmax(-1) == got.argmax(-1)).ravel())
             kls.setdefault(name, []).append(

@@ -69,3 +69,11 @@ def test_obspa_verifies_on_calibration_inputs() -> None:
     _, report = optimize(DIGITS / "resnet.onnx", "couple,group,l1,prune", target_flops=0.5,
                          verify=2)
     assert report.verify.source == "random"
+
+
+def test_hidden_states_are_not_taken_for_logits() -> None:
+    rng = np.random.default_rng(3)
+    hidden = rng.normal(size=(1, 4, 8))
+    ids = np.array([[3, 90, 2, 5]])  # beyond the last axis: an encoder's hidden states
+    result = compare([{"h": hidden}], [{"h": hidden}], feeds=[{"input_ids": ids}])
+    assert result.agreement is None and result.perplexity_ratio is None
