@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--save-calib", metavar="FILE.npz",
                        help="save the calibration inputs the pipeline used or made (--calib, "
                             "synthesize, obspa's synthesized default) to FILE.npz")
+    calib.add_argument("--executor", default="threads", metavar="threads|ray|ray://HOST:PORT",
+                       help="where obspa's per-layer work and Hessian shards run: this "
+                            "machine's threads (default), a local Ray cluster or RAY_ADDRESS's "
+                            "(ray), or an existing cluster (ray://HOST:PORT); needs the "
+                            "distributed extra")
     calib.add_argument("--calib-limit", type=_positive_int, metavar="N",
                        help="use at most the first N calibration inputs")
     calib.add_argument("--calib-mean", type=_floats, metavar="M[,M...]",
@@ -336,6 +341,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.print_groups and "group" not in {p.name for p in passes}:
         raise InputError("--print-groups needs the group pass in the pipeline (-p couple,group)")
     source, destination = _check_paths(args)
+    _check_executor(args.executor)
     _check_save_calib(args, {p.name for p in passes})
     instruments = _instruments(args)
 
@@ -352,7 +358,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         ignore=args.ignore, seed=args.seed, verify=args.verify or 0,
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
         calibration=_calibration_spec(args), input_dims=dict(args.input_dim), io=args.io,
-        scratch_dir=destination.parent,
+        scratch_dir=destination.parent, executor=args.executor,
     )
     if args.save_calib:
         _save_calibration(model, args.save_calib)
@@ -424,5 +430,16 @@ def _main(argv: Sequence[str] | None, debug: bool) -> int:
         return EXIT_INTERNAL
 
 
+def _check_executor(spec: str) -> None:
+    """Refuse a misspelt ``--executor`` before the model is loaded."""
+    from spa_opt.obs.executor import ExecutorError, check_executor
+
+    try:
+        check_executor(spec)
+    except ExecutorError as error:
+        raise InputError(f"--executor: {error}") from None
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

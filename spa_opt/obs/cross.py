@@ -24,10 +24,14 @@ same positions (one seeded subset for both), else ``G`` would pair unrelated col
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import scipy.linalg
 
 from spa_opt.obs.hessian import Geometry, features
+from spa_opt.obs.linalg import dampen, energy
 
 
 class CrossAccumulator:
@@ -100,3 +104,54 @@ def cross_error(weight: np.ndarray, new_weight: np.ndarray, hessian: np.ndarray,
     ours = float(np.einsum("rd,rd->", new_weight @ pruned, new_weight))
     mixed = float(np.einsum("rd,rd->", weight @ cross, new_weight))
     return max(0.5 * (ours - 2.0 * mixed + original), 0.0)
+
+
+@dataclasses.dataclass
+class CrossTask:
+    """One layer's ``propagate=pruned`` solve as arrays (travels to an executor)."""
+
+    weight: np.ndarray
+    """``(rows, d)`` the original weights ``W``."""
+    pruned: np.ndarray
+    """``(d, d)`` undampened ``H̃``."""
+    cross: np.ndarray
+    """``(d, d)`` ``G``."""
+    hessian: np.ndarray
+    """``(d, d)`` the original dampened ``H`` (for the error only)."""
+    removed: np.ndarray
+    damp: float
+
+
+@dataclasses.dataclass
+class CrossResult:
+    """The new weights (``None``: the pruned activations overflowed), error and energy."""
+
+    weight: np.ndarray | None
+    error: float
+    energy: float
+    seconds: float
+
+
+def solve_cross(task: CrossTask) -> CrossResult:
+    """Dampen ``H̃``, ridge ``G`` the same, solve, and measure the error.
+
+    The same ridge on the cross term pulls ``W'`` toward ``W``, so an unchanged input
+    (``X̃ = X``) gives back the ``propagate=original`` reconstruction exactly.
+    """
+    start = time.perf_counter()
+    pruned, cross = task.pruned, task.cross
+    if not (np.isfinite(pruned).all() and np.isfinite(cross).all()):
+        return CrossResult(None, 0.0, 0.0, time.perf_counter() - start)
+    if not pruned.flags.writeable:  # a payload from Ray's object store
+        pruned = pruned.copy()
+    diagonal = np.diag(pruned).copy()
+    diagonal[diagonal <= 0] = 1.0
+    ridge = task.damp * float(diagonal.mean())
+    dampen(pruned, task.damp)
+    pulled = cross.copy()
+    pulled[np.diag_indices_from(pulled)] += ridge
+    new = reconstruct_cross(task.weight, pulled, pruned, task.removed)
+    del pulled
+    scale = energy(task.weight, task.hessian)
+    return CrossResult(new, cross_error(task.weight, new, task.hessian, cross, pruned), scale,
+                       time.perf_counter() - start)

@@ -148,17 +148,28 @@ class Accumulator:
         self.geometry = geo
         self.width = width
         self.max_positions = max_positions
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.batches = 0
+        """Batches added so far: the default index of the next one."""
         self.total: np.ndarray | None = None
         """Upper triangle of ``Σ X Xᵀ`` (float64; the lower triangle is not kept)."""
         self._scratch: np.ndarray | None = None
         self.count = 0
 
-    def add(self, activation: np.ndarray) -> None:
-        """Accumulate one batch of the activation."""
+    def add(self, activation: np.ndarray, batch: int | None = None) -> None:
+        """Accumulate one batch of the activation.
+
+        The positions a wide batch keeps are drawn from ``(seed, batch)``, with
+        ``batch`` counting the batches added unless given: a shard of the calibration
+        set accumulated elsewhere (:mod:`.shard`) passes the batches' global indices and
+        draws exactly what one accumulator over every batch would.
+        """
         x = np.asarray(activation, dtype=np.float32)
         samples = x.shape[0] if x.ndim > 1 else 1
-        cols = features(x, self.geometry, self.max_positions * samples, self.rng)
+        index = self.batches if batch is None else batch
+        self.batches += 1
+        rng = np.random.default_rng((self.seed, index))
+        cols = features(x, self.geometry, self.max_positions * samples, rng)
         size = cols.shape[0]
         if self._scratch is None:
             self._scratch = np.zeros((size, size), dtype=np.float32, order="F")
@@ -173,6 +184,10 @@ class Accumulator:
             self.total += product
         self._scratch = product
         self.count += cols.shape[1]
+
+    def drop_scratch(self) -> None:
+        """Free the per-batch float32 product (before the accumulator travels)."""
+        self._scratch = None
 
     def merge(self, other: Accumulator) -> Accumulator:
         """Add ``other``'s sums (a shard of the same activation, read the same way) to these.
@@ -189,6 +204,7 @@ class Accumulator:
         else:
             self.total += other.total
         self.count += other.count
+        self.batches += other.batches
         return self
 
     def hessian(self, with_bias: bool, copy: bool = True) -> np.ndarray:

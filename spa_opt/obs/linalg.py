@@ -26,6 +26,9 @@ to rank a group's units greedily or in rounds. Everything is float64.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import scipy.linalg
 
@@ -182,3 +185,33 @@ def error(weight: np.ndarray, new_weight: np.ndarray, hessian: np.ndarray) -> fl
 def energy(weight: np.ndarray, hessian: np.ndarray) -> float:
     """``tr(W H Wᵀ) / 2``: the error of removing everything, the scale errors compare to."""
     return 0.5 * float(np.einsum("rd,rd->", weight @ hessian, weight))
+
+
+@dataclasses.dataclass
+class ReconstructTask:
+    """One layer's reconstruction as arrays (a unit of parallel work that can travel)."""
+
+    weight: np.ndarray
+    """``(rows, d)`` float64, the bias column included when it joins."""
+    hessian: np.ndarray
+    """``(d, d)`` dampened float64."""
+    removed: np.ndarray
+    """Column indices that go."""
+
+
+@dataclasses.dataclass
+class ReconstructResult:
+    """The new weights, the error and the output energy it is measured against."""
+
+    weight: np.ndarray
+    error: float
+    energy: float
+    seconds: float
+
+
+def solve_reconstruct(task: ReconstructTask) -> ReconstructResult:
+    """:func:`reconstruct` with its :func:`error` and :func:`energy`, timed."""
+    start = time.perf_counter()
+    new = reconstruct(task.weight, task.hessian, task.removed)
+    return ReconstructResult(new, error(task.weight, new, task.hessian),
+                             energy(task.weight, task.hessian), time.perf_counter() - start)

@@ -69,9 +69,9 @@ import onnx_ir as ir
 
 from spa_opt.errors import InputError
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.obs.linalg import dampen, energy
+from spa_opt.obs.executor import Executor, ExecutorError, ThreadExecutor, executor_for
+from spa_opt.obs.linalg import dampen, energy, solve_reconstruct
 from spa_opt.obs.order import Consumer, OrderTask, solve_order
-from spa_opt.obs.threads import run_tasks
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.instruments import progress
@@ -80,7 +80,7 @@ from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
 from spa_opt.passes.obspa_graph.layers import Layer, consumers, key_of
 from spa_opt.passes.obspa_graph.propagate import DEFAULT_BATCH_BYTES, finite, stages_for, stream
-from spa_opt.passes.obspa_graph.records import LayerRecord, reconstruct_layer
+from spa_opt.passes.obspa_graph.records import LayerRecord, reconstruct_row, reconstruct_task
 from spa_opt.passes.obspa_graph.sources import can_synthesize, synthesize
 from spa_opt.passes.obspa_graph.store import DEFAULT_BUDGET_MB, SpillStore
 from spa_opt.passes.pruning.plan import plan_selection
@@ -166,6 +166,9 @@ class ObspaOptions:
         "and with noise); auto: pruned, original for hessian=bn")
     memory: int = option(DEFAULT_BUDGET_MB, "megabytes of activations and Hessians held "
                                             "across stages before they spill to disk")
+    executor: str = option(
+        "", "where per-layer and per-group work and Hessian shards run: threads, ray (a "
+        "local cluster, or RAY_ADDRESS's), ray://HOST:PORT; empty: the run's --executor")
 
 
 @register
@@ -176,6 +179,7 @@ class ObspaPass(SpaPass):
     Options = ObspaOptions
     preserves_analyses = True
     _started: float = 0.0
+    _executor: Executor = ThreadExecutor()
     """``time.perf_counter()`` when the current run began: the progress bars' delay
     counts from there."""
 
@@ -186,9 +190,19 @@ class ObspaPass(SpaPass):
         _refuse_quantized(model)
         groups = groups_of(model, context)
         budget = int(self.options.memory) << 20
-        with temporary_shapes(model, symbolic=True), \
+        spec = self.options.executor or context.executor or "threads"
+        try:
+            executor = executor_for(spec, self.options.jobs)
+        except ExecutorError as error:
+            raise InputError(f"obspa: {error}") from None
+        with executor, temporary_shapes(model, symbolic=True), \
                 SpillStore(budget, context.scratch_dir or None) as store:
-            self._run(model, context, groups, store)
+            self._executor = executor
+            try:
+                self._run(model, context, groups, store)
+            finally:
+                self._executor = ThreadExecutor()
+            context.report["obspa"]["executor"] = {"name": spec, **executor.traffic.as_dict()}
         return ir.passes.PassResult(model, False)
 
     def _run(self, model: ir.Model, context: PipelineContext, groups: list[Group],
@@ -214,16 +228,21 @@ class ObspaPass(SpaPass):
                 model, context, groups, records, plan.selection, calibration, store)
             self.count("sequential-seconds", time.perf_counter() - tick)
         else:
-            rows = self._map(context, "obspa reconstruct", "layer",
-                             lambda r: reconstruct_layer(r, _hessian(store, r), plan.selection),
-                             listed, [r.layer.width for r in listed])
+            losing = [r for r in listed if r.removed(plan.selection).size and r.key in store]
+            results = dict(zip(map(id, losing), self._map(
+                context, "obspa reconstruct", "layer", solve_reconstruct, losing,
+                [r.layer.width for r in losing],
+                lambda r: reconstruct_task(r, _hessian(store, r), plan.selection)),
+                strict=True))
             new_weights = {}
-            for record, (_, matrix) in zip(listed, rows, strict=True):
+            table = []
+            for record in listed:
+                row, matrix = reconstruct_row(record, plan.selection, results.get(id(record)))
+                table.append(row)
                 if matrix is not None:
                     weight, bias = record.layer.unmatrix(matrix)
                     new_weights[id(record.layer.weight)] = (
                         _held(store, record.layer.weight.name, weight), bias)
-            table = [row for row, _ in rows]
             self.count("reconstruct-seconds", time.perf_counter() - tick)
         reconstructed: dict[ir.Value, np.ndarray] = {}
         for record in listed:
@@ -334,7 +353,8 @@ class ObspaPass(SpaPass):
         with progress(context.show_progress, total, "obspa hessians", "stage",
                       since=self._started) as advance:
             for done in stream(model, layers, calibration, store, max_positions=o.positions,
-                               seed=context.targets.seed, jobs=o.jobs):
+                               seed=context.targets.seed, jobs=o.jobs,
+                               executor=self._executor):
                 for layer in done.layers:
                     record = by_weight[id(layer.weight)]
                     record.stage = done.stage.index
@@ -393,9 +413,9 @@ class ObspaPass(SpaPass):
             norm = "none" if len(parts) > 1 else self.options.norm
             specs.extend((group, part, norm) for part in parts)
         results = self._map(
-            context, "obspa order", "group",
-            lambda spec: solve_order(self._task(spec[0], spec[1], store, spec[2])), specs,
-            [max((r.layer.width for r in part), default=0) for _, part, _ in specs])
+            context, "obspa order", "group", solve_order, specs,
+            [max((r.layer.width for r in part), default=0) for _, part, _ in specs],
+            lambda spec: self._task(spec[0], spec[1], store, spec[2]))
         owners = [group.id for group, _, _ in specs]
         scores: dict[str, np.ndarray] = {}
         for owner, result in zip(owners, results, strict=True):
@@ -435,14 +455,15 @@ class ObspaPass(SpaPass):
                               max_positions=self.options.positions,
                               seed=context.targets.seed, damp=self.options.damp,
                               jobs=self.options.jobs, batch_bytes=DEFAULT_BATCH_BYTES,
-                              progress=advance)
+                              progress=advance, executor=self._executor)
 
     def _map(self, context: PipelineContext, label: str, unit: str,
-             function: Callable[[T], R], items: list[T], sizes: list[int]) -> list[R]:
-        """``run_tasks`` with a progress bar of one ``unit`` per finished item."""
+             function: Callable[[T], R], items: list[Any], sizes: list[int],
+             prepare: Callable[[Any], T] | None = None) -> list[R]:
+        """The executor's ``map`` with a progress bar of one ``unit`` per finished item."""
         with progress(context.show_progress, len(items), label, unit,
                       since=self._started) as advance:
-            return run_tasks(function, items, sizes, self.options.jobs, advance)
+            return self._executor.map(function, items, sizes, advance, prepare)
 
 
 def _held(store: SpillStore, name: str, weight: np.ndarray) -> np.ndarray:

@@ -181,6 +181,9 @@ class PipelineContext:
     in the report (``--io rewrite``). Read by ``couple``."""
     show_progress: bool = False
     """Whether long-running passes draw a progress bar (the CLI sets it for terminals)."""
+    executor: str = ""
+    """Where obspa's per-layer work and Hessian shards run (``threads``, ``ray``,
+    ``ray://HOST:PORT``; :mod:`spa_opt.obs.executor`); empty: threads (``--executor``)."""
     scratch_dir: str = ""
     """Folder for arrays a pass spills to disk (obspa's activations and Hessians past its
     memory budget): the output's folder when the CLI knows it, else the system's

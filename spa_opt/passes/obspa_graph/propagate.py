@@ -18,6 +18,7 @@ pruned upstream; :mod:`.sequential` does the other (``propagate=pruned``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -26,12 +27,14 @@ import onnx_ir as ir
 
 from spa_opt.calibration import Calibration
 from spa_opt.errors import InputError
+from spa_opt.obs.executor import Executor, ThreadExecutor
 from spa_opt.obs.hessian import Accumulator
+from spa_opt.obs.shard import ShardTask, StageProgram, accumulate_shard
 from spa_opt.obs.threads import run_tasks
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
 from spa_opt.passes.obspa_graph.stages import Stage, plan_stages
 from spa_opt.passes.obspa_graph.store import SpillStore
-from spa_opt.passes.obspa_graph.subgraph import stage_session
+from spa_opt.passes.obspa_graph.subgraph import stage_model, stage_session
 
 DEFAULT_BATCH_BYTES = 256 << 20
 """Rough budget of one batch's stage inputs and outputs."""
@@ -102,12 +105,14 @@ def last_reader(stages: list[Stage]) -> dict[str, int]:
 def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store: SpillStore,
            *, max_positions: int, seed: int, jobs: int = 0,
            batch_bytes: int = DEFAULT_BATCH_BYTES,
-           progress: Callable[[int], None] | None = None) -> Iterator[StageDone]:
+           progress: Callable[[int], None] | None = None,
+           executor: Executor | None = None) -> Iterator[StageDone]:
     """Yield every stage's accumulators in order (see the module docstring).
 
     The caller keeps the model's value types inferred (stage inputs and outputs need
     them), takes what it needs from each :class:`StageDone` before asking for the next,
-    and closes ``store``.
+    and closes ``store``. With an ``executor`` other than threads (a Ray cluster), each
+    stage runs as shards of consecutive batches on its workers (:func:`_sharded`).
     """
     stages = stages_for(model, layers)
     by_node: dict[int, list[Layer]] = {}
@@ -127,6 +132,11 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
                                                 seed + 7919 * position + index, layer.width)
                 reads[key] = layer.activation.name
         names = [v.name for v in stage.outputs]
+        if executor is not None and not isinstance(executor, ThreadExecutor):
+            _sharded(model, stage, accumulators, reads, calibration, size, store, executor)
+            _release(store, stage, position, last)
+            yield StageDone(stage, accumulators, stage_layers, time.perf_counter() - started)
+            continue
         session = stage_session(model, stage) if names else None
         keys = list(accumulators)
         widths = [accumulators[k].width for k in keys]
@@ -147,6 +157,43 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
             session.close()
         _release(store, stage, position, last)
         yield StageDone(stage, accumulators, stage_layers, time.perf_counter() - started)
+
+
+def _sharded(model: ir.Model, stage: Stage, accumulators: dict[tuple, Accumulator],
+             reads: dict[tuple, str], calibration: Calibration, size: int,
+             store: SpillStore, executor: Executor) -> None:
+    """One stage on the executor's workers, a shard of consecutive batches each.
+
+    The batches are the ones the local path makes (same size, same global indices), so
+    every accumulator draws the same positions and the merged sums equal the local ones
+    to rounding. A shard's feeds are read from ``store`` when it is submitted; the
+    values later stages read come back and go into ``store``.
+    """
+    proto, handed = stage_model(model, stage)
+    readers = [(key, reads[key], acc.geometry, acc.max_positions, acc.seed, acc.width)
+               for key, acc in accumulators.items()]
+    program = StageProgram(proto.SerializeToString(), handed, [v.name for v in stage.outputs],
+                           [v.name for v in stage.carried], readers)
+    del proto
+    feeds = [{v.name: feed[v.name] for v in stage.graph_inputs}
+             for feed in calibration.batches(model, size)]
+    shards = min(len(feeds), executor.workers)
+    bounds = np.linspace(0, len(feeds), shards + 1).astype(int)
+    spans = [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+
+    def shard(span: tuple[int, int]) -> ShardTask:
+        return ShardTask(span[0], [{**feeds[b], **{v.name: store.get((v.name, b))
+                                                   for v in stage.inputs}}
+                                   for b in range(*span)])
+
+    results = executor.map(accumulate_shard, spans, [0] * len(spans), prepare=shard,
+                           shared=program)
+    for (first, _), result in zip(spans, results, strict=True):
+        for key, found in result.accumulators.items():
+            accumulators[key].merge(found)
+        for offset, carried in enumerate(result.carried):
+            for name, array in carried.items():
+                store.put((name, first + offset), array)
 
 
 def _release(store: SpillStore, stage: Stage, position: int, last: dict[str, int]) -> None:

@@ -1,4 +1,4 @@
-"""What obspa keeps per consumer layer, and the ``propagate=original`` reconstruction.
+"""What obspa keeps per consumer layer, and its ``propagate=original`` reconstruction task and row.
 
 A :class:`LayerRecord` holds a layer's columns per group, whether its bias joins ``W``,
 where its Hessian came from and the stage it belongs to. The Hessian itself lives in the
@@ -9,12 +9,11 @@ Hessians were spilled cost nothing in memory.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import numpy as np
 
-from spa_opt.obs.linalg import energy, error, reconstruct
+from spa_opt.obs.linalg import ReconstructResult, ReconstructTask
 from spa_opt.passes.obspa_graph.layers import Layer
 
 
@@ -47,26 +46,30 @@ def hessian_key(layer: Layer) -> tuple[str, int]:
     return ("hessian", id(layer.weight))
 
 
-def reconstruct_layer(record: LayerRecord, hessian: np.ndarray | None,
-                      selection: dict[str, np.ndarray]
-                      ) -> tuple[dict[str, Any], np.ndarray | None]:
-    """One layer's new ``W`` (with the bias column) for the selection, and its report row."""
-    start = time.perf_counter()
+def reconstruct_task(record: LayerRecord, hessian: np.ndarray | None,
+                     selection: dict[str, np.ndarray]) -> ReconstructTask | None:
+    """The layer's reconstruction as arrays, or None when it loses nothing (or has no H)."""
     removed = record.removed(selection)
+    if removed.size == 0 or hessian is None:
+        return None
+    return ReconstructTask(record.layer.matrix(record.with_bias), hessian, removed)
+
+
+def reconstruct_row(record: LayerRecord, selection: dict[str, np.ndarray],
+                    result: ReconstructResult | None
+                    ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The report row of a layer's reconstruction, and its new ``W`` when it is written."""
     layer = record.layer
     row: dict[str, Any] = {
         "layer": layer.name, "op": layer.node.op_type, "weight": layer.weight.name,
-        "columns": layer.width, "removed": int(removed.size), "source": record.source,
-        "stage": record.stage, "error": 0.0, "relative_error": 0.0, "rewritten": False,
-        "seconds": 0.0,
+        "columns": layer.width, "removed": int(record.removed(selection).size),
+        "source": record.source, "stage": record.stage, "error": 0.0,
+        "relative_error": 0.0, "rewritten": False, "seconds": 0.0,
     }
-    if removed.size == 0 or hessian is None:
+    if result is None:
         return row, None
-    weight = layer.matrix(record.with_bias)
-    new = reconstruct(weight, hessian, removed)
-    scale = energy(weight, hessian)
-    row["error"] = error(weight, new, hessian)
-    row["relative_error"] = row["error"] / scale if scale > 0 else 0.0
-    row["seconds"] = time.perf_counter() - start
+    row["error"] = result.error
+    row["relative_error"] = result.error / result.energy if result.energy > 0 else 0.0
+    row["seconds"] = result.seconds
     row["rewritten"] = layer.rewritable
-    return row, new if layer.rewritable else None
+    return row, result.weight if layer.rewritable else None

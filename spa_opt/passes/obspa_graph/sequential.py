@@ -27,7 +27,8 @@ what the layers before it lost. The damping ``λ`` added to ``H̃``'s diagonal i
 to ``G``'s too: that is ridge regression toward the original weights
 (``+ λ ||W'_K - W_K||²``), so a layer whose input did not change gets exactly its
 ``propagate=original`` reconstruction. Layers of a stage are independent given the stage's
-inputs and are solved on the executor's threads; stages follow one another.
+inputs and are solved on the executor (:mod:`spa_opt.obs.executor`: threads, or a Ray
+cluster); stages follow one another, their forwards on this machine.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import numpy as np
 
 from spa_opt.calibration import Calibration
 from spa_opt.ir.tensors import constant_array
-from spa_opt.obs.cross import CrossAccumulator, cross_error, reconstruct_cross
-from spa_opt.obs.linalg import dampen, energy
+from spa_opt.obs.cross import CrossAccumulator, CrossResult, CrossTask, solve_cross
+from spa_opt.obs.executor import Executor, ThreadExecutor
 from spa_opt.obs.threads import run_tasks
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
@@ -112,7 +113,8 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
                selection: dict[str, np.ndarray], calibration: Calibration,
                store: SpillStore, hessian_of: Callable[[Any], np.ndarray],
                *, max_positions: int, seed: int, damp: float, jobs: int,
-               batch_bytes: int, progress: Callable[..., None] | None = None
+               batch_bytes: int, progress: Callable[..., None] | None = None,
+               executor: Executor | None = None
                ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray | None]], list[dict[str, Any]],
                           list[float]]:
     """Run the stages again with the emulated pruned network; new weights per layer.
@@ -130,14 +132,18 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
         max_positions: Columns per sample and layer beyond which a subset is drawn.
         seed: Seed of those subsets.
         damp: Damping of the pruned network's Hessians (and the ridge toward ``W``).
-        jobs: Threads for the accumulators and the solves (0: all cores).
+        jobs: Threads for the accumulators (0: all cores), and for the solves when no
+            ``executor`` is given.
         batch_bytes: Rough budget of one batch's stage inputs and outputs (both networks).
         progress: Called with 1 and the stage's time after each stage.
+        executor: Where the layers' solves run (:mod:`spa_opt.obs.executor`); the
+            stages' forwards and accumulation run here.
 
     Returns:
         ``id(layer.weight)`` -> (weight, bias) in the model's layout for rewritable
         layers; the report rows; the seconds per stage.
     """
+    executor = executor if executor is not None else ThreadExecutor(jobs)
     weights = {v.name: v for v in model.graph.initializers.values()}
     for node in model.graph:
         if node.op_type == "Constant" and node.outputs:
@@ -180,13 +186,14 @@ def sequential(model: Any, layers: list[Layer], infos: dict[int, Any], groups: l
                 del seen, fed
             if emulated is not None:
                 emulated.close()
-            solved = run_tasks(
-                lambda layer, acc=accumulators: _solve(layer, infos[id(layer.weight)],
-                                                       acc[key_of(layer)], selection,
-                                                       hessian_of, damp),
-                members, [la.width for la in members], jobs)
+            solved = executor.map(
+                solve_cross, members, [la.width for la in members],
+                prepare=lambda layer, acc=accumulators: _task(
+                    layer, infos[id(layer.weight)], acc[key_of(layer)], selection,
+                    hessian_of, damp))
             del accumulators
-            for layer, (row, matrix) in zip(members, solved, strict=True):
+            for layer, result in zip(members, solved, strict=True):
+                row, matrix = _row(layer, infos[id(layer.weight)], selection, result)
                 rows.append(row)
                 if matrix is None or not layer.rewritable:
                     if layer.rewritable:  # not solved: zeroed as a non-rewritable one is
@@ -256,38 +263,31 @@ def _run(session: Any, tag: str, stage: Any, names: list[str], feed: dict[str, n
     return {**inputs, **outputs}
 
 
-def _solve(layer: Layer, info: Any, accumulator: CrossAccumulator,
-           selection: dict[str, np.ndarray], hessian_of: Callable[[Any], np.ndarray],
-           damp: float) -> tuple[dict[str, Any], np.ndarray | None]:
-    start = time.perf_counter()
+def _removed(info: Any, selection: dict[str, np.ndarray]) -> np.ndarray:
     parts = [blocks[selection[g]].ravel() for g, blocks in info.blocks.items()
              if g in selection and len(selection[g])]
-    removed = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def _task(layer: Layer, info: Any, accumulator: CrossAccumulator,
+          selection: dict[str, np.ndarray], hessian_of: Callable[[Any], np.ndarray],
+          damp: float) -> CrossTask:
+    pruned, cross = accumulator.matrices(info.with_bias)
+    return CrossTask(layer.matrix(info.with_bias), pruned, cross, hessian_of(info),
+                     _removed(info, selection), damp)
+
+
+def _row(layer: Layer, info: Any, selection: dict[str, np.ndarray], result: CrossResult
+         ) -> tuple[dict[str, Any], np.ndarray | None]:
     row: dict[str, Any] = {
         "layer": layer.name, "op": layer.node.op_type, "weight": layer.weight.name,
-        "columns": layer.width, "removed": int(removed.size), "source": info.source,
-        "propagate": "pruned", "error": 0.0, "relative_error": 0.0, "rewritten": False,
-        "seconds": 0.0,
+        "columns": layer.width, "removed": int(_removed(info, selection).size),
+        "source": info.source, "propagate": "pruned", "error": result.error,
+        "relative_error": result.error / result.energy if result.energy > 0 else 0.0,
+        "rewritten": False, "seconds": result.seconds,
     }
-    pruned, cross = accumulator.matrices(info.with_bias)
-    if not (np.isfinite(pruned).all() and np.isfinite(cross).all()):
+    if result.weight is None:
         row["source"] = f"{info.source} (pruned activations overflow: not rewritten)"
         return row, None
-    diagonal = np.diag(pruned).copy()
-    diagonal[diagonal <= 0] = 1.0
-    ridge = damp * float(diagonal.mean())
-    dampen(pruned, damp)
-    # The same ridge on the cross term pulls W' toward W, so an unchanged input
-    # (X̃ = X) gives back the propagate=original reconstruction exactly.
-    pulled = cross.copy()
-    pulled[np.diag_indices_from(pulled)] += ridge
-    weight = layer.matrix(info.with_bias)
-    new = reconstruct_cross(weight, pulled, pruned, removed)
-    del pulled
-    hessian = hessian_of(info)
-    scale = energy(weight, hessian)
-    row["error"] = cross_error(weight, new, hessian, cross, pruned)
-    row["relative_error"] = row["error"] / scale if scale > 0 else 0.0
-    row["seconds"] = time.perf_counter() - start
     row["rewritten"] = layer.rewritable
-    return row, new
+    return row, result.weight
