@@ -111,6 +111,7 @@ def optimize(
     input_dims: Mapping[str, int] | None = None,
     io: Literal["keep", "rewrite"] = "keep",
     scratch_dir: str | os.PathLike | None = None,
+    executor: str = "threads",
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -125,9 +126,11 @@ def optimize(
         round_to: Keep channel counts multiples of this.
         ignore: Glob patterns of node names never pruned; each must match a node.
         seed: Seed of every random choice.
-        verify: Compare outputs before and after on this many inputs: the first
-            calibration inputs when there are any (and ``io`` is ``keep``), else random
-            ones (symbolic dims from ``input_dims``, else 1; see :mod:`spa_opt.verify`).
+        verify: Compare outputs before and after on this many inputs: the last
+            calibration inputs when there are any (and ``io`` is ``keep``), held back
+            from the passes when there are more than ``verify`` of them (else all are
+            used, and the report says ``in-sample``), else random ones (symbolic dims
+            from ``input_dims``, else 1; see :mod:`spa_opt.verify`).
         instruments: Pass-manager instruments (timing, printing, checking).
         show_progress: Let long passes draw progress bars on stderr.
         base_dir: Folder of external data, for bytes and protos.
@@ -144,6 +147,9 @@ def optimize(
         scratch_dir: Folder for arrays passes spill to disk (obspa past its memory
             budget; the CLI gives the output's folder); the system's temporary folder
             when None. Spilled files are removed when the pass ends.
+        executor: Where obspa's per-layer work and Hessian shards run: ``threads``,
+            ``ray`` (a local cluster, or the one in ``RAY_ADDRESS``) or
+            ``ray://HOST:PORT`` (the ``distributed`` extra; see docs/distributed.md).
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -165,6 +171,7 @@ def optimize(
     session = _input_session(model, loaded, verify)
     context.input_dims = dict(input_dims or {})
     context.scratch_dir = str(scratch_dir) if scratch_dir is not None else ""
+    context.executor = _checked_executor(executor)
     if calibration is not None:
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
 
@@ -181,8 +188,12 @@ def optimize(
     source = "random"
     if verify > 0:
         if context.calibration is not None and io == "keep":
-            feeds = calibration_inputs(context.calibration, loaded, verify)
-            source = "calibration (in-sample)"
+            from spa_opt.calibration import hold_back
+
+            context.calibration, held = hold_back(context.calibration, verify)
+            feeds = calibration_inputs(held or context.calibration, loaded, verify)
+            source = "calibration (held back)" if held is not None else \
+                "calibration (in-sample)"
         else:
             feeds = random_inputs(loaded, verify, seed, dims=context.input_dims,
                                   past_length=past_length)
@@ -292,3 +303,12 @@ def make_session(
     """
     optimized, _ = optimize(model, pipeline, **targets)
     return session_from_model(optimized, sess_options, providers)
+
+
+def _checked_executor(spec: str) -> str:
+    from spa_opt.obs.executor import ExecutorError, check_executor
+
+    try:
+        return check_executor(spec)
+    except ExecutorError as error:
+        raise InputError(f"--executor: {error}") from None

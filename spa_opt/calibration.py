@@ -152,6 +152,27 @@ class Calibration:
                            dict(self.dims))
 
 
+def hold_back(calibration: Calibration, count: int) -> tuple[Calibration, Calibration | None]:
+    """``(the rest, the last count samples)``: inputs the passes never see, for checking.
+
+    ``(calibration, None)`` when there are not more than ``count`` samples: holding all
+    of them back would leave the passes nothing.
+    """
+    total = calibration.samples
+    if count < 1 or total <= count:
+        return calibration, None
+
+    def part(start: int, stop: int, label: str) -> Calibration:
+        feeds = {k: a[start:stop].copy() if a.ndim else a for k, a in calibration.feeds.items()}
+        labels = None if calibration.labels is None else calibration.labels[start:stop].copy()
+        return Calibration(feeds, f"{calibration.source} ({label})", labels,
+                           dict(calibration.dims))
+
+    kept = total - count
+    return (part(0, kept, f"first {kept} of {total}; last {count} held back"),
+            part(kept, total, f"last {count} of {total}, held back"))
+
+
 def _line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -27,7 +27,7 @@ Schema (every key always present; ``null`` until a pass provides it)::
                   (null when the IO is kept and nothing changed),
       "verify":   {"inputs": N, "max_abs_err": x, "rel_err": x,
                    "per_output": {"name": x}, "reshaped": [names],
-                   "source": "random" | "calibration (in-sample)",
+                   "source": "random" | "calibration (held back)" | "calibration (in-sample)",
                    "top1_agreement": x | null, "kl": x | null,
                    "perplexity_ratio": x | null} | null
     }

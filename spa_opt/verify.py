@@ -18,9 +18,10 @@ declared shape the pipeline changed are not compared (they are listed instead).
 
 The error reported is the largest absolute difference over all outputs and
 inputs, and that difference relative to the largest reference magnitude. With
-calibration inputs (``--calib``) the comparison runs on the first ``N`` of them instead
-of random tensors (``source`` says which; they are the ones the passes saw, so the
-comparison is in-sample), because on random inputs a lossy step's error says little
+calibration inputs (``--calib``) the comparison runs on the last ``N`` of them instead
+of random tensors, held back from the passes when there are more than ``N`` (``source``
+says which: ``calibration (held back)``, or ``calibration (in-sample)`` when every
+input was needed), because on random inputs a lossy step's error says little
 (the digits ResNet pruned by obspa to 100% test accuracy shows rel err 0.88 on N(0,1)
 images). Beside the errors, for what the outputs are:
 
@@ -57,7 +58,7 @@ class VerifyResult:
     reshaped: list[str] = dataclasses.field(default_factory=list)
     """Outputs not compared: the pipeline changed their shape on purpose (``--io rewrite``)."""
     source: str = "random"
-    """``random`` or ``calibration (in-sample)``."""
+    """``random``, ``calibration (held back)`` or ``calibration (in-sample)``."""
     agreement: float | None = None
     """Smallest top-1 agreement over classifier-like outputs."""
     kl: float | None = None

@@ -3,8 +3,9 @@
 - identical runs: top-1 agreement 1, KL 0, perplexity ratio 1 (for decoder logits);
 - a changed classifier: agreement and KL computed by hand;
 - decoder logits with token ids: the perplexity ratio from next-token log-likelihoods;
-- with calibration inputs, obspa on the digits ResNet verifies on them (in-sample) and
-  keeps top-1; without, on random inputs.
+- with calibration inputs, obspa on the digits ResNet verifies on the last N, which the
+  passes never see (held back), and keeps top-1; with no more inputs than N, on all of
+  them (in-sample); without, on random inputs.
 """
 
 from __future__ import annotations
@@ -63,12 +64,38 @@ def test_decoder_perplexity_ratio_by_hand() -> None:
 def test_obspa_verifies_on_calibration_inputs() -> None:
     _, report = optimize(DIGITS / "resnet.onnx", "couple,group,obspa<samples=32>,prune",
                          target_flops=0.5, calibration=DIGITS / "calib.npz", verify=8)
-    assert report.verify.source == "calibration (in-sample)"
+    assert report.verify.source == "calibration (held back)"
+    assert report.verify.inputs == 8
     assert report.verify.agreement >= 0.9 and report.verify.kl < 0.1
     assert "top-1 agreement" in report.verify.summary()
+    # obspa drew its 32 from the first 120 of the 128: the last 8 it never saw.
+    assert "first 120 of 128; last 8 held back" in report.to_dict()["obspa"]["hessian"][
+        "source"]
     _, report = optimize(DIGITS / "resnet.onnx", "couple,group,l1,prune", target_flops=0.5,
                          verify=2)
     assert report.verify.source == "random"
+
+
+def test_held_back_inputs_are_the_last_and_never_shared() -> None:
+    from spa_opt.calibration import Calibration, hold_back
+
+    ids = np.arange(10)[:, None] * np.ones((1, 3))
+    calibration = Calibration({"x": ids.astype(np.float32)}, "npz:x", np.arange(10), {})
+    kept, held = hold_back(calibration, 4)
+    assert kept.samples == 6 and held.samples == 4
+    np.testing.assert_array_equal(held.feeds["x"][:, 0], [6, 7, 8, 9])
+    np.testing.assert_array_equal(kept.labels, np.arange(6))
+    assert not np.shares_memory(kept.feeds["x"], held.feeds["x"])
+    assert hold_back(calibration, 10) == (calibration, None)
+
+
+def test_verify_with_few_inputs_is_in_sample(tmp_path) -> None:
+    few = tmp_path / "few.npz"
+    data = np.load(DIGITS / "calib.npz")
+    np.savez(few, **{k: v[:4] for k, v in data.items()})
+    _, report = optimize(DIGITS / "resnet.onnx", "couple,group,obspa,prune",
+                         target_flops=0.5, calibration=few, verify=4)
+    assert report.verify.source == "calibration (in-sample)"
 
 
 def test_hidden_states_are_not_taken_for_logits() -> None:
