@@ -139,29 +139,39 @@ def run(model: Path, calib: Path, options: str, timeout: float) -> dict:
     return result
 
 
-def main() -> None:
-    """Build, measure, print (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=22)
+def add_shape_arguments(parser: argparse.ArgumentParser, layers: int, windows: int) -> None:
+    """The decoder's shape, calibration windows and obspa options as arguments."""
+    parser.add_argument("--layers", type=int, default=layers)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--windows", type=int, default=128)
+    parser.add_argument("--windows", type=int, default=windows)
     parser.add_argument("--obspa", default="propagate=original", help="obspa options")
-    parser.add_argument("--timeout", type=float, default=3600)
-    args = parser.parse_args()
+
+
+def shape_of(args: argparse.Namespace) -> tuple[Shape, Path]:
+    """The shape the arguments name and its model's path under ``CACHE``."""
     shape = Shape(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate,
                   args.vocab)
     tag = f"h{shape.hidden}-l{shape.layers}-a{shape.heads}-{shape.kv_heads}-i" \
           f"{shape.intermediate}-v{shape.vocab}"
-    model = CACHE / tag / "model.onnx"
+    return shape, CACHE / tag / "model.onnx"
+
+
+def main() -> None:
+    """Build, measure, print (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_shape_arguments(parser, layers=22, windows=128)
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    shape, model = shape_of(args)
     if not model.exists():
         started = time.perf_counter()
         write(shape, model)
         print(f"built {model} in {time.perf_counter() - started:.0f} s", flush=True)
-    calib = CACHE / tag / f"calib{args.windows}.npz"
+    calib = model.parent / f"calib{args.windows}.npz"
     if not calib.exists():
         ids = np.random.default_rng(1).integers(0, shape.vocab, (args.windows, shape.seq))
         np.savez(calib, input_ids=ids)

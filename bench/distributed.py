@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, revision  # noqa: E402
-from bench.decoder import CACHE  # noqa: E402
-from bench.decoder_model import Shape, write  # noqa: E402
+from bench.decoder import CACHE, add_shape_arguments, shape_of  # noqa: E402
+from bench.decoder_model import write  # noqa: E402
 
 
 def run(model: Path, calib: Path, options: str, executor: str) -> dict:
@@ -69,25 +69,14 @@ def weights(path: Path) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--intermediate", type=int, default=5632)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--windows", type=int, default=32)
-    parser.add_argument("--obspa", default="propagate=original", help="obspa options")
+    add_shape_arguments(parser, layers=2, windows=32)
     args = parser.parse_args()
     print(machine())
     print(revision(ROOT, "spa_opt", "bench"))
-    shape = Shape(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate,
-                  args.vocab)
-    tag = f"h{shape.hidden}-l{shape.layers}-a{shape.heads}-{shape.kv_heads}-i" \
-          f"{shape.intermediate}-v{shape.vocab}"
-    model = CACHE / tag / "model.onnx"
+    shape, model = shape_of(args)
     if not model.exists():
         write(shape, model)
-    calib = CACHE / tag / f"calib{args.windows}.npz"
+    calib = model.parent / f"calib{args.windows}.npz"
     if not calib.exists():
         ids = np.random.default_rng(1).integers(0, shape.vocab, (args.windows, shape.seq))
         np.savez(calib, input_ids=ids)
