@@ -1,4 +1,4 @@
-"""The digits golden models: a basic-block ResNet, a MobileNetV2-style CNN and a small ViT.
+"""The digits golden models: a basic-block ResNet, a MobileNetV2-style CNN, a small ViT, a DenseNet.
 
 Model definitions only; training, export and checks are in make_digits.py. All take
 ``(batch, 1, 32, 32)`` normalised images and return 10 logits.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_cnns import DenseLayer
 
 SIZE = 32
 NUM_CLASSES = 10
@@ -108,7 +109,25 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-class MobileNetV2(nn.Module):
+class PooledClassifier(nn.Module):
+    """``features`` then global average pooling and the Linear ``fc``; subclasses build both."""
+
+    features: nn.Sequential
+    fc: nn.Linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Classify.
+
+        Args:
+            x: Images (B, 1, 32, 32).
+
+        Returns:
+            Logits (B, 10).
+        """
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+class MobileNetV2(PooledClassifier):
     """MobileNetV2 at widths 16/24/32/64 for 1x32x32 inputs (stride-2 stem: 16x16 maps)."""
 
     SETTINGS = ((16, 1, 1), (24, 2, 2), (32, 2, 2), (64, 2, 2))
@@ -126,16 +145,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(last, NUM_CLASSES)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Classify.
-
-        Args:
-            x: Images (B, 1, 32, 32).
-
-        Returns:
-            Logits (B, 10).
-        """
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 class Attention(nn.Module):
@@ -222,6 +231,35 @@ class ViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.blocks(x + self.pos_embed)
         return self.head(self.norm(x)[:, 0])
+
+
+class DenseNet(PooledClassifier):
+    """DenseNet-BC for 1x32x32 inputs: stride-2 stem, three dense blocks, two transitions.
+
+    Stem conv 3x3 to 24 channels at stride 2 (16x16 maps), then three dense blocks of 4
+    layers (growth 12, bottleneck 48) at 16x16, 8x8 and 4x4, joined by transitions
+    (BN-ReLU-1x1 conv halving the channels, 2x2 average pool); BN-ReLU, pool, Linear.
+    Pre-activation BatchNorms read concatenations, so they stay BatchNormalization nodes
+    in the export (there is no single conv before them to fold into).
+    """
+
+    def __init__(self, stem: int = 24, growth: int = 12, layers: int = 4, blocks: int = 3
+                 ) -> None:
+        super().__init__()
+        modules: list[nn.Module] = [nn.Conv2d(1, stem, 3, 2, 1, bias=False)]
+        c = stem
+        for block in range(blocks):
+            for _ in range(layers):
+                modules.append(DenseLayer(c, growth))
+                c += growth
+            if block + 1 < blocks:
+                modules += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
+                            nn.AvgPool2d(2)]
+                c //= 2
+        modules += [nn.BatchNorm2d(c), nn.ReLU()]
+        self.features = nn.Sequential(*modules)
+        self.fc = nn.Linear(c, NUM_CLASSES)
+
 
 
 # --------------------------------------------------------------------------- training

@@ -386,6 +386,30 @@ def batchnorm_count(proto: onnx.ModelProto) -> int:
                if n.op_type == "BatchNormalization" and set(n.input[1:5]) <= inits)
 
 
+def file_entry(name: str, exporter: str, path: Path, proto: onnx.ModelProto, model: nn.Module,
+               recipe: Recipe, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """The accuracy.json entry of one exported model, printed as one line too.
+
+    Shared with make_digits_more.py so every digits model is described the same way.
+    """
+    acc = float((logits.argmax(1) == labels).mean())
+    bn = batchnorm_count(proto)
+    print(f"  {path.name}: {len(proto.graph.node)} nodes, {param_count(proto)} params, "
+          f"{bn} BatchNormalization, onnxruntime test accuracy {acc:.4f}, "
+          f"{path.stat().st_size} bytes", flush=True)
+    return {
+        "model": name,
+        "exporter": exporter,
+        "opset": proto.opset_import[0].version,
+        "test_accuracy": round(acc, 6),
+        "test_correct": int((logits.argmax(1) == labels).sum()),
+        "onnx_params": param_count(proto),
+        "torch_params": sum(p.numel() for p in model.parameters()),
+        "batchnorm_nodes": bn,
+        "recipe": {k: v for k, v in asdict(recipe).items() if k != "build"},
+    }
+
+
 def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -421,22 +445,10 @@ def main() -> None:
             logits = check(path, proto, test, expected)
             bn = batchnorm_count(proto)
             assert (bn > 0) == keep_bn, f"{path.name}: {bn} BatchNormalization nodes"
-            acc = float((logits.argmax(1) == labels).mean())
-            files[path.name] = {
-                "model": name,
-                "exporter": "torchscript (dynamo=False, do_constant_folding=False, "
-                            "training=EVAL)" if keep_bn else "dynamo",
-                "opset": proto.opset_import[0].version,
-                "test_accuracy": round(acc, 6),
-                "test_correct": int((logits.argmax(1) == labels).sum()),
-                "onnx_params": param_count(proto),
-                "torch_params": sum(p.numel() for p in model.parameters()),
-                "batchnorm_nodes": bn,
-                "recipe": {k: v for k, v in asdict(MODELS[name]).items() if k != "build"},
-            }
-            print(f"  {path.name}: {len(proto.graph.node)} nodes, {param_count(proto)} params, "
-                  f"{bn} BatchNormalization, onnxruntime test accuracy {acc:.4f}, "
-                  f"{path.stat().st_size} bytes")
+            exporter = ("torchscript (dynamo=False, do_constant_folding=False, "
+                        "training=EVAL)" if keep_bn else "dynamo")
+            files[path.name] = file_entry(name, exporter, path, proto, model, MODELS[name],
+                                          logits, labels)
 
     summary = {
         "dataset": "sklearn.datasets.load_digits",

@@ -11,8 +11,9 @@ Rules:
     input arrays or a folder of images, :mod:`spa_opt.calibration`), at most
     ``samples`` of them, propagated through the original model in onnxruntime;
   - ``noise``: ``samples`` random inputs; ``pink`` noise has a ``1/f^e`` amplitude
-    spectrum with ``e`` drawn per sample from [``exponent``, ``exponent-max``] (1 is
-    the spectrum of natural images, larger is smoother; the mix measured best), or
+    spectrum with ``e`` drawn per sample from [``exponent``, ``exponent-max``] = [2, 3]
+    (1 is the spectrum of natural images, larger is smoother; [2, 3] measured best over
+    six digits architectures, ``bench/datafree.py``), or
     ``white``; per-channel ``mean`` and ``std`` (the defaults 0 and 1 match a model
     that takes normalised inputs, as exported vision models do); integer inputs get
     uniform token ids;
@@ -138,7 +139,7 @@ class ObspaOptions:
     samples: int = option(128, "noise or synthesized inputs to make; with data, the most "
                                "calibration inputs used (0: all)")
     noise: Literal["pink", "white"] = option("pink", "noise spectrum for float inputs")
-    exponent: float = option(1.0, "pink noise amplitude falls as 1/f^exponent")
+    exponent: float = option(2.0, "pink noise amplitude falls as 1/f^exponent")
     exponent_max: float = option(
         3.0, "when above exponent, each noise sample draws its exponent uniformly from "
         "[exponent, exponent-max]: a mix of smoothness levels")
