@@ -11,9 +11,12 @@ from spa_opt.obs.linalg import (
     energy,
     error,
     inverse,
+    inverse_lower,
     reconstruct,
     remove,
     remove_in_place,
+    symmetric_rows,
+    symmetric_take,
 )
 from spa_opt.obs.order import Consumer, OrderTask, solve_order
 
@@ -133,11 +136,30 @@ def test_in_place_removal_equals_the_compacting_one(block: int) -> None:
     hinv = inverse(h)
     columns = np.arange(block) + 7
     new_w, new_hinv, kept, cost = remove(w, hinv, columns)
-    w_in, hinv_in = np.array(w, order="C"), hinv.copy()
+    w_in, hinv_in = np.array(w, order="C"), inverse_lower(h)
+    assert hinv_in.flags.f_contiguous
+    np.testing.assert_allclose(np.tril(hinv_in), np.tril(hinv), rtol=1e-12, atol=1e-14)
     assert remove_in_place(w_in, hinv_in, columns) == pytest.approx(cost, rel=1e-12)
     np.testing.assert_allclose(w_in[:, kept], new_w, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(hinv_in[np.ix_(kept, kept)], new_hinv, rtol=1e-10, atol=1e-12)
+    # only the lower triangle is kept up to date (the ordering reads nothing else)
+    np.testing.assert_allclose(np.tril(hinv_in[np.ix_(kept, kept)]), np.tril(new_hinv),
+                               rtol=1e-10, atol=1e-12)
     assert not w_in[:, columns].any() and not hinv_in[columns].any()
+    assert not hinv_in[:, columns].any()
+    with pytest.raises(ValueError, match="Fortran"):
+        remove_in_place(w.copy(), np.ascontiguousarray(hinv[:, :-1]), columns)
     blocks = np.arange(24).reshape(-1, 1)
     np.testing.assert_allclose(block_costs(w, hinv, blocks),  # the 1x1 division path
                                0.5 * (w ** 2).sum(0) / np.diag(hinv), rtol=1e-12)
+
+
+def test_symmetric_reads_of_the_lower_triangle_equal_the_full_matrix() -> None:
+    _, _, h = _layer(rows=3, d=17, n=100, seed=8)
+    full = inverse(h)
+    lower = np.asfortranarray(np.tril(full) + np.triu(np.full_like(full, np.nan), 1))
+    rows = np.array([0, 5, 16, 9])
+    np.testing.assert_array_equal(symmetric_rows(lower, rows), full[rows])
+    blocks = np.array([[1, 2, 3], [16, 4, 0]])
+    np.testing.assert_array_equal(symmetric_take(lower, blocks[:, :, None], blocks[:, None, :]),
+                                  full[blocks[:, :, None], blocks[:, None, :]])
+    assert np.isfinite(block_costs(np.ones((2, 17)), lower, blocks)).all()

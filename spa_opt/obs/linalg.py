@@ -55,16 +55,27 @@ def dampen(hessian: np.ndarray, fraction: float = DEFAULT_DAMP) -> np.ndarray:
     return hessian
 
 
-def inverse(hessian: np.ndarray) -> np.ndarray:
-    """``H⁻¹`` of a positive-definite ``H`` from its Cholesky factor (a new array)."""
+def inverse_lower(hessian: np.ndarray) -> np.ndarray:
+    """``H⁻¹`` in the lower triangle of a new Fortran-ordered array (upper: garbage).
+
+    What the ordering works on: ``dpotrf`` then ``dpotri`` fill the lower triangle only,
+    and every later read (:func:`symmetric_take`) and downdate (:func:`remove_in_place`,
+    ``dsyrk``) touches that triangle alone, so the matrix is never mirrored.
+    """
     factor, info = scipy.linalg.lapack.dpotrf(hessian, lower=1, clean=0)
     if info:
         raise np.linalg.LinAlgError(f"Hessian is not positive definite (minor {info})")
-    inv, info = scipy.linalg.lapack.dpotri(factor, lower=1)
+    inv, info = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)
     if info:
         raise np.linalg.LinAlgError(f"Hessian inverse failed ({info})")
-    # dpotri fills the lower triangle; mirror it in place, one column block at a time
-    # (no index arrays and no d x d temporaries)
+    return inv if inv.flags.f_contiguous else np.asfortranarray(inv)
+
+
+def inverse(hessian: np.ndarray) -> np.ndarray:
+    """``H⁻¹`` of a positive-definite ``H`` from its Cholesky factor (a new, full array)."""
+    inv = inverse_lower(hessian)
+    # mirror the lower triangle in place, one column block at a time (no index arrays and
+    # no d x d temporaries)
     size = inv.shape[0]
     for start in range(0, size, 512):
         end = min(start + 512, size)
@@ -74,12 +85,31 @@ def inverse(hessian: np.ndarray) -> np.ndarray:
     return inv
 
 
+def symmetric_take(lower: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Entries ``(rows, columns)`` (broadcast) of the symmetric matrix in ``lower``.
+
+    Only the lower triangle is read, so a full symmetric matrix gives the same.
+    """
+    return lower[np.maximum(rows, columns), np.minimum(rows, columns)]
+
+
+def symmetric_rows(lower: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of the symmetric matrix in ``lower``'s lower triangle: ``(len(rows), d)``.
+
+    Row ``m`` is read from column ``m`` from the diagonal down and from row ``m`` left of it.
+    """
+    out = np.ascontiguousarray(lower[:, rows].T)  # valid from the diagonal on
+    for i, m in enumerate(rows.tolist()):
+        out[i, :m] = lower[m, :m]
+    return out
+
+
 def block_costs(weight: np.ndarray, hinv: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """OBS cost of removing each column block alone: ``(len(blocks),)``.
 
     Args:
         weight: ``(rows, d)`` current weights.
-        hinv: ``(d, d)`` current inverse Hessian.
+        hinv: ``(d, d)`` current inverse Hessian (its lower triangle is read).
         blocks: ``(units, b)`` column indices of each block.
     """
     if blocks.size == 0:
@@ -88,7 +118,7 @@ def block_costs(weight: np.ndarray, hinv: np.ndarray, blocks: np.ndarray) -> np.
         columns = blocks[:, 0]
         return 0.5 * np.einsum("ru,ru->u", weight[:, columns], weight[:, columns]) \
             / np.diagonal(hinv)[columns]
-    sub = hinv[blocks[:, :, None], blocks[:, None, :]]  # (units, b, b)
+    sub = symmetric_take(hinv, blocks[:, :, None], blocks[:, None, :])  # (units, b, b)
     w = np.ascontiguousarray(weight[:, blocks].transpose(1, 2, 0))  # (units, b, rows)
     solved = np.linalg.solve(sub, w)
     return 0.5 * np.einsum("ubr,ubr->u", w, solved)
@@ -122,38 +152,65 @@ def remove(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray
 
 
 def remove_in_place(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray) -> float:
-    """:func:`remove` without compaction: ``weight`` and ``hinv`` keep their size.
+    """:func:`remove` without compaction, on the lower triangle of ``H⁻¹`` only.
 
     The Schur downdate ``H⁻¹ -= (H⁻¹)_:M S⁻¹ (H⁻¹)_M:`` with ``S = (H⁻¹)_MM`` makes the
     removed rows and columns of ``H⁻¹`` exactly zero, and the update
     ``W -= W_:M S⁻¹ (H⁻¹)_M:`` makes the removed columns of ``W`` zero, so both stay at
     full size and the remaining columns keep their indices: no per-round copy of the
-    kept block. Both are one BLAS ``gemm`` with ``beta = 1`` on the array itself;
-    ``hinv`` must be C- or Fortran-contiguous (it is symmetric, so its transpose is the
-    same matrix in the other order) and ``weight`` C-contiguous.
+    kept block. ``hinv`` is Fortran-ordered and only its lower triangle is read and
+    written (as :func:`inverse_lower` makes it): the downdate is one ``dsyrk`` with
+    ``beta = 1`` on the array itself, half the flops of the full ``dgemm``, and the
+    matrix is never mirrored. ``weight`` is C-contiguous; its update is one ``dgemm``.
 
     Returns:
         The cost of the removal.
     """
-    block = hinv[np.ix_(columns, columns)]
+    if not hinv.flags.f_contiguous:
+        raise ValueError("remove_in_place needs a Fortran-ordered H⁻¹ (inverse_lower)")
+    block = symmetric_take(hinv, columns[:, None], columns[None, :])
     factor = scipy.linalg.cho_factor(block, lower=True, check_finite=False)
-    coupling = hinv[columns, :]  # (H⁻¹)_M:, (|M|, d)
+    coupling = symmetric_rows(hinv, columns)  # (H⁻¹)_M:, (|M|, d)
     w_m = weight[:, columns]
     solved_w = scipy.linalg.cho_solve(factor, w_m.T, check_finite=False)  # S⁻¹ W_Mᵀ
     cost = 0.5 * float(np.einsum("rm,mr->", w_m, solved_w))
     blas = scipy.linalg.blas
     # W -= (S⁻¹ W_Mᵀ)ᵀ (H⁻¹)_M:  on weight.T (Fortran order of a C-ordered weight)
     blas.dgemm(-1.0, coupling, solved_w, beta=1.0, c=weight.T, trans_a=1, overwrite_c=1)
-    # H⁻¹ -= Y Yᵀ with Y = (H⁻¹)_:M L⁻ᵀ (S = L Lᵀ)
-    lower = factor[0]
-    y = scipy.linalg.solve_triangular(lower, coupling, lower=True, check_finite=False)
-    target = hinv if hinv.flags.f_contiguous else hinv.T
-    blas.dgemm(-1.0, y, y, beta=1.0, c=target, trans_a=1, overwrite_c=1)
-    hinv[np.ix_(columns, columns)] = 0.0  # exactly, not to rounding
-    hinv[columns, :] = 0.0
+    # lower(H⁻¹) -= lower(Y Yᵀ) with Y = L⁻¹ (H⁻¹)_M: (S = L Lᵀ)
+    y = scipy.linalg.solve_triangular(factor[0], coupling, lower=True, check_finite=False)
+    blas.dsyrk(-1.0, y, beta=1.0, c=hinv, trans=1, lower=1, overwrite_c=1)
+    hinv[columns, :] = 0.0  # exactly, not to rounding
     hinv[:, columns] = 0.0
     weight[:, columns] = 0.0
     return cost
+
+
+def _reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray
+                 ) -> tuple[np.ndarray, float]:
+    """:func:`reconstruct` and its :func:`error`, the error from the Schur complement.
+
+    With ``C = H_KK⁻¹ H_KM`` (solved for the update anyway), the optimum's change is
+    ``dW_K = W_M Cᵀ``, ``dW_M = -W_M``, and its error ``tr(dW H dWᵀ)/2`` is
+    ``tr(W_M S W_Mᵀ)/2`` with ``S = H_MM - H_MK C``: ``|M|² (|K| + rows)`` flops instead
+    of the ``rows · d²`` of :func:`error` (a 32000-row lm_head losing 400 of its 2049
+    columns: 5 GFLOP instead of 270).
+    """
+    if removed.size == 0:
+        return weight.copy(), 0.0
+    result = np.zeros_like(weight)
+    kept = np.setdiff1d(np.arange(weight.shape[1]), removed)
+    w_m = weight[:, removed]
+    if kept.size == 0:
+        return result, 0.5 * float(np.einsum("rm,rm->", w_m @ hessian, w_m))
+    factor = scipy.linalg.cho_factor(hessian[np.ix_(kept, kept)], lower=True,
+                                     check_finite=False)
+    coupling = hessian[np.ix_(kept, removed)]  # H_KM
+    correction = scipy.linalg.cho_solve(factor, coupling, check_finite=False)  # H_KK⁻¹ H_KM
+    # W'_K = W_K + W_M H_MK H_KK⁻¹
+    result[:, kept] = weight[:, kept] + w_m @ correction.T
+    schur = hessian[np.ix_(removed, removed)] - coupling.T @ correction
+    return result, max(0.5 * float(np.einsum("rm,rm->", w_m @ schur, w_m)), 0.0)
 
 
 def reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -161,19 +218,7 @@ def reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray) ->
 
     Equal to removing the columns one block at a time with :func:`remove`, in any order.
     """
-    result = np.zeros_like(weight)
-    if removed.size == 0:
-        return weight.copy()
-    kept = np.setdiff1d(np.arange(weight.shape[1]), removed)
-    if kept.size == 0:
-        return result
-    factor = scipy.linalg.cho_factor(hessian[np.ix_(kept, kept)], lower=True,
-                                     check_finite=False)
-    # W'_K = W_K + W_M H_MK H_KK⁻¹
-    correction = scipy.linalg.cho_solve(factor, hessian[np.ix_(kept, removed)],
-                                        check_finite=False)  # H_KK⁻¹ H_KM
-    result[:, kept] = weight[:, kept] + weight[:, removed] @ correction.T
-    return result
+    return _reconstruct(weight, hessian, removed)[0]
 
 
 def error(weight: np.ndarray, new_weight: np.ndarray, hessian: np.ndarray) -> float:
@@ -183,8 +228,23 @@ def error(weight: np.ndarray, new_weight: np.ndarray, hessian: np.ndarray) -> fl
 
 
 def energy(weight: np.ndarray, hessian: np.ndarray) -> float:
-    """``tr(W H Wᵀ) / 2``: the error of removing everything, the scale errors compare to."""
-    return 0.5 * float(np.einsum("rd,rd->", weight @ hessian, weight))
+    """``tr(W H Wᵀ) / 2``: the error of removing everything, the scale errors compare to.
+
+    As ``Σ H ∘ WᵀW / 2`` with ``WᵀW`` from one ``dsyrk`` (its lower triangle): ``rows · d²``
+    flops, half of the ``W H`` product.
+    """
+    gram = scipy.linalg.blas.dsyrk(1.0, np.asarray(weight, dtype=np.float64), trans=1,
+                                   lower=1)
+    total = 0.0
+    size = gram.shape[0]
+    for start in range(0, size, 512):  # column blocks: no d x d temporaries
+        end = min(start + 512, size)
+        square = np.tril(gram[start:end, start:end], -1)
+        total += 2.0 * float(np.einsum("ij,ij->", square, hessian[start:end, start:end]))
+        total += 2.0 * float(np.einsum("ij,ji->", gram[end:, start:end],
+                                       hessian[start:end, end:]))
+    total += float(np.einsum("ii,ii->", gram, hessian))
+    return 0.5 * total
 
 
 @dataclasses.dataclass
@@ -212,6 +272,6 @@ class ReconstructResult:
 def solve_reconstruct(task: ReconstructTask) -> ReconstructResult:
     """:func:`reconstruct` with its :func:`error` and :func:`energy`, timed."""
     start = time.perf_counter()
-    new = reconstruct(task.weight, task.hessian, task.removed)
-    return ReconstructResult(new, error(task.weight, new, task.hessian),
-                             energy(task.weight, task.hessian), time.perf_counter() - start)
+    new, lost = _reconstruct(task.weight, task.hessian, task.removed)
+    return ReconstructResult(new, lost, energy(task.weight, task.hessian),
+                             time.perf_counter() - start)

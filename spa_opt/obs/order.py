@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from spa_opt.obs.linalg import block_costs, energy, inverse, remove_in_place
+from spa_opt.obs.linalg import block_costs, energy, inverse_lower, remove_in_place
 
 
 @dataclasses.dataclass
@@ -92,7 +92,8 @@ class _Working:
 
     def __init__(self, consumer: Consumer) -> None:
         self.weight = np.array(consumer.weight, dtype=np.float64, order="C")
-        self.hinv = inverse(consumer.hessian)  # the one Cholesky of this Hessian
+        # the one Cholesky of this Hessian; H⁻¹ in its lower triangle, Fortran order
+        self.hinv = inverse_lower(consumer.hessian)
         self.index = np.arange(self.weight.shape[1])
         """Original column -> its column in the working arrays (-1: gone)."""
         self.alive = self.weight.shape[1]
@@ -110,7 +111,8 @@ class _Working:
             kept = np.flatnonzero(np.isin(np.arange(self.weight.shape[1]),
                                           self.index[self.index >= 0]))
             self.weight = np.ascontiguousarray(self.weight[:, kept])
-            self.hinv = np.ascontiguousarray(self.hinv[np.ix_(kept, kept)])
+            # through the C-ordered transpose: one copy, Fortran order, lower stays lower
+            self.hinv = self.hinv.T[np.ix_(kept, kept)].T
             lookup = np.full(self.index.size, -1)
             lookup[kept] = np.arange(kept.size)
             alive = self.index >= 0
@@ -124,11 +126,13 @@ def solve_order(task: OrderTask) -> OrderResult:
     remaining = np.asarray(task.removable, dtype=np.int64)
     if remaining.size == 0 or not task.consumers:
         return OrderResult(task.group, scores, time.perf_counter() - start, 0)
-    scale = sum(energy(c.weight, c.hessian) for c in task.consumers)
-    scale = scale if task.norm == "relative" and scale > 0 else 1.0
-    # One Cholesky (in ``inverse``) per consumer; after it, every round downdates the
-    # consumer's ``W`` and ``H⁻¹`` in place at full size (removed columns become zero),
-    # so unit columns keep their indices and no round copies the kept block.
+    scale = 1.0
+    if task.norm == "relative":  # tr(W H Wᵀ) is a rows x d² product: only when used
+        scale = sum(energy(c.weight, c.hessian) for c in task.consumers) or 1.0
+    # One Cholesky (in ``inverse_lower``) per consumer; after it, every round downdates
+    # the consumer's ``W`` and the lower triangle of its ``H⁻¹`` in place at full size
+    # (removed columns become zero), so unit columns keep their indices and no round
+    # copies the kept block.
     state = [_Working(c) for c in task.consumers]
     step = 1 if task.order == "greedy" else max(1, math.ceil(remaining.size / task.rounds))
     removed: list[int] = []
