@@ -26,8 +26,8 @@ not mix):
    least that per layer (it must factor or invert each ``H``), so the ratios
    ``(order + reconstruct) / floor`` (the OBS solve), ``obspa / floor`` (the whole pass)
    and ``optimize / floor`` (the whole run) say how far from it the pass is. Beside it,
-   *obspa H^-1*: obspa's own ``linalg.inverse`` (``dpotrf`` + ``dpotri`` + mirroring the
-   triangle) once per layer, which its ordering pays before any downdate; ``order /
+   *obspa H^-1*: obspa's own ``linalg.inverse_lower`` (``dpotrf`` + ``dpotri``, the lower
+   triangle only) once per layer, which its ordering pays before any downdate; ``order /
    H^-1`` is then what the ranking and the downdates add.
 4. **The Hessian-formation floor**: one float32 ``X @ X.T`` (BLAS ``syrk``, all cores)
    per Hessian obspa accumulates (layers reading the same activation the same way
@@ -304,7 +304,7 @@ def floors(layers: list[dict[str, Any]], repeat: int) -> None:
     import scipy.linalg
     from threadpoolctl import threadpool_limits
 
-    from spa_opt.obs.linalg import inverse
+    from spa_opt.obs.linalg import inverse_lower
     from spa_opt.obs.threads import cores
 
     rng = np.random.default_rng(0)
@@ -332,7 +332,7 @@ def floors(layers: list[dict[str, Any]], repeat: int) -> None:
             h *= 0.5 / d
             h[np.diag_indices(d)] += 1.0
             start = time.perf_counter()
-            inverse(h)  # obspa's own H⁻¹ (dpotrf + dpotri + symmetrize), once
+            inverse_lower(h)  # the ordering's own H⁻¹ (dpotrf + dpotri), once
             layer["inverse"] = time.perf_counter() - start
             del h
             if layer["shared"]:
