@@ -163,3 +163,36 @@ def test_symmetric_reads_of_the_lower_triangle_equal_the_full_matrix() -> None:
     np.testing.assert_array_equal(symmetric_take(lower, blocks[:, :, None], blocks[:, None, :]),
                                   full[blocks[:, :, None], blocks[:, None, :]])
     assert np.isfinite(block_costs(np.ones((2, 17)), lower, blocks)).all()
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_float32_ordering_ranks_like_float64(block: int) -> None:
+    """float32 ``W``/``H⁻¹`` round the costs, not the order, on a dampened Hessian."""
+    w, _, h = _layer(rows=16, d=96, n=400, seed=7)
+    dampen(h)
+    units = 96 // block
+    blocks = np.arange(96).reshape(units, block)
+    results = {precision: solve_order(OrderTask("g", units, np.arange(units),
+                                                [Consumer("c", w, h, blocks)],
+                                                precision=precision))
+               for precision in ("float64", "float32")}
+    assert results["float32"].precision == "float32"
+    assert np.array_equal(np.argsort(results["float32"].scores),
+                          np.argsort(results["float64"].scores))
+    np.testing.assert_allclose(results["float32"].scores, results["float64"].scores,
+                               rtol=1e-3)
+
+
+def test_float32_ordering_falls_back_to_float64_when_it_loses_definiteness() -> None:
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+    h = (basis * np.logspace(0, -12, 64)) @ basis.T  # beyond float32's reach, undampened
+    h = (h + h.T) / 2
+    w = rng.standard_normal((8, 64))
+    blocks = np.arange(64)[:, None]
+    task = OrderTask("g", 64, np.arange(64), [Consumer("c", w, h, blocks)],
+                     precision="float32")
+    result = solve_order(task)
+    assert result.precision == "float64"
+    task.precision = "float64"
+    np.testing.assert_array_equal(result.scores, solve_order(task).scores)

@@ -21,7 +21,11 @@ the kept columns under ``H``::
 
 :func:`reconstruct` uses that form (one Cholesky of ``H_KK``); :func:`block_costs` and
 :func:`remove` use the inverse form, which :func:`spa_opt.obs.order.solve_order` applies
-to rank a group's units greedily or in rounds. Everything is float64.
+to rank a group's units greedily or in rounds. Everything is float64, except that the
+ordering may keep ``W`` and ``H⁻¹`` in float32 (:func:`inverse_lower` with
+``dtype=np.float32``; the BLAS of :func:`remove_in_place` follows the arrays' type): the
+ordering only ranks units, and :func:`reconstruct` then solves the kept columns from the
+float64 ``H`` again, so rounding in the ranking never reaches the weights.
 """
 
 from __future__ import annotations
@@ -55,17 +59,24 @@ def dampen(hessian: np.ndarray, fraction: float = DEFAULT_DAMP) -> np.ndarray:
     return hessian
 
 
-def inverse_lower(hessian: np.ndarray) -> np.ndarray:
+def inverse_lower(hessian: np.ndarray, dtype: type[np.floating] = np.float64) -> np.ndarray:
     """``H⁻¹`` in the lower triangle of a new Fortran-ordered array (upper: garbage).
 
-    What the ordering works on: ``dpotrf`` then ``dpotri`` fill the lower triangle only,
+    What the ordering works on: ``potrf`` then ``potri`` fill the lower triangle only,
     and every later read (:func:`symmetric_take`) and downdate (:func:`remove_in_place`,
-    ``dsyrk``) touches that triangle alone, so the matrix is never mirrored.
+    ``syrk``) touches that triangle alone, so the matrix is never mirrored. ``dtype``
+    float32 runs ``spotrf``/``spotri``, 2.5-3x faster than the float64 pair.
     """
-    factor, info = scipy.linalg.lapack.dpotrf(hessian, lower=1, clean=0)
+    # our own copy (a Ray argument is read-only), factored in place; H is symmetric, so
+    # the transpose of a C-ordered copy is H in Fortran order without a transposing copy
+    matrix = np.array(hessian, dtype=dtype)
+    if not matrix.flags.f_contiguous:
+        matrix = matrix.T
+    potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (matrix,))
+    factor, info = potrf(matrix, lower=1, clean=0, overwrite_a=1)
     if info:
         raise np.linalg.LinAlgError(f"Hessian is not positive definite (minor {info})")
-    inv, info = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)
+    inv, info = potri(factor, lower=1, overwrite_c=1)
     if info:
         raise np.linalg.LinAlgError(f"Hessian inverse failed ({info})")
     return inv if inv.flags.f_contiguous else np.asfortranarray(inv)
@@ -162,6 +173,7 @@ def remove_in_place(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray) -
     written (as :func:`inverse_lower` makes it): the downdate is one ``dsyrk`` with
     ``beta = 1`` on the array itself, half the flops of the full ``dgemm``, and the
     matrix is never mirrored. ``weight`` is C-contiguous; its update is one ``dgemm``.
+    Both arrays float32 run ``ssyrk``/``sgemm`` instead.
 
     Returns:
         The cost of the removal.
@@ -174,12 +186,12 @@ def remove_in_place(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray) -
     w_m = weight[:, columns]
     solved_w = scipy.linalg.cho_solve(factor, w_m.T, check_finite=False)  # S⁻¹ W_Mᵀ
     cost = 0.5 * float(np.einsum("rm,mr->", w_m, solved_w))
-    blas = scipy.linalg.blas
+    gemm, syrk = scipy.linalg.blas.get_blas_funcs(("gemm", "syrk"), (hinv,))
     # W -= (S⁻¹ W_Mᵀ)ᵀ (H⁻¹)_M:  on weight.T (Fortran order of a C-ordered weight)
-    blas.dgemm(-1.0, coupling, solved_w, beta=1.0, c=weight.T, trans_a=1, overwrite_c=1)
+    gemm(-1.0, coupling, solved_w, beta=1.0, c=weight.T, trans_a=1, overwrite_c=1)
     # lower(H⁻¹) -= lower(Y Yᵀ) with Y = L⁻¹ (H⁻¹)_M: (S = L Lᵀ)
     y = scipy.linalg.solve_triangular(factor[0], coupling, lower=True, check_finite=False)
-    blas.dsyrk(-1.0, y, beta=1.0, c=hinv, trans=1, lower=1, overwrite_c=1)
+    syrk(-1.0, y, beta=1.0, c=hinv, trans=1, lower=1, overwrite_c=1)
     hinv[columns, :] = 0.0  # exactly, not to rounding
     hinv[:, columns] = 0.0
     weight[:, columns] = 0.0

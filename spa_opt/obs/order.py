@@ -15,6 +15,12 @@ of the unit removed before it, so sorting by score gives back the removal order 
 ``prune``'s selection needs) and scores compare across groups for the global scope.
 Costs are normalised per group by the layer output energy ``tr(W H Wᵀ)/2`` summed over
 consumers (``relative``) or not at all (``none``).
+
+``precision="float32"`` keeps the working ``W`` and ``H⁻¹`` in float32: ``spotrf`` +
+``spotri`` and ``ssyrk`` downdates, 2-3x faster than float64 (``docs/obspa.md`` has the
+measurements). Only the ranking sees the rounding (reconstruction solves from the
+float64 ``H``). Should the float32 downdates lose positive definiteness (a non-positive
+pivot or cost), the task starts again in float64 and says so in ``OrderResult.precision``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class OrderTask:
     order: Literal["greedy", "blocks"] = "blocks"
     rounds: int = 32
     norm: Literal["none", "relative"] = "none"
+    precision: Literal["float64", "float32"] = "float64"
 
 
 @dataclasses.dataclass
@@ -64,6 +71,13 @@ class OrderResult:
     scores: np.ndarray
     seconds: float
     steps: int
+    precision: str = "float64"
+    """What the ordering ran in: ``float64`` also when float32 was asked for and lost
+    positive definiteness."""
+
+
+class _PrecisionLost(ArithmeticError):
+    """A float32 downdate made a pivot or a cost non-positive."""
 
 
 def _strictly_increasing(costs: list[float]) -> np.ndarray:
@@ -90,10 +104,10 @@ class _Working:
     over a whole ordering, and the flops stay within a quarter of always compacting.
     """
 
-    def __init__(self, consumer: Consumer) -> None:
-        self.weight = np.array(consumer.weight, dtype=np.float64, order="C")
+    def __init__(self, consumer: Consumer, dtype: type[np.floating]) -> None:
+        self.weight = np.array(consumer.weight, dtype=dtype, order="C")
         # the one Cholesky of this Hessian; H⁻¹ in its lower triangle, Fortran order
-        self.hinv = inverse_lower(consumer.hessian)
+        self.hinv = inverse_lower(consumer.hessian, dtype)
         self.index = np.arange(self.weight.shape[1])
         """Original column -> its column in the working arrays (-1: gone)."""
         self.alive = self.weight.shape[1]
@@ -122,10 +136,23 @@ class _Working:
 def solve_order(task: OrderTask) -> OrderResult:
     """Run the task (see the module docstring)."""
     start = time.perf_counter()
+    if task.precision == "float32":
+        try:
+            scores, steps = _ranked(task, np.float32)
+            return OrderResult(task.group, scores, time.perf_counter() - start, steps,
+                               "float32")
+        except (_PrecisionLost, np.linalg.LinAlgError):
+            pass
+    scores, steps = _ranked(task, np.float64)
+    return OrderResult(task.group, scores, time.perf_counter() - start, steps)
+
+
+def _ranked(task: OrderTask, dtype: type[np.floating]) -> tuple[np.ndarray, int]:
+    """The scores and the number of downdate rounds, with ``W`` and ``H⁻¹`` in ``dtype``."""
     scores = np.full(task.units, np.inf)
     remaining = np.asarray(task.removable, dtype=np.int64)
     if remaining.size == 0 or not task.consumers:
-        return OrderResult(task.group, scores, time.perf_counter() - start, 0)
+        return scores, 0
     scale = 1.0
     if task.norm == "relative":  # tr(W H Wᵀ) is a rows x d² product: only when used
         scale = sum(energy(c.weight, c.hessian) for c in task.consumers) or 1.0
@@ -133,7 +160,7 @@ def solve_order(task: OrderTask) -> OrderResult:
     # the consumer's ``W`` and the lower triangle of its ``H⁻¹`` in place at full size
     # (removed columns become zero), so unit columns keep their indices and no round
     # copies the kept block.
-    state = [_Working(c) for c in task.consumers]
+    state = [_Working(c, dtype) for c in task.consumers]
     step = 1 if task.order == "greedy" else max(1, math.ceil(remaining.size / task.rounds))
     removed: list[int] = []
     costs_seen: list[float] = []
@@ -142,6 +169,8 @@ def solve_order(task: OrderTask) -> OrderResult:
         costs = np.zeros(remaining.size)
         for work, consumer in zip(state, task.consumers, strict=True):
             costs += block_costs(work.weight, work.hinv, work.where(consumer.blocks[remaining]))
+        if dtype is not np.float64 and not np.all(costs >= 0):  # NaN too
+            raise _PrecisionLost(task.group)
         ranked = np.argsort(costs, kind="stable")
         take = ranked[:step]
         removed.extend(remaining[take].tolist())
@@ -154,4 +183,4 @@ def solve_order(task: OrderTask) -> OrderResult:
         remaining = np.delete(remaining, take)
         steps += 1
     scores[np.asarray(removed)] = _strictly_increasing([c / scale for c in costs_seen])
-    return OrderResult(task.group, scores, time.perf_counter() - start, steps)
+    return scores, steps

@@ -150,6 +150,11 @@ class ObspaOptions:
         "blocks", "remove units one at a time (greedy) or in rounds (blocks) between "
         "downdates")
     rounds: int = option(32, "downdate rounds per group with order=blocks")
+    precision: Literal["float32", "float64"] = option(
+        "float32", "arithmetic of the ordering's working weights and inverse Hessians "
+        "(reconstruction is float64 either way); float32 is 1.3-2x faster and chose the "
+        "same units in every case measured, and falls back to float64 for a group whose "
+        "downdates lose positive definiteness")
     norm: Literal["none", "relative"] = option(
         "none", "compare groups by raw OBS cost (none: measured best in the global scope) "
         "or divide a group's costs by its consumers' output energy (relative)")
@@ -430,6 +435,8 @@ class ObspaPass(SpaPass):
                     scores[group.id] = scores[group.id] / scale if scale > 0 else \
                         scores[group.id]
         self.count("order-steps", sum(r.steps for r in results))
+        self.count("order-float64-fallbacks",
+                   sum(r.precision != self.options.precision for r in results))
         self.count("groups-split", split)
         return scores
 
@@ -438,7 +445,8 @@ class ObspaPass(SpaPass):
         consumers_ = [Consumer(r.layer.name, r.layer.matrix(r.with_bias), _hessian(store, r),
                                r.blocks[group.id]) for r in part]
         return OrderTask(group.id, group.units, np.flatnonzero(~group.pinned), consumers_,
-                         self.options.order, self.options.rounds, norm)
+                         self.options.order, self.options.rounds, norm,
+                         self.options.precision)
 
     def _sequential(self, model: ir.Model, context: PipelineContext, groups: list[Group],
                     records: dict[int, LayerRecord], selection: dict[str, np.ndarray],
