@@ -17,10 +17,11 @@ Costs are normalised per group by the layer output energy ``tr(W H Wᵀ)/2`` sum
 consumers (``relative``) or not at all (``none``).
 
 ``precision="float32"`` keeps the working ``W`` and ``H⁻¹`` in float32: ``spotrf`` +
-``spotri`` and ``ssyrk`` downdates, 2-3x faster than float64 (``docs/obspa.md`` has the
-measurements). Only the ranking sees the rounding (reconstruction solves from the
-float64 ``H``). Should the float32 downdates lose positive definiteness (a non-positive
-pivot or cost), the task starts again in float64 and says so in ``OrderResult.precision``.
+``spotri`` and ``ssyrk`` downdates, 1.3-2.3x faster than float64 as measured by
+``bench/order_precision.py`` (``docs/benchmarks.md``). Only the ranking sees the
+rounding (reconstruction solves from the float64 ``H``). Should the float32 downdates
+lose positive definiteness (a non-positive pivot or cost), the task starts again in
+float64 and says so in ``OrderResult.precision``.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ class ObspaOptions:
     rounds: int = option(32, "downdate rounds per group with order=blocks")
     precision: Literal["float32", "float64"] = option(
         "float32", "arithmetic of the ordering's working weights and inverse Hessians "
-        "(reconstruction is float64 either way); float32 is 1.3-2x faster and chose the "
+        "(reconstruction is float64 either way); float32 is 1.3-2.3x faster and chose the "
         "same units in every case measured, and falls back to float64 for a group whose "
         "downdates lose positive definiteness")
     norm: Literal["none", "relative"] = option(
