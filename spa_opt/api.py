@@ -28,6 +28,7 @@ from spa_opt.ir.cost import count_cost
 from spa_opt.ir.io import ModelSource, load_model, tensor_bytes
 from spa_opt.ir.repair import repair_model
 from spa_opt.ir.validate import check_input, known_invalidity, unknown_operator
+from spa_opt.latency.timer import LatencySpec
 from spa_opt.ort import describe_error, quiet_session_options, session_from_model
 from spa_opt.passes._infra.base import SpaPass
 from spa_opt.passes._infra.context import PipelineContext, Targets
@@ -100,7 +101,7 @@ def optimize(
     target_flops: float | None = None,
     target_params: float | None = None,
     scope: Literal["local", "global"] = "local",
-    round_to: int = 1,
+    round_to: int | Literal["auto"] = 1,
     ignore: Sequence[str] = (),
     seed: int = 0,
     verify: int = 0,
@@ -112,6 +113,8 @@ def optimize(
     io: Literal["keep", "rewrite"] = "keep",
     scratch_dir: str | os.PathLike | None = None,
     executor: str = "threads",
+    target_latency: float | None = None,
+    latency: LatencySpec | None = None,
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -123,7 +126,8 @@ def optimize(
         target_flops: Fraction of the original FLOPs to keep.
         target_params: Fraction of the original parameters to keep.
         scope: Rank channels per group (``local``) or across groups (``global``).
-        round_to: Keep channel counts multiples of this.
+        round_to: Keep channel counts multiples of this; ``"auto"``: per group, the
+            step the measured latency model finds fast (see :mod:`spa_opt.latency`).
         ignore: Glob patterns of node names never pruned; each must match a node.
         seed: Seed of every random choice.
         verify: Compare outputs before and after on this many inputs: the last
@@ -150,6 +154,10 @@ def optimize(
         executor: Where obspa's per-layer work and Hessian shards run: ``threads``,
             ``ray`` (a local cluster, or the one in ``RAY_ADDRESS``) or
             ``ray://HOST:PORT`` (the ``distributed`` extra; see docs/distributed.md).
+        target_latency: Fraction of the latency measured on the target runtime to keep
+            (see docs/latency.md); the pruned model is timed the same way at the end.
+        latency: How latency is measured (execution provider, threads, cache folder);
+            None: the CPU provider on every core and the default cache.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -159,7 +167,8 @@ def optimize(
         VerificationError: A pass left a model onnxruntime cannot run.
     """
     passes, canonical = resolve_pipeline(pipeline)
-    targets = Targets(ratio, target_flops, target_params, scope, round_to, tuple(ignore), seed)
+    targets = Targets(ratio, target_flops, target_params, scope, round_to, tuple(ignore), seed,
+                      target_latency)
     loaded = load_model(model, base_dir=base_dir)
     check_ignore_patterns(loaded, targets.ignore)
     if io not in ("keep", "rewrite"):
@@ -172,6 +181,7 @@ def optimize(
     context.input_dims = dict(input_dims or {})
     context.scratch_dir = str(scratch_dir) if scratch_dir is not None else ""
     context.executor = _checked_executor(executor)
+    context.latency = latency
     if calibration is not None:
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
 

@@ -75,6 +75,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _round_to(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else _positive_int(text)
+
+
+def _latency_fraction(text: str) -> float:
+    value = _fraction(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"must be above 0: no model runs in no time, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = _Parser(
@@ -101,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fraction of the original parameters to keep")
     targets.add_argument("--scope", choices=("local", "global"), default="local",
                          help="rank channels within each group or across all (default: local)")
-    targets.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
-                         help="keep channel counts multiples of N (default: 1)")
+    targets.add_argument("--target-latency", type=_latency_fraction, metavar="F",
+                         help="fraction of the latency measured on the target runtime "
+                              "(--ep, --threads) to keep; the pruned model is timed the "
+                              "same way and the report gives predicted vs measured")
+    targets.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
+                         help="keep channel counts multiples of N (default: 1); auto: per "
+                              "group, the step the measured latency model finds fast")
     targets.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                          help="node names never pruned (repeatable; must match a node)")
     targets.add_argument("--seed", type=int, default=0, help="seed of random choices")
@@ -110,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep the graph's input/output shapes (default), or rewrite "
                               "key/value-cache inputs and outputs (past*, present*) so "
                               "attention heads can go; the report lists each change")
+    runtime = parser.add_argument_group(
+        "latency measurement (read by --target-latency and --round-to auto)")
+    runtime.add_argument("--ep", default="CPUExecutionProvider", metavar="PROVIDER",
+                         help="onnxruntime execution provider to time on "
+                              "(default: CPUExecutionProvider)")
+    runtime.add_argument("--threads", type=_positive_int, metavar="N",
+                         help="intra-op threads to time with (default: one per core)")
+    runtime.add_argument("--latency-cache", default="", metavar="DIR|none",
+                         help="folder of measured latency tables (default: "
+                              "~/.cache/spa-opt/latency); none: measure every run")
     calib = parser.add_argument_group("calibration inputs (read by obspa)")
     calib.add_argument("--calib", metavar="FILE.npz|DIR",
                        help="unlabeled calibration inputs: an .npz/.npy of input arrays keyed "
@@ -279,6 +305,18 @@ def prune_summary(report: dict[str, Any]) -> str:
     target = prune.get("target")
     if target and not target.get("reached"):
         lines.append(f"prune: target not reached: {target.get('why_not')}")
+    if target and (latency := target.get("latency_model")) and "measured_after" in latency:
+        goal = target.get("latency")
+        wanted = f", target {goal['keep']:.1%}" if goal else ""
+        verdict = ""
+        if goal:
+            verdict = ("; met" if goal["measured_reached"] else
+                       f"; NOT met within {goal['tolerance']:.0%}")
+        lines.append(
+            f"prune: latency {latency['measured_before'] * 1e3:.3g} ms -> "
+            f"{latency['measured_after'] * 1e3:.3g} ms measured, kept "
+            f"{latency['measured_kept']:.1%} (predicted "
+            f"{latency['predicted_after'] / latency['measured_before']:.1%}{wanted}){verdict}")
     if prune.get("message"):
         lines.append(f"prune: {prune['message']}")
     return "\n".join(lines)
@@ -342,6 +380,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise InputError("--print-groups needs the group pass in the pipeline (-p couple,group)")
     source, destination = _check_paths(args)
     _check_executor(args.executor)
+    latency = _latency_spec(args)
     _check_save_calib(args, {p.name for p in passes})
     instruments = _instruments(args)
 
@@ -359,6 +398,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
         calibration=_calibration_spec(args), input_dims=dict(args.input_dim), io=args.io,
         scratch_dir=destination.parent, executor=args.executor,
+        target_latency=args.target_latency, latency=latency,
     )
     if args.save_calib:
         _save_calibration(model, args.save_calib)
@@ -428,6 +468,27 @@ def _main(argv: Sequence[str] | None, debug: bool) -> int:
         print(f"spa-opt: internal error: {message} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _latency_spec(args: argparse.Namespace) -> Any:
+    """The latency measurement settings, checked before the model is loaded."""
+    from spa_opt.latency import LatencySpec
+
+    if args.target_latency is None and args.round_to != "auto":
+        given = [flag for flag, value in (("--ep", args.ep != "CPUExecutionProvider"),
+                                          ("--threads", args.threads is not None),
+                                          ("--latency-cache", bool(args.latency_cache)))
+                 if value]
+        if given:
+            raise InputError(f"{given[0]} sets how latency is measured: it needs "
+                             "--target-latency or --round-to auto")
+        return None
+    import onnxruntime
+
+    if args.ep not in onnxruntime.get_available_providers():
+        raise InputError(f"--ep: '{args.ep}' is not available in this onnxruntime (available:"
+                         f" {', '.join(onnxruntime.get_available_providers())})")
+    return LatencySpec(ep=args.ep, threads=args.threads or 0, cache_dir=args.latency_cache)
 
 
 def _check_executor(spec: str) -> None:

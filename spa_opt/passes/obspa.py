@@ -224,7 +224,7 @@ class ObspaPass(SpaPass):
         context.analyses.update(scores=scores, criterion=self.pipeline_text())
 
         plan = plan_selection(model, groups, context.targets, scores, context.analyses.dead,
-                              unscored)
+                              unscored, context.latency, context.input_dims, context.io)
         context.analyses.update(selection=plan.selection, plan=plan)
 
         tick = time.perf_counter()

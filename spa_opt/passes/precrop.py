@@ -248,7 +248,7 @@ class PrecropPass(SpaPass):
         self.count("solver-iterations", solution.iterations)
 
         allowed = [np.array([c.group.units]) if silent else
-                   allowed_counts(c, targets.round_to, o.min_keep,
+                   allowed_counts(c, targets.fixed_round_to(), o.min_keep,
                                   math.floor(o.max_growth * c.group.units + 1e-9)
                                   if grow else c.group.units)
                    for c, grow, silent in zip(candidates, grows, blind, strict=True)]

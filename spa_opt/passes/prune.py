@@ -85,7 +85,7 @@ def _nothing_removed(context: PipelineContext, skipped: list, groups: list) -> s
             return f"nothing removed: every eligible group was skipped ({len(skipped)})"
         round_to = context.targets.round_to
         widest = max((g.channels for g in groups if g.prunable), default=0)
-        if round_to > 1 and 0 < widest <= round_to:
+        if round_to != "auto" and round_to > 1 and 0 < widest <= round_to:
             # Keeping a multiple of round_to channels means keeping them all (issue 16).
             return (f"nothing removed: the --round-to step ({round_to} channels) is not "
                     f"smaller than any prunable group (the widest has {widest} channels), "
@@ -95,6 +95,28 @@ def _nothing_removed(context: PipelineContext, skipped: list, groups: list) -> s
         return "nothing removed: the dead analysis found no removable zero channels"
     return ("nothing removed: give --ratio, --target-flops or --target-params, "
             "or run the dead analysis before prune")
+
+
+#: How far above the latency target the measured pruned model may be and still count as
+#: met (the target is met on the latency model's prediction; the timing checks it).
+LATENCY_TOLERANCE = 0.05
+
+
+def _measure_pruned(model: ir.Model, context: PipelineContext, outcome: dict[str, Any]) -> None:
+    """Time the pruned model as the latency model timed the original; report both."""
+    from spa_opt.latency import LatencySpec, model_feed, timer_for
+
+    detail = outcome["latency_model"]
+    timer = timer_for(context.latency or LatencySpec())
+    after = timer.time_model(model, model_feed(model, context.input_dims))
+    before, predicted = detail["measured_before"], detail["predicted_after"]
+    detail.update(measured_after=after, measured_kept=after / before if before else 1.0,
+                  prediction_error=predicted / after - 1.0 if after else 0.0)
+    target = outcome.get("latency")
+    if target is not None:
+        target["measured_achieved"] = detail["measured_kept"]
+        target["tolerance"] = LATENCY_TOLERANCE
+        target["measured_reached"] = after <= target["keep"] * before * (1 + LATENCY_TOLERANCE)
 
 
 @register
@@ -116,7 +138,9 @@ class PrunePass(SpaPass):
             if selection is None:
                 targets = context.targets
                 scores = current_scores(model, context) if targets.given else None
-                plan = plan_selection(model, groups, targets, scores, context.analyses.dead)
+                plan = plan_selection(model, groups, targets, scores, context.analyses.dead,
+                                      latency=context.latency, input_dims=context.input_dims,
+                                      io=context.io)
                 selection, skipped, outcome = plan.selection, plan.skipped, plan.target
             elif context.analyses.plan is not None:  # the selecting pass kept its plan's report
                 skipped, outcome = context.analyses.plan.skipped, context.analyses.plan.target
@@ -141,6 +165,8 @@ class PrunePass(SpaPass):
             self.count("nodes-removed", nodes - sum(1 for _ in model.graph.all_nodes()))
             if self.options.check:
                 check_model(model)
+        if outcome is not None and "latency_model" in outcome:
+            _measure_pruned(model, context, outcome)
         removed = {gid: units for gid, units in selection.items() if len(units)}
         self.count("groups-pruned", len(removed))
         self.count("channels-removed", sum(len(u) * by_id[g].block for g, u in removed.items()))

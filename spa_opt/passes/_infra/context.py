@@ -34,6 +34,7 @@ from spa_opt.errors import OptionError
 if TYPE_CHECKING:  # annotations only: the infrastructure imports no pass
     import numpy as np
 
+    from spa_opt.latency.timer import LatencySpec
     from spa_opt.passes.coupling.groups import Group
     from spa_opt.passes.coupling.solver import Coupling
     from spa_opt.passes.pruning.plan import Plan
@@ -54,12 +55,15 @@ class Targets:
     """Fraction of the original parameters to keep."""
     scope: Literal["local", "global"] = "local"
     """Rank channels within each group (local) or across all groups (global)."""
-    round_to: int = 1
-    """Keep channel counts multiples of this."""
+    round_to: int | Literal["auto"] = 1
+    """Keep channel counts multiples of this; ``auto``: per group, the step the
+    measured latency model finds the kernels fast at (:mod:`spa_opt.latency.model`)."""
     ignore: tuple[str, ...] = ()
     """Glob patterns of node names never pruned."""
     seed: int = 0
     """Seed of every random choice (random criterion, synthetic inputs)."""
+    target_latency: float | None = None
+    """Fraction of the model's latency, measured on the target runtime, to keep."""
 
     def __post_init__(self) -> None:
         # OptionError names the keyword; the CLI shows it as the flag.
@@ -67,19 +71,39 @@ class Targets:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise OptionError(name, f"must be in [0, 1], got {value}")
+        if self.target_latency is not None and not 0.0 < self.target_latency <= 1.0:
+            raise OptionError("target_latency", "must be in (0, 1]: no model runs in no "
+                              f"time, got {self.target_latency}")
         if self.scope not in ("local", "global"):
             raise OptionError("scope", f"must be 'local' or 'global', got {self.scope!r}")
-        if self.round_to < 1:
-            raise OptionError("round_to", f"must be at least 1, got {self.round_to}")
+        if self.round_to != "auto" and (not isinstance(self.round_to, int)
+                                        or self.round_to < 1):
+            raise OptionError("round_to", f"must be at least 1 or 'auto', got {self.round_to!r}")
 
     @property
     def given(self) -> bool:
-        """Whether any removal target (ratio, FLOPs or params) is set.
+        """Whether any removal target (ratio, FLOPs, params or latency) is set.
 
         Without one, selection removes only provably dead units and scores are not
-        needed; with one, units go in score order.
+        needed; with one, units go in score order. A latency target counts.
         """
-        return any(t is not None for t in (self.ratio, self.target_flops, self.target_params))
+        return any(t is not None for t in (self.ratio, self.target_flops, self.target_params,
+                                           self.target_latency))
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether selection needs the measured latency model.
+
+        It does for a latency target, and for ``round_to`` auto with any target.
+        """
+        return self.target_latency is not None or (self.round_to == "auto" and self.given)
+
+    def fixed_round_to(self) -> int:
+        """The one ``round_to`` step, for passes that plan without the latency model."""
+        if self.round_to == "auto":
+            raise OptionError("round_to", "'auto' needs the latency model, which only "
+                              "prune and obspa's selection build; give a number")
+        return self.round_to
 
 
 def _slot(*derived_from: str, doc: str) -> dict[str, Any]:
@@ -184,6 +208,10 @@ class PipelineContext:
     executor: str = ""
     """Where obspa's per-layer work and Hessian shards run (``threads``, ``ray``,
     ``ray://HOST:PORT``; :mod:`spa_opt.obs.executor`); empty: threads (``--executor``)."""
+    latency: LatencySpec | None = None
+    """How latency is measured for ``--target-latency`` and ``--round-to auto``
+    (provider, threads, cache folder: ``--ep``, ``--threads``, ``--latency-cache``);
+    None: the CPU provider on every core, the default cache."""
     scratch_dir: str = ""
     """Folder for arrays a pass spills to disk (obspa's activations and Hessians past its
     memory budget): the output's folder when the CLI knows it, else the system's

@@ -51,7 +51,9 @@ def _partial(targets: Targets, fraction: float) -> Targets:
         ratio=None if targets.ratio is None else 1.0 - (1.0 - targets.ratio) ** fraction,
         target_flops=None if targets.target_flops is None else targets.target_flops**fraction,
         target_params=None if targets.target_params is None
-        else targets.target_params**fraction)
+        else targets.target_params**fraction,
+        target_latency=None if targets.target_latency is None
+        else targets.target_latency**fraction)
 
 
 @register
@@ -96,7 +98,8 @@ class SynFlowCriterion(GradientCriterion):
                 if group.prunable and (s := self.score_group(group, index, context)) is not None:
                     scores[group.id] = s
             plan = plan_selection(model, groups, _partial(targets, k / rounds), scores,
-                                  context.analyses.dead)
+                                  context.analyses.dead, latency=context.latency,
+                                  input_dims=context.input_dims, measure_latency=False)
             self._mask(graph, groups, plan.selection)
         raise AssertionError("unreachable")
 

@@ -24,6 +24,15 @@ from spa_opt.ir.cost import Cost, initializer_params, is_param, node_cost, value
 from spa_opt.passes.coupling.groups import Group
 
 
+def _removing(removed_units: np.ndarray) -> Callable[[int, Sequence[tuple[int, int]]], int]:
+    """The integer resize of :meth:`CostModel.evaluate` for unit counts removed per group."""
+
+    def resize(extent: int, slots: Sequence[tuple[int, int]]) -> int:
+        return extent - sum(int(removed_units[group]) * block for group, block in slots)
+
+    return resize
+
+
 class CostModel:
     """Params, MACs and FLOPs of the model as a function of units removed per group.
 
@@ -80,11 +89,7 @@ class CostModel:
 
         A negative count adds units (``precrop<preconfig=true>`` grows groups).
         """
-
-        def resize(extent: int, slots: Sequence[tuple[int, int]]) -> int:
-            return extent - sum(int(removed_units[group]) * block for group, block in slots)
-
-        total = self.evaluate(resize)
+        total = self.evaluate(_removing(removed_units))
         return Cost(int(total.params), int(total.macs), int(total.flops))
 
     def evaluate(self, resize: Callable[[int, Sequence[tuple[int, int]]], Any]) -> Cost:
@@ -96,6 +101,21 @@ class CostModel:
         :mod:`spa_opt.ir.cost` multiply and add like integers, so the cost comes out as
         a polynomial, exactly (the fields of the result are then polynomials too).
         """
+        dims_of = self._dims_function(resize)
+        total = Cost(self._rest.params, self._rest.macs, self._rest.flops)
+        for node in self._affected:
+            total += node_cost(node, dims_of)
+        for value in self._weights:
+            total.params += math.prod(dims_of(value))
+        return total
+
+    def node_costs(self, removed_units: np.ndarray) -> list[Cost]:
+        """The cost of each :attr:`affected` node if group ``i`` lost ``removed_units[i]``."""
+        dims_of = self._dims_function(_removing(removed_units))
+        return [node_cost(node, dims_of) for node in self._affected]
+
+    def _dims_function(self, resize: Callable[[int, Sequence[tuple[int, int]]], Any]
+                       ) -> Callable[[ir.Value | None], list[Any] | None]:
         slots, dims, axes = self._slots, self._dims, self._axes
 
         def dims_of(value: ir.Value | None) -> list[Any] | None:
@@ -110,9 +130,13 @@ class CostModel:
                     new[axis] = resize(new[axis], hosted)
             return new
 
-        total = Cost(self._rest.params, self._rest.macs, self._rest.flops)
-        for node in self._affected:
-            total += node_cost(node, dims_of)
-        for value in self._weights:
-            total.params += math.prod(dims_of(value))
-        return total
+        return dims_of
+
+    @property
+    def affected(self) -> Sequence[ir.Node]:
+        """The nodes that read or write a member: the only ones a removal recounts."""
+        return self._affected
+
+    def axes_of(self, value: ir.Value | None) -> list[tuple[int, list[tuple[int, int]]]]:
+        """The member axes of ``value``: ``(axis, [(group index, block), ...])``, sorted."""
+        return [] if value is None else self._axes.get(id(value), [])

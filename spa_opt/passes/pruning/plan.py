@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
+from spa_opt.errors import InputError
+from spa_opt.latency.timer import LatencySpec
 from spa_opt.passes._infra.context import Targets
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.patches import problem
-from spa_opt.passes.pruning.select import Candidate, candidate, ignored_by, select
+from spa_opt.passes.pruning.select import Candidate, Metrics, candidate, ignored_by, select
+from spa_opt.passes.pruning.trial import TOLERANCE, meet_measured, time_selection
+
+if TYPE_CHECKING:
+    from spa_opt.latency.model import LatencyModel
 
 
 @dataclasses.dataclass
@@ -86,7 +93,10 @@ def eligible(model: ir.Model, groups: list[Group], targets: Targets,
 def plan_selection(model: ir.Model, groups: list[Group], targets: Targets,
                    scores: dict[str, np.ndarray] | None,
                    dead: dict[str, np.ndarray] | None = None,
-                   unscored: dict[str, str] | None = None) -> Plan:
+                   unscored: dict[str, str] | None = None,
+                   latency: LatencySpec | None = None,
+                   input_dims: Mapping[str, int] | None = None, io: str = "keep",
+                   measure_latency: bool = True) -> Plan:
     """Choose the units to remove from scores, dead units and targets.
 
     Args:
@@ -97,13 +107,65 @@ def plan_selection(model: ir.Model, groups: list[Group], targets: Targets,
             one is skipped as unscored); ignored otherwise.
         dead: Per group, the mask of provably dead units, removed first.
         unscored: Why the criterion left some groups without a score, for the report.
+        latency: How latency is measured, for a latency target or ``round_to`` auto
+            (None: the CPU provider on every core, the default cache).
+        input_dims: Sizes of symbolic input dims, for the timed feeds and layers.
+        io: The coupling's ``io`` mode, to group the pruned copies a latency target
+            times (:mod:`spa_opt.passes.pruning.trial`).
+        measure_latency: Meet a latency target on the measured latency of pruned
+            copies (False: on the latency model's prediction alone).
     """
     if targets.given and scores is None:
         raise ValueError("plan_selection: targets are given but no scores")
     candidates, skipped = eligible(model, groups, targets,
                                    scores if targets.given else None, dead, unscored)
-    counts, outcome = select(candidates, targets,
-                             lambda: CostModel(model, [c.group for c in candidates]))
+    latency_model = None
+    if targets.needs_latency:
+        def latency_model(cost: CostModel) -> LatencyModel:
+            from spa_opt.latency import build_latency_model
+
+            return build_latency_model(model, cost, len(candidates), latency or LatencySpec(),
+                                       input_dims)
+
+    metrics = Metrics(lambda: CostModel(model, [c.group for c in candidates]), latency_model)
+    counts, outcome = select(candidates, targets, metrics)
+    if targets.target_latency is not None and candidates and measure_latency:
+        counts, outcome = _measured_latency(model, candidates, targets, metrics, io)
     selection = {c.group.id: np.sort(c.order[:k])
                  for c, k in zip(candidates, counts, strict=True) if k}
     return Plan(selection, skipped, outcome)
+
+
+def _measured_latency(model: ir.Model, candidates: list[Candidate], targets: Targets,
+                      metrics: Metrics, io: str) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Replan a latency target until the pruned copy's measured latency meets it."""
+    latency = metrics.latency
+    measure = time_selection(model, latency.timer, io, latency.feed)
+    keep = targets.target_latency
+
+    def plan(budget: float) -> tuple[np.ndarray, dict[str, Any] | None] | None:
+        try:
+            return select(candidates, dataclasses.replace(targets, target_latency=budget),
+                          metrics)
+        except InputError:
+            if budget == keep:
+                raise
+            return None  # a corrected budget no selection reaches: keep what was timed
+
+    def timed(counts: np.ndarray) -> float | None:
+        return measure({c.group.id: np.sort(c.order[:k])
+                        for c, k in zip(candidates, counts, strict=True) if k})
+
+    chosen, attempts = meet_measured(keep, latency.before, plan, latency.predict, timed)
+    outcome = chosen.outcome
+    if outcome is not None and "latency" in outcome:
+        entry = outcome["latency"]
+        entry["keep"] = keep
+        entry["budget"] = chosen.budget
+        entry["attempts"] = [{"budget": a.budget, "predicted": a.predicted,
+                              "measured": a.measured} for a in attempts]
+        if attempts:
+            entry["reached"] = chosen.measured <= keep * latency.before * (1 + TOLERANCE)
+            outcome["reached"] = all(v["reached"] for k, v in outcome.items()
+                                     if isinstance(v, dict) and "reached" in v)
+    return chosen.counts, outcome

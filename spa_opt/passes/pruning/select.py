@@ -29,13 +29,17 @@ import dataclasses
 import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spa_opt.errors import InputError
 from spa_opt.passes._infra.context import Targets
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
+
+if TYPE_CHECKING:
+    from spa_opt.latency.model import LatencyModel
 
 
 @dataclasses.dataclass
@@ -107,76 +111,142 @@ def _rounded(candidate: Candidate, count: int, round_to: int) -> int:
     return max(units - kept, 0)
 
 
+class Metrics:
+    """The measures a target can bound, as functions of the units removed per group.
+
+    FLOPs and params come from the :class:`CostModel`; latency from the measured
+    :class:`~spa_opt.latency.model.LatencyModel` (predicted seconds). Each is built on
+    first use: a FLOPs target never measures latency.
+    """
+
+    def __init__(self, cost_model: Callable[[], CostModel],
+                 latency_model: Callable[[CostModel], LatencyModel] | None = None) -> None:
+        self._cost_factory, self._latency_factory = cost_model, latency_model
+        self._cost: CostModel | None = None
+        self._latency: LatencyModel | None = None
+
+    @property
+    def cost(self) -> CostModel:
+        """The cost model."""
+        if self._cost is None:
+            self._cost = self._cost_factory()
+        return self._cost
+
+    @property
+    def latency(self) -> LatencyModel:
+        """The latency model (measured on first use)."""
+        if self._latency is None:
+            if self._latency_factory is None:
+                raise ValueError("select: a latency target or round_to=auto needs a "
+                                 "latency model")
+            self._latency = self._latency_factory(self.cost)
+        return self._latency
+
+    def value(self, metric: str, removed: np.ndarray) -> float:
+        """``metric`` (flops, params, latency) after removing ``removed`` units per group."""
+        if metric == "latency":
+            return self.latency.predict(removed)
+        return getattr(self.cost.cost(removed), metric)
+
+
+def round_steps(candidates: Sequence[Candidate], targets: Targets, metrics: Metrics) -> list[int]:
+    """Per candidate, the channel step kept widths are multiples of.
+
+    Dead units alone go exactly (no target: step 1); ``auto`` asks the latency model.
+    """
+    if not targets.given:
+        return [1] * len(candidates)
+    if targets.round_to == "auto":
+        return metrics.latency.round_steps() if candidates else []
+    return [int(targets.round_to)] * len(candidates)
+
+
 def select(candidates: Sequence[Candidate], targets: Targets,
-           cost_model: Callable[[], CostModel]) -> tuple[np.ndarray, dict[str, Any] | None]:
+           metrics: Metrics) -> tuple[np.ndarray, dict[str, Any] | None]:
     """Units to remove per candidate (counts), and the target's outcome for the report."""
-    goals = {"flops": targets.target_flops, "params": targets.target_params}
+    goals = {"flops": targets.target_flops, "params": targets.target_params,
+             "latency": targets.target_latency}
     goals = {metric: keep for metric, keep in goals.items() if keep is not None}
     if not candidates:
-        return np.zeros(0, dtype=np.int64), _outcome(goals, targets, cost_model, 0, None)
+        return np.zeros(0, dtype=np.int64), _outcome(goals, targets, metrics, [], None, [])
     keys = np.concatenate([c.keys for c in candidates])
     owner = np.concatenate([np.full(c.order.size, i) for i, c in enumerate(candidates)])
     position = np.concatenate([np.arange(c.order.size) for c in candidates])
     merged = owner[np.lexsort((position, owner, keys))]
     n_dead = sum(c.dead for c in candidates)
+    steps = round_steps(candidates, targets, metrics)
 
-    round_to = targets.round_to if targets.given else 1  # dead units alone go exactly
+    def rounded(raw: Sequence[int]) -> np.ndarray:
+        return np.array([_rounded(c, int(k), step)
+                         for c, k, step in zip(candidates, raw, steps, strict=True)])
 
     def counts(prefix: int) -> np.ndarray:
-        raw = np.bincount(merged[:prefix], minlength=len(candidates))
-        return np.array([_rounded(c, int(k), round_to)
-                         for c, k in zip(candidates, raw, strict=True)])
+        return rounded(np.bincount(merged[:prefix], minlength=len(candidates)))
 
     if not goals:
         if targets.ratio is None:
             return counts(n_dead), None
         if targets.scope == "local":
-            raw = [max(c.dead, min(c.order.size, _ratio_count(c.group.units, targets.ratio)))
-                   for c in candidates]
-            return np.array([_rounded(c, k, targets.round_to)
-                             for c, k in zip(candidates, raw, strict=True)]), None
+            return rounded([max(c.dead, min(c.order.size, _ratio_count(c.group.units,
+                                                                        targets.ratio)))
+                            for c in candidates]), None
         blocks = np.array([c.group.block for c in candidates])[merged]
         total = sum(c.group.units * c.group.block for c in candidates)
         need = targets.ratio * total
         prefix = int(np.searchsorted(np.cumsum(blocks), need - 1e-9) + 1) if need > 0 else 0
         return counts(max(min(prefix, merged.size), n_dead)), None
-    model = cost_model()
-    base = model.cost(np.zeros(len(candidates), dtype=np.int64))
+    zero = np.zeros(len(candidates), dtype=np.int64)
     needed = [n_dead]
     for metric, keep in goals.items():
-        goal = keep * getattr(base, metric)
+        goal = keep * metrics.value(metric, zero)
         low, high = n_dead, merged.size
         while low < high:  # the shortest prefix at or under the goal
             middle = (low + high) // 2
-            if getattr(model.cost(counts(middle)), metric) <= goal:
+            if metrics.value(metric, counts(middle)) <= goal:
                 high = middle
             else:
                 low = middle + 1
+        if metric == "latency" and metrics.value(metric, counts(low)) > goal:
+            _unreachable_latency(keep, metrics, zero, counts(low))
         needed.append(low)
     chosen = counts(max(needed))
-    return chosen, _outcome(goals, targets, lambda: model, len(candidates), chosen)
+    return chosen, _outcome(goals, targets, metrics, candidates, chosen, steps)
 
 
-def _outcome(goals: Mapping[str, float], targets: Targets, cost_model: Callable[[], CostModel],
-             groups: int, chosen: np.ndarray | None) -> dict[str, Any] | None:
-    """The target's outcome for the report (None without a FLOPs or params target).
+def _unreachable_latency(keep: float, metrics: Metrics, zero: np.ndarray,
+                         everything: np.ndarray) -> None:
+    """Refuse a latency target no selection reaches, saying how close the best gets."""
+    before, best = metrics.value("latency", zero), metrics.value("latency", everything)
+    raise InputError(
+        f"--target-latency {keep:g}: unreachable; with every removable unit gone the "
+        f"latency model predicts {best / before:.3f} of the measured {before * 1e3:.3g} ms "
+        "(the rest is in layers and groups that cannot shrink: pinned, ignored, capped "
+        "by --ratio, or the last unit of a group)")
+
+
+def _outcome(goals: Mapping[str, float], targets: Targets, metrics: Metrics,
+             candidates: Sequence[Candidate], chosen: np.ndarray | None,
+             steps: Sequence[int]) -> dict[str, Any] | None:
+    """The target's outcome for the report (None without a FLOPs, params or latency target).
 
     ``chosen`` is None when no group is eligible: nothing can be removed, which the
-    report says instead of leaving the outcome out.
+    report says instead of leaving the outcome out. A latency target's figures are the
+    latency model's prediction, in seconds; ``prune`` adds the measured ones.
     """
     if not goals:
         return None
-    model = cost_model()
-    base = model.cost(np.zeros(groups, dtype=np.int64))
-    after = base if chosen is None else model.cost(chosen)
+    zero = np.zeros(len(candidates), dtype=np.int64)
+    after = zero if chosen is None else chosen
     outcome: dict[str, Any] = {"scope": targets.scope}
     reached = True
     for metric, keep in goals.items():
-        before, now = getattr(base, metric), getattr(after, metric)
+        before, now = metrics.value(metric, zero), metrics.value(metric, after)
         met = now <= keep * before
         reached &= met
         outcome[metric] = {"keep": keep, "before": before, "expected": now,
                            "achieved": now / before if before else 1.0, "reached": met}
+    if candidates and ("latency" in goals or targets.round_to == "auto"):
+        outcome["latency_model"] = _latency_detail(metrics, candidates, after, steps)
     outcome["reached"] = reached
     if not reached:
         outcome["why_not"] = (
@@ -186,3 +256,20 @@ def _outcome(goals: Mapping[str, float], targets: Targets, cost_model: Callable[
             "capped by --ratio or the last unit of a group (see the skipped groups and "
             "the pinned groups in the report)")
     return outcome
+
+
+def _latency_detail(metrics: Metrics, candidates: Sequence[Candidate], chosen: np.ndarray,
+                    steps: Sequence[int]) -> dict[str, Any]:
+    """What the latency model measured and predicts, per group, for the report."""
+    latency = metrics.latency
+    zero = np.zeros_like(chosen)
+    before, after = latency.group_share(zero), latency.group_share(chosen)
+    measured = latency.measured_share(chosen)
+    return {"measured_before": latency.before, "predicted_after": latency.predict(chosen),
+            "layers_measured": latency.measured, "round_steps": list(steps),
+            "groups": [
+                {"group": c.group.id, "channels": c.group.channels,
+                 "kept": c.group.channels - int(k) * c.group.block, "step": step,
+                 "predicted_before": b, "predicted_after": a, "measured_after": m}
+                for c, k, step, b, a, m in zip(candidates, chosen, steps, before, after,
+                                               measured, strict=True)]}
