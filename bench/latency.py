@@ -1,10 +1,15 @@
 """onnxruntime CPU latency of original and pruned models: does half the FLOPs give 2x?
 
 For each model (ResNet-50, MobileNetV2, ViT-B/16 of ``bench/torch_models.py``, exported
-once and cached like ``bench/analysis.py`` does) the script prunes with
+once and cached like ``bench/analysis.py`` does) and each thread count in ``--threads``
+the script prunes with
 ``spa_opt.optimize(path, "couple,group,l1,prune", target_flops=F, round_to=R, scope=S)``
-for every ``R`` in ``--round-to`` and ``S`` in ``--scopes``, saves each result, opens it
-in onnxruntime (CPU, ``intra_op_num_threads`` = cores, sequential execution,
+for every ``R`` in ``--round-to`` (``auto``: the measured latency model's step per
+group) and ``S`` in ``--scopes``, and with ``target_latency=L, round_to="auto"`` for
+every ``L`` in ``--target-latency``; the latency model measures on the same thread
+count, in a fresh cache folder per run, so the first ``auto`` variant builds the table
+(its time is printed) and the next ones read it. It saves each result, opens it
+in onnxruntime (CPU, ``intra_op_num_threads`` = threads, sequential execution,
 ``ORT_ENABLE_ALL``), checks that it runs and gives the original's output shape, and
 times every session on one fixed random input.
 
@@ -14,7 +19,10 @@ after), then its share of the timed runs, and the session is closed. Only one se
 alive at a time: idle onnxruntime pools keep spinning and, on 2 cores, add 4-8 ms spikes
 to another session's runs. Reported: median and interquartile range; speedup = median
 before / median after; ideal = FLOPs before / FLOPs after (spa-opt's cost model); ratio =
-speedup / ideal (goal: at least 0.9).
+speedup / ideal (goal: at least 0.95 with ``round_to=auto``). For a latency target: the
+latency kept as this script measures it against the target (goal: within 5%), and the
+latency model's prediction for the pruned model against that measurement (goal: within
+10%).
 
 Run from the repository root::
 
@@ -47,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, machine  # noqa: E402
 
 PIPELINE = "couple,group,l1,prune"
-GOAL = 0.9
+GOAL = 0.95
 
 
 @dataclass
@@ -57,11 +65,16 @@ class Variant:
     model: str
     label: str
     path: Path
-    round_to: int | None = None
+    round_to: int | str | None = None
     scope: str | None = None
     flops: tuple[int, int] = (0, 0)
     params: tuple[int, int] = (0, 0)
     pass_seconds: float = 0.0
+    threads: int = 0
+    target: float = 0.0
+    target_latency: float | None = None
+    predicted_kept: float | None = None
+    """The latency model's prediction for the pruned model, as a fraction of the original."""
     others: str = ""
     times: list[float] = field(default_factory=list)
 
@@ -104,30 +117,43 @@ def feeds_for(session: ort.InferenceSession) -> dict[str, np.ndarray]:
 
 
 def prune_variants(model: str, path: Path, args: argparse.Namespace, folder: Path) -> list[Variant]:
-    """Prune ``path`` once per (round_to, scope); save each result into ``folder``."""
+    """Prune ``path`` once per (round_to, scope) and latency target; save into ``folder``."""
     import spa_opt
+    from spa_opt.latency import LatencySpec
 
+    spec = LatencySpec(threads=args.threads, cache_dir=str(folder / "latency-cache"))
+    runs = [(r, s, None) for r in args.round_to for s in args.scopes]
+    runs += [("auto", "local", keep) for keep in args.target_latency]
     found = []
-    for round_to in args.round_to:
-        for scope in args.scopes:
-            label = f"round_to={round_to} {scope}"
-            print(f"  pruning {model}: {label}", file=sys.stderr, flush=True)
-            pruned, report = spa_opt.optimize(
-                str(path), PIPELINE, target_flops=args.target_flops, round_to=round_to,
-                scope=scope,
+    for round_to, scope, keep in runs:
+        label = (f"round_to={round_to} {scope}" if keep is None else
+                 f"target_latency={keep} round_to=auto {scope}")
+        print(f"  pruning {model}: {label}", file=sys.stderr, flush=True)
+        goals = ({"target_flops": args.target_flops} if keep is None else
+                 {"target_latency": keep})
+        pruned, report = spa_opt.optimize(str(path), PIPELINE, round_to=round_to, scope=scope,
+                                          latency=spec, **goals)
+        out = folder / f"{path.stem}.r{round_to}.{scope}.l{keep}.onnx"
+        spa_opt.save_model(pruned, out)
+        data = report.to_dict()
+        detail = (data["prune"]["target"] or {}).get("latency_model") or {}
+        seconds = sum(p["seconds"] for p in data["passes"])
+        if detail and detail.get("layers_measured"):
+            print(f"  latency table of {model} ({args.threads} threads): "
+                  f"{detail['layers_measured']} layers measured; passes {seconds:.1f} s",
+                  flush=True)
+        found.append(
+            Variant(
+                model, label, out, round_to, scope,
+                (data["flops"]["before"], data["flops"]["after"]),
+                (data["params"]["before"], data["params"]["after"]),
+                seconds, threads=args.threads, target=args.target_flops,
+                target_latency=keep,
+                predicted_kept=(detail["predicted_after"] / detail["measured_before"]
+                                if detail else None),
             )
-            out = folder / f"{path.stem}.r{round_to}.{scope}.onnx"
-            spa_opt.save_model(pruned, out)
-            data = report.to_dict()
-            found.append(
-                Variant(
-                    model, label, out, round_to, scope,
-                    (data["flops"]["before"], data["flops"]["after"]),
-                    (data["params"]["before"], data["params"]["after"]),
-                    sum(p["seconds"] for p in data["passes"]),
-                )
-            )
-            del pruned
+        )
+        del pruned
     return found
 
 
@@ -167,7 +193,7 @@ def time_sessions(variants: list[Variant], feeds: dict[str, np.ndarray],
 
 def bench_model(name: str, path: Path, args: argparse.Namespace, folder: Path) -> list[Variant]:
     """Prune, check and time one model; return the original then the pruned variants."""
-    original = Variant(name, "original", path)
+    original = Variant(name, "original", path, threads=args.threads)
     variants = [original, *prune_variants(name, path, args, folder)]
     feeds = feeds_for(open_session(original, args.threads))
     check_outputs(variants, feeds, args.threads)
@@ -201,23 +227,30 @@ def others_during(start: tuple[float, float] | None, wall: float) -> str:
 
 def table(results: list[list[Variant]]) -> str:
     """One row per pruned variant, against its original."""
-    header = ("model", "round_to", "scope", "FLOPs kept", "ideal x", "measured x",
-              "measured/ideal", "params kept", "before ms (IQR)", "after ms (IQR)", "passes s")
+    header = ("model", "threads", "target", "round_to", "scope", "FLOPs kept", "ideal x",
+              "measured x", "measured/ideal", "latency kept", "predicted kept", "pred err",
+              "before ms (IQR)", "after ms (IQR)", "passes s")
     lines: list[tuple[str, ...]] = [header]
     for original, *pruned in results:
         for v in pruned:
             kept = v.flops[1] / v.flops[0]
             ideal = v.flops[0] / v.flops[1]
             measured = original.median() / v.median()
+            latency_kept = v.median() / original.median()
+            target = (f"flops {v.target}" if v.target_latency is None
+                      else f"latency {v.target_latency}")
+            predicted = "-" if v.predicted_kept is None else f"{v.predicted_kept:.3f}"
+            error = ("-" if v.predicted_kept is None else
+                     f"{v.predicted_kept / latency_kept - 1:+.1%}")
             lines.append((
-                v.model, str(v.round_to), str(v.scope), f"{kept:.3f}", f"{ideal:.2f}x",
-                f"{measured:.2f}x", f"{measured / ideal:.2f}",
-                f"{v.params[1] / v.params[0]:.3f}",
+                v.model, str(v.threads), target, str(v.round_to), str(v.scope), f"{kept:.3f}",
+                f"{ideal:.2f}x", f"{measured:.2f}x", f"{measured / ideal:.2f}",
+                f"{latency_kept:.3f}", predicted, error,
                 f"{original.median() * 1e3:.1f} ({original.iqr() * 1e3:.1f})",
                 f"{v.median() * 1e3:.1f} ({v.iqr() * 1e3:.1f})",
                 f"{v.pass_seconds:.2f}",
             ))
-    return format_table(lines, {0, 2})
+    return format_table(lines, {0, 2, 3, 4})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,19 +259,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet,mobilenet,vit",
                         help="comma-separated name filters (default: resnet,mobilenet,vit)")
     parser.add_argument("--target-flops", type=float, default=0.5)
-    parser.add_argument("--round-to", default="1,8", help="comma-separated (default 1,8)")
-    parser.add_argument("--scopes", default="local,global", help="comma-separated")
+    parser.add_argument("--round-to", default="1,8,auto",
+                        help="comma-separated (default 1,8,auto)")
+    parser.add_argument("--target-latency", default="0.5",
+                        help="comma-separated latency targets, pruned with round_to=auto "
+                             "(default 0.5; empty: none)")
+    parser.add_argument("--scopes", default="local", help="comma-separated (default local)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=40, help="timed runs per model")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 warmup + 6 timed runs in 2 rounds")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="intra-op threads (default: the number of cores)")
+    parser.add_argument("--threads", default=f"{os.cpu_count() or 1},1",
+                        help="comma-separated intra-op thread counts (default: the number "
+                             "of cores, then 1)")
     parser.add_argument("--refresh", action="store_true", help="re-export the cached models")
     args = parser.parse_args(argv)
-    args.round_to = [int(r) for r in args.round_to.split(",")]
+    args.round_to = [r.strip() if r.strip() == "auto" else int(r)
+                     for r in args.round_to.split(",")]
+    args.target_latency = [float(t) for t in args.target_latency.split(",") if t.strip()]
     args.scopes = [s.strip() for s in args.scopes.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
     if args.quick:
         args.warmup, args.runs, args.rounds = 2, 6, 2
     if args.runs < args.rounds or args.rounds < 1:
@@ -260,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results = []
     with tempfile.TemporaryDirectory(prefix="spa-opt-latency-") as tmp:
-        for case in chosen:
-            results.append(bench_model(case.name, case.path, args, Path(tmp)))
+        for threads in thread_counts:
+            run = argparse.Namespace(**{**vars(args), "threads": threads})
+            for case in chosen:
+                results.append(bench_model(case.name, case.path, run, Path(tmp)))
     print()
     print(table(results))
     print()
@@ -271,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(a fresh session per round, {args.warmup} warmup runs in the first, "
         f"{max(1, args.warmup // 3)} after); IQR in parentheses. ideal = FLOPs before / "
         "after (spa-opt cost model); measured = median before / after; goal: "
-        f"measured/ideal >= {GOAL}. Every pruned model ran and kept the output shape."
+        f"measured/ideal >= {GOAL} (round_to auto). latency kept = median after / before; "
+        "predicted kept = the latency model's prediction (its own timing of the original); "
+        "pred err = predicted / latency kept - 1 (goal: within 10%). Every pruned model ran "
+        "and kept the output shape."
     )
     busy = ", ".join(f"{r[0].model} {r[0].others}" for r in results)
     print(f"Cores kept busy by other processes while timing (0 = quiet machine): {busy}")

@@ -316,7 +316,7 @@ def prune_summary(report: dict[str, Any]) -> str:
             f"prune: latency {latency['measured_before'] * 1e3:.3g} ms -> "
             f"{latency['measured_after'] * 1e3:.3g} ms measured, kept "
             f"{latency['measured_kept']:.1%} (predicted "
-            f"{latency['predicted_after'] / latency['measured_before']:.1%}{wanted}){verdict}")
+            f"{latency['predicted_kept']:.1%}{wanted}){verdict}")
     if prune.get("message"):
         lines.append(f"prune: {prune['message']}")
     return "\n".join(lines)

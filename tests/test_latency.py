@@ -218,8 +218,9 @@ def test_latency_target_is_met_on_the_measured_latency(tmp_path, keep):
     entry = plan.target["latency"]
     assert entry["keep"] == keep and len(entry["attempts"]) > 1
     first = entry["attempts"][0]["measured"]
-    assert first > keep * before * 1.05  # the prediction alone misses the target
-    assert timer.time_model(pruned_copy(model, predicted_only.selection, "keep"), {}) == first
+    assert first > keep * 1.05  # the prediction alone misses the target
+    missed = timer.time_model(pruned_copy(model, predicted_only.selection, "keep"), {})
+    assert missed == pytest.approx(first * before)
     chosen = timer.time_model(pruned_copy(model, plan.selection, "keep"), {})
     assert chosen <= keep * before * 1.05 and entry["reached"], entry
 

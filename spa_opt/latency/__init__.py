@@ -16,13 +16,13 @@ import onnx_ir as ir
 
 from spa_opt.latency.cache import LatencyCache, default_cache_dir
 from spa_opt.latency.model import LatencyModel
-from spa_opt.latency.timer import LatencySpec, OrtTimer, Timer
+from spa_opt.latency.timer import LatencySpec, OrtTimer, Paired, Timer, time_paired
 
 if TYPE_CHECKING:  # the latency package imports no pass
     from spa_opt.passes.pruning.costmodel import CostModel
 
-__all__ = ["LatencyCache", "LatencyModel", "LatencySpec", "OrtTimer", "Timer",
-           "build_latency_model", "model_feed", "timer_for"]
+__all__ = ["LatencyCache", "LatencyModel", "LatencySpec", "OrtTimer", "Paired", "Timer",
+           "build_latency_model", "model_feed", "time_paired", "timer_for"]
 
 
 def timer_for(spec: LatencySpec) -> Timer:

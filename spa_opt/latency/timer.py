@@ -11,7 +11,8 @@ How onnxruntime is timed (the same for layers and models):
 - a fresh session (every graph optimization, sequential execution, ``threads``
   intra-op threads), closed before the next one opens: on 2 cores an idle session's
   spinning pool distorts another session's runs by milliseconds;
-- ``warmup`` runs, then runs until both ``reps`` runs and ``min_seconds`` have passed;
+- ``warmup`` runs (2), then runs until both ``reps`` runs (10) and ``min_seconds`` (0.02 s;
+  a whole model: ``model_seconds``, 1 s) have passed;
 - the median of the timed runs;
 - for a layer, minus the time of an empty model (one Identity) timed the same way:
   ``session.run``'s own overhead is paid once per model, not once per layer, so it
@@ -52,9 +53,9 @@ class LatencySpec:
     cache_dir: str = ""
     """Folder of the latency tables; empty: ``$XDG_CACHE_HOME/spa-opt/latency`` (or
     ``~/.cache/...``); ``none``: no cache."""
-    warmup: int = 3
+    warmup: int = 2
     """Untimed runs of each fresh session."""
-    reps: int = 15
+    reps: int = 10
     """Fewest timed runs; the median is reported."""
     min_seconds: float = 0.02
     """Fewest seconds of timed runs of a layer (small layers run more often)."""
@@ -115,6 +116,7 @@ class OrtTimer:
         self._ort = ort
         self.spec = spec
         self._overhead: float | None = None
+        self._layouts: dict[str, bool] = {}
 
     @property
     def identity(self) -> str:
@@ -146,12 +148,15 @@ class OrtTimer:
         return float(np.median(times))
 
     def _time_proto(self, model: ir.Model, feed: Mapping[str, np.ndarray],
-                    seconds: float) -> float:
+                    seconds: float, layout_to: str | None = None) -> float:
         from spa_opt.ort import describe_error, session_from_model
 
         session = None
         try:
-            session = session_from_model(model, self._options(), [self.spec.ep])
+            options = self._options()
+            if layout_to is not None:
+                options.optimized_model_filepath = layout_to
+            session = session_from_model(model, options, [self.spec.ep])
             run, inputs = session.run, dict(feed)
             median = self._median(lambda: run(None, inputs), seconds)
         except Exception as error:  # onnxruntime raises its own exception types
@@ -171,9 +176,14 @@ class OrtTimer:
         return self._overhead
 
     def time_layer(self, layer: Layer) -> float:
-        """See :meth:`Timer.time_layer`."""
+        """See :meth:`Timer.time_layer`; notes the layout the session chose on the way."""
         model, feed = layer_model(layer)
-        return max(self._time_proto(model, feed, self.spec.min_seconds) - self.overhead(), 0.0)
+        overhead = self.overhead()
+        with tempfile.TemporaryDirectory(prefix="spa-opt-layout-") as folder:
+            path = os.path.join(folder, "optimized.onnx")
+            seconds = self._time_proto(model, feed, self.spec.min_seconds, path)
+            self._layouts[layer.signature()] = _has_blocked_nodes(path)
+        return max(seconds - overhead, 0.0)
 
     def time_model(self, model: ir.Model, feed: Mapping[str, np.ndarray]) -> float:
         """See :meth:`Timer.time_model`."""
@@ -187,8 +197,9 @@ class OrtTimer:
         optimized graph where ``optimized_model_filepath`` says, and the domains in it
         tell, without timing noise.
         """
-        import onnx
-
+        known = self._layouts.get(layer.signature())
+        if known is not None:
+            return known
         model, _ = layer_model(layer)
         with tempfile.TemporaryDirectory(prefix="spa-opt-layout-") as folder:
             options = self._options()
@@ -196,7 +207,40 @@ class OrtTimer:
             try:
                 self._ort.InferenceSession(ir.to_proto(model).SerializeToString(), options,
                                            providers=[self.spec.ep])
-                optimized = onnx.load(options.optimized_model_filepath)
             except Exception:
-                return False
-        return any(n.domain.endswith(".nchwc") for n in optimized.graph.node)
+                return False  # no optimized graph: no blocked layout known
+            return _has_blocked_nodes(options.optimized_model_filepath)
+
+
+def _has_blocked_nodes(path: str) -> bool:
+    """Whether the optimized graph onnxruntime wrote at ``path`` has NCHWc nodes."""
+    import onnx
+
+    try:
+        optimized = onnx.load(path, load_external_data=False)
+    except Exception:
+        return False
+    return any(n.domain.endswith(".nchwc") for n in optimized.graph.node)
+
+
+@dataclasses.dataclass
+class Paired:
+    """Two models timed in alternation: medians and the median of per-round ratios."""
+
+    before: float
+    after: float
+    ratio: float
+    """Median over rounds of ``after / before``: a slow spell of the machine slows both
+    halves of a round alike, so the ratio is steadier than either median."""
+
+
+def time_paired(timer: Timer, before: ir.Model, after: ir.Model,
+                feed: Mapping[str, np.ndarray], rounds: int = 2) -> Paired:
+    """Time ``before`` and ``after`` alternately, ``rounds`` times each."""
+    firsts, seconds = [], []
+    for _ in range(rounds):
+        firsts.append(timer.time_model(before, feed))
+        seconds.append(timer.time_model(after, feed))
+    ratios = [b / a for a, b in zip(firsts, seconds, strict=True) if a > 0]
+    return Paired(float(np.median(firsts)), float(np.median(seconds)),
+                  float(np.median(ratios)) if ratios else 1.0)

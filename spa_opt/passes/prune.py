@@ -20,6 +20,10 @@ Rules:
   (:mod:`.pruning.growth`; a grown group owns its axes, so no removal touches them); the
   report's ``prune`` then lists them as ``grown`` and ``channels`` counts them as
   ``added``;
+- with a latency target or ``--round-to auto`` the plan came with the latency model's
+  prediction (:mod:`spa_opt.latency`); the pruned model is timed the same way and the
+  report's target gains the measured figures (``measured_after``, ``measured_kept``,
+  ``prediction_error``, and for a target ``measured_reached`` within 5%);
 - the result is checked (full onnx checker, strict shape inference, channel counts):
   a failure raises before anything is written, never an invalid model;
 - the report gains ``prune`` (per group removed units, skipped groups, target outcome,
@@ -102,21 +106,28 @@ def _nothing_removed(context: PipelineContext, skipped: list, groups: list) -> s
 LATENCY_TOLERANCE = 0.05
 
 
-def _measure_pruned(model: ir.Model, context: PipelineContext, outcome: dict[str, Any]) -> None:
-    """Time the pruned model as the latency model timed the original; report both."""
-    from spa_opt.latency import LatencySpec, model_feed, timer_for
+def _measure_pruned(original: ir.Model, model: ir.Model, context: PipelineContext,
+                    outcome: dict[str, Any]) -> None:
+    """Time the pruned model in alternation with the original; report both.
+
+    The kept fraction is the median of per-round ratios (:func:`time_paired`), so a slow
+    spell of the machine does not decide it; the prediction error compares the latency
+    model's predicted fraction with it.
+    """
+    from spa_opt.latency import LatencySpec, model_feed, time_paired, timer_for
 
     detail = outcome["latency_model"]
     timer = timer_for(context.latency or LatencySpec())
-    after = timer.time_model(model, model_feed(model, context.input_dims))
-    before, predicted = detail["measured_before"], detail["predicted_after"]
-    detail.update(measured_after=after, measured_kept=after / before if before else 1.0,
-                  prediction_error=predicted / after - 1.0 if after else 0.0)
+    paired = time_paired(timer, original, model, model_feed(model, context.input_dims))
+    predicted = detail["predicted_after"] / detail["measured_before"]
+    detail.update(predicted_kept=predicted, measured_before=paired.before,
+                  measured_after=paired.after, measured_kept=paired.ratio,
+                  prediction_error=predicted / paired.ratio - 1.0 if paired.ratio else 0.0)
     target = outcome.get("latency")
     if target is not None:
-        target["measured_achieved"] = detail["measured_kept"]
+        target["measured_achieved"] = paired.ratio
         target["tolerance"] = LATENCY_TOLERANCE
-        target["measured_reached"] = after <= target["keep"] * before * (1 + LATENCY_TOLERANCE)
+        target["measured_reached"] = paired.ratio <= target["keep"] * (1 + LATENCY_TOLERANCE)
 
 
 @register
@@ -144,6 +155,9 @@ class PrunePass(SpaPass):
                 selection, skipped, outcome = plan.selection, plan.skipped, plan.target
             elif context.analyses.plan is not None:  # the selecting pass kept its plan's report
                 skipped, outcome = context.analyses.plan.skipped, context.analyses.plan.target
+            # With a latency figure to check, the original is kept to time beside the result.
+            original = (ir.from_proto(ir.to_proto(model))
+                        if outcome is not None and "latency_model" in outcome else None)
             removal = Removal(groups, selection)
             if removal:
                 self.count("weights-reconstructed", _write_reconstructed(context))
@@ -165,8 +179,8 @@ class PrunePass(SpaPass):
             self.count("nodes-removed", nodes - sum(1 for _ in model.graph.all_nodes()))
             if self.options.check:
                 check_model(model)
-        if outcome is not None and "latency_model" in outcome:
-            _measure_pruned(model, context, outcome)
+        if original is not None:
+            _measure_pruned(original, model, context, outcome)
         removed = {gid: units for gid, units in selection.items() if len(units)}
         self.count("groups-pruned", len(removed))
         self.count("channels-removed", sum(len(u) * by_id[g].block for g, u in removed.items()))

@@ -156,7 +156,9 @@ def _measured_latency(model: ir.Model, candidates: list[Candidate], targets: Tar
         return measure({c.group.id: np.sort(c.order[:k])
                         for c, k in zip(candidates, counts, strict=True) if k})
 
-    chosen, attempts = meet_measured(keep, latency.before, plan, latency.predict, timed)
+    chosen, attempts = meet_measured(keep, plan,
+                                     lambda counts: latency.predict(counts) / latency.before,
+                                     timed)
     outcome = chosen.outcome
     if outcome is not None and "latency" in outcome:
         entry = outcome["latency"]
@@ -165,7 +167,7 @@ def _measured_latency(model: ir.Model, candidates: list[Candidate], targets: Tar
         entry["attempts"] = [{"budget": a.budget, "predicted": a.predicted,
                               "measured": a.measured} for a in attempts]
         if attempts:
-            entry["reached"] = chosen.measured <= keep * latency.before * (1 + TOLERANCE)
+            entry["reached"] = chosen.measured <= keep * (1 + TOLERANCE)
             outcome["reached"] = all(v["reached"] for k, v in outcome.items()
                                      if isinstance(v, dict) and "reached" in v)
     return chosen.counts, outcome

@@ -10,8 +10,9 @@ latency of the pruned model:
 
 1. plan with the model's prediction against the budget ``b_0 = keep``;
 2. prune a copy of the model with that selection (weights are not reconstructed:
-   latency does not depend on their values) and time it the same way the original
-   was timed: the measured kept fraction ``m_i``;
+   latency does not depend on their values) and time it in alternation with the
+   original, the same way: the measured kept fraction ``m_i`` (a ratio within one
+   round, steadier than two timings apart on a busy machine);
 3. if ``m_i`` is within :data:`TOLERANCE` of ``keep``, stop; else correct the budget
    by the observed error, ``b_{i+1} = b_i · keep / m_i``, and replan (at most
    :data:`ATTEMPTS` plans).
@@ -30,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir.shapes import temporary_shapes
-from spa_opt.latency.timer import Timer
+from spa_opt.latency.timer import Timer, time_paired
 
 #: How far from the target the measured latency may be (either way) to stop replanning.
 TOLERANCE = 0.05
@@ -73,24 +74,25 @@ class Attempt:
 
     budget: float
     predicted: float
+    """Predicted fraction of the original's latency kept."""
     measured: float
+    """Measured fraction kept (timed in alternation with the original)."""
     counts: np.ndarray
     outcome: dict[str, Any] | None
 
 
-def meet_measured(keep: float, before: float,
+def meet_measured(keep: float,
                   plan: Callable[[float], tuple[np.ndarray, Any] | None],
                   predicted: Callable[[np.ndarray], float],
                   measure: Callable[[np.ndarray], float | None]) -> tuple[Attempt, list[Attempt]]:
     """Replan until the measured latency meets ``keep`` (module docstring).
 
     Args:
-        keep: The fraction of ``before`` to keep.
-        before: The original model's measured seconds.
+        keep: The fraction of the original's latency to keep.
         plan: Budget (fraction of the predicted original) -> counts, outcome (None: the
             budget is unreachable; the attempts so far stand).
-        predicted: Counts -> predicted seconds.
-        measure: Counts -> measured seconds of the pruned copy (None: cannot time).
+        predicted: Counts -> predicted fraction kept.
+        measure: Counts -> measured fraction kept by the pruned copy (None: cannot time).
 
     Returns:
         The chosen attempt and every attempt, in order.
@@ -104,15 +106,14 @@ def meet_measured(keep: float, before: float,
         counts, outcome = planned
         if any(np.array_equal(counts, a.counts) for a in attempts):
             break  # the budget moved less than one unit: nothing new to time
-        seconds = measure(counts)
-        if seconds is None:
+        kept = measure(counts)
+        if kept is None:
             return Attempt(budget, predicted(counts), float("nan"), counts, outcome), attempts
-        attempts.append(Attempt(budget, predicted(counts), seconds, counts, outcome))
-        kept = seconds / before
+        attempts.append(Attempt(budget, predicted(counts), kept, counts, outcome))
         if abs(kept - keep) <= TOLERANCE * keep:
             break
         budget = min(1.0, budget * keep / kept)
-    meeting = [a for a in attempts if a.measured <= keep * before * (1 + TOLERANCE)]
+    meeting = [a for a in attempts if a.measured <= keep * (1 + TOLERANCE)]
     chosen = (max(meeting, key=lambda a: a.measured) if meeting
               else min(attempts, key=lambda a: a.measured))
     return chosen, attempts
@@ -121,10 +122,15 @@ def meet_measured(keep: float, before: float,
 def time_selection(model: ir.Model, timer: Timer, io: str,
                    feed: Mapping[str, np.ndarray]) -> Callable[[Mapping[str, np.ndarray]],
                                                                float | None]:
-    """A function timing ``model`` pruned by a selection (group id -> units)."""
+    """A function giving the latency kept by ``model`` pruned by a selection.
+
+    The copy and the original are timed in alternation (:func:`time_paired`), so the
+    fraction does not depend on how fast the machine was when the original was first
+    timed.
+    """
 
     def measure(selection: Mapping[str, np.ndarray]) -> float | None:
         copy = pruned_copy(model, selection, io)
-        return None if copy is None else timer.time_model(copy, feed)
+        return None if copy is None else time_paired(timer, model, copy, feed, 1).ratio
 
     return measure
