@@ -115,6 +115,7 @@ def optimize(
     executor: str = "threads",
     target_latency: float | None = None,
     latency: LatencySpec | None = None,
+    plan: Mapping[str, Any] | str | os.PathLike | None = None,
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -158,6 +159,9 @@ def optimize(
             (see docs/latency.md); the pruned model is timed the same way at the end.
         latency: How latency is measured (execution provider, threads, cache folder);
             None: the CPU provider on every core and the default cache.
+        plan: A saved pruning plan (a path, or the loaded document) for ``prune`` to
+            apply instead of planning from targets (:mod:`spa_opt.passes.pruning.replay`);
+            the plan of this run is ``PipelineContext.of(model).plan_document``.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -182,6 +186,10 @@ def optimize(
     context.scratch_dir = str(scratch_dir) if scratch_dir is not None else ""
     context.executor = _checked_executor(executor)
     context.latency = latency
+    if plan is not None:
+        from spa_opt.passes.pruning.replay import load_plan
+
+        context.replay_plan = dict(plan) if isinstance(plan, Mapping) else load_plan(plan)
     if calibration is not None:
         from spa_opt.calibration import Calibration, CalibrationSpec, load_calibration
 
@@ -235,6 +243,7 @@ def optimize(
 
     report = Report(canonical, _targets_dict(targets), manager.records, before, after,
                     verified, dict(context.report))
+    loaded.metadata_props.update(report.metadata_props())  # the summary Netron shows
     return loaded, report
 
 

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep the graph's input/output shapes (default), or rewrite "
                               "key/value-cache inputs and outputs (past*, present*) so "
                               "attention heads can go; the report lists each change")
+    plans = parser.add_argument_group("pruning plans (docs/pruning.md, 'Plans')")
+    plans.add_argument("--save-plan", metavar="PLAN.json",
+                       help="write what prune removed, keyed by weight names and unit "
+                            "indices with a value signature, to replay on another export")
+    plans.add_argument("--plan", metavar="PLAN.json",
+                       help="apply a saved plan instead of targets: each planned group "
+                            "matched by weight name, else by structure and values (fp16, "
+                            "bf16, QDQ, the other exporter); a group that matches nothing "
+                            "is exit 2")
     runtime = parser.add_argument_group(
         "latency measurement (read by --target-latency and --round-to auto)")
     runtime.add_argument("--ep", default="CPUExecutionProvider", metavar="PROVIDER",
@@ -322,6 +331,30 @@ def prune_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_plans(args: argparse.Namespace, pass_names: set[str]) -> dict | None:
+    """Refuse plan options that cannot work, before the model is loaded; load ``--plan``."""
+    if (args.save_plan or args.plan) and "prune" not in pass_names:
+        flag = "--save-plan" if args.save_plan else "--plan"
+        raise InputError(f"{flag} needs the prune pass in the pipeline (-p couple,group,prune)")
+    if args.save_plan and not args.save_plan.lower().endswith(".json"):
+        raise InputError(f"--save-plan: '{args.save_plan}' must end in .json")
+    if not args.plan:
+        return None
+    given = [flag for flag, value in (("--ratio", args.ratio), ("--target-flops",
+                                      args.target_flops), ("--target-params",
+                                      args.target_params), ("--target-latency",
+                                      args.target_latency)) if value is not None]
+    if given:
+        raise InputError(f"--plan applies a saved selection; it takes no {given[0]}")
+    selecting = pass_names & {"obspa", "precrop", "synflow"}
+    if selecting:
+        raise InputError(f"--plan: {sorted(selecting)[0]} chooses its own selection; replay "
+                         "a plan with -p couple,group,prune")
+    from spa_opt.passes.pruning.replay import load_plan
+
+    return load_plan(args.plan)
+
+
 def _check_save_calib(args: argparse.Namespace, pass_names: set[str]) -> None:
     """Refuse ``--save-calib`` up front when nothing could make calibration inputs."""
     if not args.save_calib:
@@ -382,6 +415,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     _check_executor(args.executor)
     latency = _latency_spec(args)
     _check_save_calib(args, {p.name for p in passes})
+    replay_plan = _check_plans(args, {p.name for p in passes})
     instruments = _instruments(args)
 
     import onnxruntime
@@ -398,10 +432,18 @@ def run(argv: Sequence[str] | None = None) -> int:
         instruments=instruments, show_progress=not args.no_progress and sys.stderr.isatty(),
         calibration=_calibration_spec(args), input_dims=dict(args.input_dim), io=args.io,
         scratch_dir=destination.parent, executor=args.executor,
-        target_latency=args.target_latency, latency=latency,
+        target_latency=args.target_latency, latency=latency, plan=replay_plan,
     )
     if args.save_calib:
         _save_calibration(model, args.save_calib)
+    if args.save_plan:
+        from spa_opt.passes._infra.context import PipelineContext
+        from spa_opt.passes.pruning.replay import write_plan
+
+        document = PipelineContext.of(model).plan_document
+        if document is None:  # prune ran (checked up front) but removed through no plan
+            raise InputError("--save-plan: prune made no plan")
+        write_plan(document, args.save_plan)
     _save_outputs(model, destination, args.report, report.to_dict(),
                   True if args.external_data else None, source)
     if args.print_groups:

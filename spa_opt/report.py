@@ -86,6 +86,38 @@ class Report:
         }
 
 
+    def metadata_props(self) -> dict[str, str]:
+        """The run's summary as ``metadata_props`` entries (what Netron shows).
+
+        ``spa_opt.version``, ``spa_opt.pipeline``, ``spa_opt.targets`` (the targets that
+        were set, as JSON), ``spa_opt.params`` and ``spa_opt.flops`` (before, after and
+        the fraction kept) and, when latency was measured, ``spa_opt.latency``.
+        """
+        import json
+
+        from spa_opt._version import __version__
+
+        def kept(field: str) -> str:
+            before, after = getattr(self.cost_before, field), getattr(self.cost_after, field)
+            share = f" ({after / before:.1%} kept)" if before else ""
+            return f"{before} -> {after}{share}"
+
+        defaults = {"scope": "local", "round_to": 1, "seed": 0, "ignore": []}
+        given = {k: v for k, v in self.targets.items()
+                 if v is not None and v != defaults.get(k, object())}
+        props = {"spa_opt.version": __version__, "spa_opt.pipeline": self.pipeline,
+                 "spa_opt.targets": json.dumps(given, sort_keys=True),
+                 "spa_opt.params": kept("params"), "spa_opt.flops": kept("flops")}
+        target = (self.extra.get("prune") or {}).get("target") or {}
+        latency = target.get("latency_model") or {}
+        if "measured_after" in latency:
+            props["spa_opt.latency"] = (
+                f"{latency['measured_before'] * 1e3:.3g} ms -> "
+                f"{latency['measured_after'] * 1e3:.3g} ms ({latency['measured_kept']:.1%} "
+                "kept, measured in onnxruntime)")
+        return props
+
+
 _QUOTED = re.compile(r"`[^`]*`")
 
 

@@ -19,6 +19,7 @@ import onnx_ir as ir
 import pytest
 from rule_graphs import build, node, vi, w
 
+from spa_opt._version import __version__ as spa_opt_version
 from spa_opt.cli import main
 from spa_opt.errors import InputError, OptionError
 from spa_opt.ir.cost import value_dims
@@ -155,12 +156,12 @@ def _true_latency(model, groups, candidates, removed, timer) -> float:
 
 def test_round_to_auto_finds_the_runtimes_fast_step(tmp_path):
     aligned8 = _plan(_cnn(48), Targets(target_flops=0.5, round_to="auto"),
-                     _spec(tmp_path, FakeTimer(slowdown=2.0, align=8)))
+                     _spec(tmp_path, FakeTimer(slowdown=2.0, align=8)), measure=False)
     assert aligned8.target["latency_model"]["round_steps"] == [8, 8]
     for row in aligned8.target["latency_model"]["groups"]:
         assert row["kept"] % 8 == 0
     no_penalty = _plan(_cnn(48), Targets(target_flops=0.5, round_to="auto"),
-                       _spec(tmp_path, FakeTimer(identity="flat", slowdown=1.0)))
+                       _spec(tmp_path, FakeTimer(identity="flat", slowdown=1.0)), measure=False)
     assert no_penalty.target["latency_model"]["round_steps"] == [1, 1]
 
 
@@ -223,6 +224,19 @@ def test_latency_target_is_met_on_the_measured_latency(tmp_path, keep):
     assert missed == pytest.approx(first * before)
     chosen = timer.time_model(pruned_copy(model, plan.selection, "keep"), {})
     assert chosen <= keep * before * 1.05 and entry["reached"], entry
+
+
+def test_round_to_auto_keeps_the_scheme_that_measures_fastest(tmp_path):
+    """Single layers show no slowdown, the whole model pays for widths not a multiple of
+    4: the latency model's steps (1) lose to a uniform step measured on pruned copies."""
+    timer = HiddenCostTimer(slowdown=1.0)
+    plan = _plan(_cnn(48), Targets(target_flops=0.5, round_to="auto"), _spec(tmp_path, timer))
+    detail = plan.target["latency_model"]
+    schemes = {row["scheme"]: row["measured_kept"] for row in detail["schemes"]}
+    assert set(schemes) == {"latency model", "all 8", "all 16"}
+    assert schemes["latency model"] > min(schemes.values())
+    assert detail["scheme"] == min(schemes, key=schemes.get)
+    assert all(row["kept"] % 8 == 0 for row in detail["groups"])
 
 
 def test_the_cache_answers_a_second_run_and_is_keyed_by_runtime_and_machine(tmp_path):
@@ -307,3 +321,22 @@ def test_cli_bad_latency_requests_are_one_line_exit_2(tmp_path, capsys, flags, m
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_output_model_carries_the_run_summary_for_netron(tmp_path):
+    out = tmp_path / "out.onnx"
+    assert main(["-p", "couple,group,l1,prune", "--target-flops", "0.6",
+                 str(GOLDEN / "resnet_tiny.onnx"), str(out)]) == 0
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["spa_opt.pipeline"].startswith("couple")
+    assert json.loads(props["spa_opt.targets"]) == {"target_flops": 0.6}
+    assert "kept)" in props["spa_opt.flops"] and " -> " in props["spa_opt.params"]
+    assert props["spa_opt.version"] == spa_opt_version
+
+
+def test_cli_round_to_auto_without_a_target_measures_nothing(tmp_path):
+    """``--round-to auto`` alone removes only dead units and measures nothing."""
+    code, _ = _run_cli(tmp_path, "--round-to", "auto")
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["prune"]["target"] is None

@@ -27,7 +27,6 @@ never reads this one's numbers.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import platform
 import tempfile
@@ -151,21 +150,19 @@ class OrtTimer:
                     seconds: float, layout_to: str | None = None) -> float:
         from spa_opt.ort import describe_error, session_from_model
 
-        session = None
+        options = self._options()
+        if layout_to is not None:
+            options.optimized_model_filepath = layout_to
         try:
-            options = self._options()
-            if layout_to is not None:
-                options.optimized_model_filepath = layout_to
             session = session_from_model(model, options, [self.spec.ep])
-            run, inputs = session.run, dict(feed)
-            median = self._median(lambda: run(None, inputs), seconds)
+            inputs = dict(feed)
+            # The session and its thread pool go when this frame does (reference
+            # counting), before the next timing starts.
+            return self._median(lambda: session.run(None, inputs), seconds)
         except Exception as error:  # onnxruntime raises its own exception types
             raise InputError(f"latency: onnxruntime ({self.spec.ep}) cannot run "
                              f"'{model.graph.name or 'the model'}': "
                              f"{describe_error(error)}") from None
-        del session
-        gc.collect()  # the session's thread pool goes now, not during the next timing
-        return median
 
     def overhead(self) -> float:
         """Seconds one run of an empty model (a single Identity) takes."""

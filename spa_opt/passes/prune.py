@@ -24,6 +24,10 @@ Rules:
   prediction (:mod:`spa_opt.latency`); the pruned model is timed the same way and the
   report's target gains the measured figures (``measured_after``, ``measured_kept``,
   ``prediction_error``, and for a target ``measured_reached`` within 5%);
+- with a saved plan in the context (``--plan``) and no selection, the plan's selection
+  is applied (:mod:`.pruning.replay`: each planned group matched by weight name, else
+  by structure and values; the report's ``prune.replay`` says how); every run leaves
+  its own plan in the context's ``plan_document`` (what ``--save-plan`` writes);
 - the result is checked (full onnx checker, strict shape inference, channel counts):
   a failure raises before anything is written, never an invalid model;
 - the report gains ``prune`` (per group removed units, skipped groups, target outcome,
@@ -53,6 +57,7 @@ from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
 from spa_opt.passes.pruning.growth import apply_growth, set_grown_shapes
 from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
+from spa_opt.passes.pruning.replay import plan_document, replay
 
 
 @dataclasses.dataclass
@@ -70,6 +75,11 @@ def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
             layers[node.name or ""] = (node.op_type, weight.name or "",
                                        [int(d) for d in weight.const_value.shape])
     return layers
+
+
+def _pipeline_text(context: PipelineContext) -> str:
+    """What chose the selection, for the plan file: the criterion, or ``prune`` alone."""
+    return context.analyses.criterion or "prune"
 
 
 def _write_reconstructed(context: PipelineContext) -> int:
@@ -146,6 +156,9 @@ class PrunePass(SpaPass):
         outcome = None
         with temporary_shapes(model, symbolic=True):
             selection = context.analyses.selection
+            replayed = None
+            if selection is None and context.replay_plan is not None:
+                selection, replayed = replay(context.replay_plan, groups)
             if selection is None:
                 targets = context.targets
                 scores = current_scores(model, context) if targets.given else None
@@ -159,6 +172,7 @@ class PrunePass(SpaPass):
             original = (ir.from_proto(ir.to_proto(model))
                         if outcome is not None and "latency_model" in outcome else None)
             removal = Removal(groups, selection)
+            context.plan_document = plan_document(groups, selection, _pipeline_text(context))
             if removal:
                 self.count("weights-reconstructed", _write_reconstructed(context))
                 patches = [p for g in groups if g.id in selection for p in g.patches]
@@ -188,6 +202,11 @@ class PrunePass(SpaPass):
                                                layers_before, _layers(model.graph))
         if grown:
             context.report["prune"]["grown"] = grown
+        if replayed is not None:
+            context.report["prune"]["replay"] = {
+                "groups": replayed,
+                "same_structure": context.replay_plan.get("fingerprint")
+                == context.plan_document["fingerprint"]}
         if context.report["prune"]["message"] is None and not removed and not grown:
             context.report["prune"]["message"] = _nothing_removed(context, skipped, groups)
         context.report["channels"] = {

@@ -208,6 +208,11 @@ class PipelineContext:
     executor: str = ""
     """Where obspa's per-layer work and Hessian shards run (``threads``, ``ray``,
     ``ray://HOST:PORT``; :mod:`spa_opt.obs.executor`); empty: threads (``--executor``)."""
+    replay_plan: dict[str, Any] | None = None
+    """A saved pruning plan (``--plan``; :mod:`spa_opt.passes.pruning.replay`) that
+    ``prune`` applies instead of planning from targets."""
+    plan_document: dict[str, Any] | None = None
+    """The plan of the last ``prune`` (what ``--save-plan`` writes), by stable names."""
     latency: LatencySpec | None = None
     """How latency is measured for ``--target-latency`` and ``--round-to auto``
     (provider, threads, cache folder: ``--ep``, ``--threads``, ``--latency-cache``);

@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from spa_opt.errors import InputError
 from spa_opt.latency.timer import LatencySpec
 from spa_opt.passes._infra.context import Targets
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.pruning.costmodel import CostModel
 from spa_opt.passes.pruning.patches import problem
 from spa_opt.passes.pruning.select import Candidate, Metrics, candidate, ignored_by, select
-from spa_opt.passes.pruning.trial import TOLERANCE, meet_measured, time_selection
+from spa_opt.passes.pruning.trial import plan_measured
 
 if TYPE_CHECKING:
     from spa_opt.latency.model import LatencyModel
@@ -112,8 +111,9 @@ def plan_selection(model: ir.Model, groups: list[Group], targets: Targets,
         input_dims: Sizes of symbolic input dims, for the timed feeds and layers.
         io: The coupling's ``io`` mode, to group the pruned copies a latency target
             times (:mod:`spa_opt.passes.pruning.trial`).
-        measure_latency: Meet a latency target on the measured latency of pruned
-            copies (False: on the latency model's prediction alone).
+        measure_latency: Check latency plans on pruned copies timed beside the original
+            (:mod:`spa_opt.passes.pruning.trial`; False: the latency model's prediction
+            alone).
     """
     if targets.given and scores is None:
         raise ValueError("plan_selection: targets are given but no scores")
@@ -129,45 +129,8 @@ def plan_selection(model: ir.Model, groups: list[Group], targets: Targets,
 
     metrics = Metrics(lambda: CostModel(model, [c.group for c in candidates]), latency_model)
     counts, outcome = select(candidates, targets, metrics)
-    if targets.target_latency is not None and candidates and measure_latency:
-        counts, outcome = _measured_latency(model, candidates, targets, metrics, io)
+    if targets.needs_latency and candidates and measure_latency:
+        counts, outcome = plan_measured(model, candidates, targets, metrics, io)
     selection = {c.group.id: np.sort(c.order[:k])
                  for c, k in zip(candidates, counts, strict=True) if k}
     return Plan(selection, skipped, outcome)
-
-
-def _measured_latency(model: ir.Model, candidates: list[Candidate], targets: Targets,
-                      metrics: Metrics, io: str) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Replan a latency target until the pruned copy's measured latency meets it."""
-    latency = metrics.latency
-    measure = time_selection(model, latency.timer, io, latency.feed)
-    keep = targets.target_latency
-
-    def plan(budget: float) -> tuple[np.ndarray, dict[str, Any] | None] | None:
-        try:
-            return select(candidates, dataclasses.replace(targets, target_latency=budget),
-                          metrics)
-        except InputError:
-            if budget == keep:
-                raise
-            return None  # a corrected budget no selection reaches: keep what was timed
-
-    def timed(counts: np.ndarray) -> float | None:
-        return measure({c.group.id: np.sort(c.order[:k])
-                        for c, k in zip(candidates, counts, strict=True) if k})
-
-    chosen, attempts = meet_measured(keep, plan,
-                                     lambda counts: latency.predict(counts) / latency.before,
-                                     timed)
-    outcome = chosen.outcome
-    if outcome is not None and "latency" in outcome:
-        entry = outcome["latency"]
-        entry["keep"] = keep
-        entry["budget"] = chosen.budget
-        entry["attempts"] = [{"budget": a.budget, "predicted": a.predicted,
-                              "measured": a.measured} for a in attempts]
-        if attempts:
-            entry["reached"] = chosen.measured <= keep * (1 + TOLERANCE)
-            outcome["reached"] = all(v["reached"] for k, v in outcome.items()
-                                     if isinstance(v, dict) and "reached" in v)
-    return chosen.counts, outcome

@@ -161,9 +161,12 @@ def round_steps(candidates: Sequence[Candidate], targets: Targets, metrics: Metr
     return [int(targets.round_to)] * len(candidates)
 
 
-def select(candidates: Sequence[Candidate], targets: Targets,
-           metrics: Metrics) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Units to remove per candidate (counts), and the target's outcome for the report."""
+def select(candidates: Sequence[Candidate], targets: Targets, metrics: Metrics,
+           steps: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Units to remove per candidate (counts), and the target's outcome for the report.
+
+    ``steps`` (channels, per candidate) overrides the rounding ``targets`` implies.
+    """
     goals = {"flops": targets.target_flops, "params": targets.target_params,
              "latency": targets.target_latency}
     goals = {metric: keep for metric, keep in goals.items() if keep is not None}
@@ -174,7 +177,7 @@ def select(candidates: Sequence[Candidate], targets: Targets,
     position = np.concatenate([np.arange(c.order.size) for c in candidates])
     merged = owner[np.lexsort((position, owner, keys))]
     n_dead = sum(c.dead for c in candidates)
-    steps = round_steps(candidates, targets, metrics)
+    steps = list(steps) if steps is not None else round_steps(candidates, targets, metrics)
 
     def rounded(raw: Sequence[int]) -> np.ndarray:
         return np.array([_rounded(c, int(k), step)
