@@ -243,7 +243,8 @@ def optimize(
 
     report = Report(canonical, _targets_dict(targets), manager.records, before, after,
                     verified, dict(context.report))
-    loaded.metadata_props.update(report.metadata_props())  # the summary Netron shows
+    if any(record.modified for record in manager.records):  # analyses leave it as it was
+        loaded.metadata_props.update(report.metadata_props())  # the summary Netron shows
     return loaded, report
 
 

@@ -26,12 +26,14 @@ FLOORS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("inputs", ("spa_opt.inputs", "spa_opt.decoder_inputs", "spa_opt.calibration",
                 "spa_opt.noise", "spa_opt.verify", "spa_opt.ort"), ("base", "ir")),
     ("autodiff", ("spa_opt.autodiff",), ("base", "ir", "inputs")),
+    ("latency", ("spa_opt.latency",), ("base", "ir", "inputs")),
     ("infra", ("spa_opt.passes._infra",), ("base", "ir")),
-    ("passes", ("spa_opt.passes",), ("base", "obs", "ir", "inputs", "autodiff", "infra")),
+    ("passes", ("spa_opt.passes",), ("base", "obs", "ir", "inputs", "autodiff", "latency",
+                                     "infra")),
     ("app", ("spa_opt.report", "spa_opt.api", "spa_opt.cli", "spa_opt.integrations"),
-     ("base", "obs", "ir", "inputs", "autodiff", "infra", "passes")),
-    ("package", ("spa_opt",), ("base", "obs", "ir", "inputs", "autodiff", "infra", "passes",
-                               "app")),
+     ("base", "obs", "ir", "inputs", "autodiff", "latency", "infra", "passes")),
+    ("package", ("spa_opt",), ("base", "obs", "ir", "inputs", "autodiff", "latency", "infra",
+                               "passes", "app")),
 ]
 
 

@@ -95,7 +95,7 @@ def test_obspa_then_prune_does_write_the_reconstructed_weights() -> None:
 @pytest.mark.parametrize("keyword, value, words", [
     ("ratio", 1.5, "ratio must be in [0, 1], got 1.5"),
     ("target_flops", -0.1, "target_flops must be in [0, 1], got -0.1"),
-    ("round_to", 0, "round_to must be at least 1, got 0"),
+    ("round_to", 0, "round_to must be at least 1 or 'auto', got 0"),
     ("scope", "planet", "scope must be 'local' or 'global', got 'planet'"),
 ])
 def test_api_errors_name_the_keyword_the_caller_used(keyword, value, words) -> None:

@@ -1,1 +1,1 @@
-"""Bridges to other graph tools (onnx-graphsurgeon)."""
+"""Bridges to other tools: onnx-graphsurgeon, Olive (the `olive` extra)."""
