@@ -5,7 +5,7 @@ Schema (every key always present; ``null`` until a pass provides it)::
     {
       "spa_opt_version": "0.1.0",
       "pipeline": "canonical pipeline text",
-      "targets": {"ratio": null, "target_flops": 0.5, ...},
+      "targets": {"ratio": null, "target_flops": 0.5, "target_latency": null, ...},
       "passes": [{"name": "dce", "seconds": 0.01, "modified": true,
                   "stats": {"nodes-removed": 3}}],
       "params": {"before": 25557032, "after": 12000000},

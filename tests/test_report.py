@@ -40,7 +40,8 @@ REPORT_KEYS = {
     "spa_opt_version", "pipeline", "targets", "passes", "params", "macs", "flops",
     "coupling", "groups", "channels", "verify", "load", "io",
 }
-TARGET_KEYS = {"ratio", "target_flops", "target_params", "scope", "round_to", "ignore", "seed"}
+TARGET_KEYS = {"ratio", "target_flops", "target_params", "scope", "round_to", "ignore", "seed",
+               "target_latency"}
 
 
 class SeeTargetsPass(SpaPass):
@@ -107,7 +108,7 @@ def test_report_of_light_resnet50(resnet50_report) -> None:
     assert resnet50_report["pipeline"] == format_pipeline(parse_pipeline("fold-constants,dce"))
     assert resnet50_report["targets"] == {
         "ratio": None, "target_flops": None, "target_params": None, "scope": "local",
-        "round_to": 1, "ignore": [], "seed": 0,
+        "round_to": 1, "ignore": [], "seed": 0, "target_latency": None,
     }
     fold = resnet50_report["passes"][0]
     assert fold["modified"] is True and fold["stats"]["constant-of-shape-lifted"] > 0
@@ -137,7 +138,7 @@ def test_report_with_targets_and_verify(tmp_path: Path, capsys) -> None:
     assert data["pipeline"].startswith("fold-constants<input-size-limit=100;")
     assert data["targets"] == {
         "ratio": 0.25, "target_flops": 0.5, "target_params": None, "scope": "global",
-        "round_to": 8, "ignore": ["s0.*", "stem.conv"], "seed": 7,
+        "round_to": 8, "ignore": ["s0.*", "stem.conv"], "seed": 7, "target_latency": None,
     }
     verify = data["verify"]
     assert set(verify) == {"inputs", "max_abs_err", "rel_err", "per_output", "reshaped", "source",
@@ -229,7 +230,8 @@ def test_targets_flow_into_the_pipeline_context() -> None:
     assert PipelineContext.of(model).targets == expected
     assert SeeTargetsPass.seen == [expected]
     assert report.targets == {"ratio": 0.3, "target_flops": 0.6, "target_params": 0.7,
-                              "scope": "global", "round_to": 4, "ignore": ["stem.*"], "seed": 5}
+                              "scope": "global", "round_to": 4, "ignore": ["stem.*"], "seed": 5,
+                              "target_latency": None}
 
 
 def test_default_targets() -> None:
