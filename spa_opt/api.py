@@ -116,6 +116,7 @@ def optimize(
     target_latency: float | None = None,
     latency: LatencySpec | None = None,
     plan: Mapping[str, Any] | str | os.PathLike | None = None,
+    record_plan: bool = False,
 ) -> tuple[ir.Model, Report]:
     """Run ``pipeline`` on ``model``.
 
@@ -162,6 +163,8 @@ def optimize(
         plan: A saved pruning plan (a path, or the loaded document) for ``prune`` to
             apply instead of planning from targets (:mod:`spa_opt.passes.pruning.replay`);
             the plan of this run is ``PipelineContext.of(model).plan_document``.
+        record_plan: Have ``prune`` record its plan (``--save-plan``) in
+            ``PipelineContext.of(model).plan_document``.
 
     Returns:
         The transformed model and the :class:`~spa_opt.report.Report` of the run.
@@ -186,6 +189,7 @@ def optimize(
     context.scratch_dir = str(scratch_dir) if scratch_dir is not None else ""
     context.executor = _checked_executor(executor)
     context.latency = latency
+    context.record_plan = record_plan
     if plan is not None:
         from spa_opt.passes.pruning.replay import load_plan
 

@@ -433,6 +433,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         calibration=_calibration_spec(args), input_dims=dict(args.input_dim), io=args.io,
         scratch_dir=destination.parent, executor=args.executor,
         target_latency=args.target_latency, latency=latency, plan=replay_plan,
+        record_plan=bool(args.save_plan),
     )
     if args.save_calib:
         _save_calibration(model, args.save_calib)

@@ -31,7 +31,8 @@ DIMS = {"batch": 1, "batch_size": 1, "sequence_length": 8, "past_sequence_length
 
 
 def _prune(path: Path, **options) -> tuple[ir.Model, dict]:
-    model, report = optimize(str(path), "couple,group,l1,prune", input_dims=DIMS, **options)
+    model, report = optimize(str(path), "couple,group,l1,prune", input_dims=DIMS,
+                             record_plan=True, **options)
     return model, report.to_dict()
 
 

@@ -26,8 +26,9 @@ Rules:
   ``prediction_error``, and for a target ``measured_reached`` within 5%);
 - with a saved plan in the context (``--plan``) and no selection, the plan's selection
   is applied (:mod:`.pruning.replay`: each planned group matched by weight name, else
-  by structure and values; the report's ``prune.replay`` says how); every run leaves
-  its own plan in the context's ``plan_document`` (what ``--save-plan`` writes);
+  by structure and values; the report's ``prune.replay`` says how); with the context's
+  ``record_plan`` set (``--save-plan``) the run leaves its own plan in
+  ``plan_document`` (replay's same_structure check also records it);
 - the result is checked (full onnx checker, strict shape inference, channel counts):
   a failure raises before anything is written, never an invalid model;
 - the report gains ``prune`` (per group removed units, skipped groups, target outcome,
@@ -57,7 +58,7 @@ from spa_opt.passes.pruning.apply import apply_removal, set_new_shapes
 from spa_opt.passes.pruning.growth import apply_growth, set_grown_shapes
 from spa_opt.passes.pruning.plan import plan_selection
 from spa_opt.passes.pruning.removal import Removal
-from spa_opt.passes.pruning.replay import plan_document, replay
+from spa_opt.passes.pruning.replay import fingerprint, plan_document, replay
 
 
 @dataclasses.dataclass
@@ -159,6 +160,7 @@ class PrunePass(SpaPass):
             replayed = None
             if selection is None and context.replay_plan is not None:
                 selection, replayed = replay(context.replay_plan, groups)
+                structure = fingerprint(groups)
             if selection is None:
                 targets = context.targets
                 scores = current_scores(model, context) if targets.given else None
@@ -172,7 +174,9 @@ class PrunePass(SpaPass):
             original = (ir.from_proto(ir.to_proto(model))
                         if outcome is not None and "latency_model" in outcome else None)
             removal = Removal(groups, selection)
-            context.plan_document = plan_document(groups, selection, _pipeline_text(context))
+            if context.record_plan:
+                context.plan_document = plan_document(groups, selection,
+                                                      _pipeline_text(context))
             if removal:
                 self.count("weights-reconstructed", _write_reconstructed(context))
                 patches = [p for g in groups if g.id in selection for p in g.patches]
@@ -205,8 +209,7 @@ class PrunePass(SpaPass):
         if replayed is not None:
             context.report["prune"]["replay"] = {
                 "groups": replayed,
-                "same_structure": context.replay_plan.get("fingerprint")
-                == context.plan_document["fingerprint"]}
+                "same_structure": context.replay_plan.get("fingerprint") == structure}
         if context.report["prune"]["message"] is None and not removed and not grown:
             context.report["prune"]["message"] = _nothing_removed(context, skipped, groups)
         context.report["channels"] = {

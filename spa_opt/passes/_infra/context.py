@@ -211,6 +211,8 @@ class PipelineContext:
     replay_plan: dict[str, Any] | None = None
     """A saved pruning plan (``--plan``; :mod:`spa_opt.passes.pruning.replay`) that
     ``prune`` applies instead of planning from targets."""
+    record_plan: bool = False
+    """Whether ``prune`` records its plan in ``plan_document`` (``--save-plan``)."""
     plan_document: dict[str, Any] | None = None
     """The plan of the last ``prune`` (what ``--save-plan`` writes), by stable names."""
     latency: LatencySpec | None = None

@@ -49,13 +49,17 @@ MIN_MARGIN = 0.005
 
 
 def _weight_array(member: Member) -> np.ndarray | None:
-    """The member's values as float (dequantized when stored quantized), or None."""
+    """The member's values as float (dequantized when stored quantized), or None.
+
+    A float weight is returned as stored (a memory-mapped array stays one): the norms
+    are taken slice by slice, so a multi-gigabyte weight is never copied whole.
+    """
     tensor = member.value.const_value
     if tensor is None:
         return None
     data = tensor.numpy()
-    if np.issubdtype(data.dtype, np.floating):
-        return data.astype(np.float64)
+    if tensor.dtype.is_floating_point():  # bfloat16 and float8 come as ml_dtypes arrays
+        return data if np.issubdtype(data.dtype, np.floating) else data.astype(np.float32)
     quantization = quantization_of(member.value)
     if quantization is None or quantization.scale is None:
         return None
@@ -65,9 +69,20 @@ def _weight_array(member: Member) -> np.ndarray | None:
 def _signed_member(group: Group) -> Member | None:
     """The weight member the signature is taken from: the primary, else the first weight."""
     weights = [m for m in group.members if m.kind == "weight"]
-    if group.primary.kind == "weight" and _weight_array(group.primary) is not None:
+    if group.primary.kind == "weight" and _readable(group.primary):
         return group.primary
-    return next((m for m in weights if _weight_array(m) is not None), None)
+    return next((m for m in weights if _readable(m)), None)
+
+
+def _readable(member: Member) -> bool:
+    """Whether the member's values can be read as float (without reading them)."""
+    tensor = member.value.const_value
+    if tensor is None:
+        return False
+    if tensor.dtype.is_floating_point():
+        return True
+    found = quantization_of(member.value)
+    return found is not None and found.scale is not None
 
 
 def unit_norms(group: Group) -> list[float] | None:
@@ -78,7 +93,8 @@ def unit_norms(group: Group) -> list[float] | None:
     data = _weight_array(member)
     positions = member.index_map.positions
     moved = np.moveaxis(data, member.axis, 0)
-    return [float(np.linalg.norm(moved[positions[u]])) for u in range(group.units)]
+    return [float(np.linalg.norm(moved[positions[u]].astype(np.float64)))
+            for u in range(group.units)]
 
 
 def fingerprint(groups: Sequence[Group]) -> str:
