@@ -18,22 +18,15 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from spa_opt.cli_support import Parser, check_side_file, stage_text
 from spa_opt.errors import InputError, OptionError, SpaOptError, did_you_mean
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(message)
 
 
 def _fraction(text: str) -> float:
@@ -88,7 +81,7 @@ def _latency_fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = _Parser(
+    parser = Parser(
         prog="spa-opt",
         allow_abbrev=False,
         description="Structured pruning as compiler passes over ONNX graphs.",
@@ -180,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--print-groups", action="store_true",
                        help="print the channel groups as a table (needs the group pass)")
     debug.add_argument("--report", metavar="FILE.json", help="write the run report as JSON")
+    debug.add_argument("--report-html", metavar="FILE.html",
+                       help="write the run report as one self-contained HTML page (also: "
+                            "spa-opt report FILE.json -o FILE.html)")
     debug.add_argument("--external-data", action="store_true",
                        help="save weights to OUTPUT.data (automatic past 2 GB)")
     debug.add_argument("--no-progress", action="store_true", help="never draw progress bars")
@@ -242,59 +238,59 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     if not os.access(destination.parent.resolve(), os.W_OK | os.X_OK):
         raise InputError(f"cannot write '{destination}': the folder '{destination.parent}' "
                          "is not writable")
-    if args.report:
-        report = Path(args.report).resolve()
-        if not report.parent.is_dir():
-            raise InputError(f"cannot write report '{args.report}': no such folder")
-        if report.is_dir():
-            raise InputError(f"cannot write report '{args.report}': it is a folder")
-        if not os.access(report.parent, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write report '{args.report}': its folder is not writable")
-        models = {source.resolve(), destination.resolve(),
-                  destination.resolve().with_name(destination.name + ".data")}
-        if report in models:
-            raise InputError(f"refused to write report '{args.report}': it is a model file")
+    models = {source.resolve(), destination.resolve(),
+              destination.resolve().with_name(destination.name + ".data")}
+    side = [path for path in (args.report, args.report_html) if path]
+    for path in side:
+        check_side_file(path, models)
+    if len(side) == 2 and Path(side[0]).resolve() == Path(side[1]).resolve():
+        raise InputError(f"refused to write '{side[0]}' twice: --report and --report-html "
+                         "name the same file")
     return source, destination
 
 
-def _stage_json(path: Path, data: dict) -> Path:
-    """Write ``data`` beside ``path`` under a temporary name; the caller renames it."""
-    try:
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent.resolve())
-    except OSError as error:  # the user's environment: permissions, a full disk
-        raise InputError(f"cannot write report '{path}': {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, allow_nan=False)
-            stream.write("\n")
-    except OSError as error:
-        Path(staging).unlink(missing_ok=True)
-        raise InputError(f"cannot write report '{path}': {error.strerror or error}") from None
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return Path(staging)
-
-
-def _save_outputs(model: Any, destination: Path, report_path: str | None, report: dict,
+def _save_outputs(model: Any, destination: Path, side_files: dict[str, str],
                   external_data: bool | None, source: Path) -> None:
-    """Save the model and the report together: either both land or neither does."""
+    """Save the model and its report files together: either all land or none does.
+
+    ``side_files`` maps each report path to its text; they are staged beside their
+    destinations first, so a full disk or a refused folder leaves nothing behind.
+    """
     from spa_opt.ir.io import save_model
 
-    staged = _stage_json(Path(report_path), report) if report_path else None
+    staged: dict[str, Path] = {}
     try:
+        for path, text in side_files.items():
+            staged[path] = stage_text(Path(path), text)
         save_model(model, destination, external_data=external_data, protected=[source])
-        if staged is not None:
+        placed: list[str] = []
+        for path, staging in staged.items():
             try:
                 # mkstemp makes the file 0600; the report is as readable as the model
-                os.chmod(staged, stat.S_IMODE(destination.stat().st_mode))
-                os.replace(staged, report_path)
+                os.chmod(staging, stat.S_IMODE(destination.stat().st_mode))
+                os.replace(staging, path)
+                placed.append(path)
             except OSError as error:
                 destination.unlink(missing_ok=True)
-                raise InputError(f"cannot write report '{report_path}': {error.strerror}") from None
+                for done in placed:
+                    Path(done).unlink(missing_ok=True)
+                raise InputError(f"cannot write report '{path}': {error.strerror}") from None
     finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+        for staging in staged.values():
+            staging.unlink(missing_ok=True)
+
+
+def _report_files(args: argparse.Namespace, report: dict[str, Any], source: Path
+                  ) -> dict[str, str]:
+    """The texts of ``--report`` (JSON) and ``--report-html`` (the page), by path."""
+    files = {}
+    if args.report:
+        files[args.report] = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    if args.report_html:
+        from spa_opt.report_html import render_html
+
+        files[args.report_html] = render_html(report, title=source.name)
+    return files
 
 
 def prune_summary(report: dict[str, Any]) -> str:
@@ -390,7 +386,16 @@ def _calibration_spec(args: argparse.Namespace) -> Any:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run; returns the exit code instead of exiting."""
+    """Parse ``argv`` and run; returns the exit code instead of exiting.
+
+    ``spa-opt report REPORT.json -o FILE.html`` is the one subcommand
+    (:mod:`spa_opt.cli_report`); a model file named ``report`` is read as ``./report``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from spa_opt.cli_report import run_report
+
+        return run_report(argv[1:])
     args = build_parser().parse_args(argv)
     if args.version:
         from spa_opt._version import __version__
@@ -445,7 +450,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         if document is None:  # prune ran (checked up front) but removed through no plan
             raise InputError("--save-plan: prune made no plan")
         write_plan(document, args.save_plan)
-    _save_outputs(model, destination, args.report, report.to_dict(),
+    _save_outputs(model, destination, _report_files(args, report.to_dict(), source),
                   True if args.external_data else None, source)
     if args.print_groups:
         from spa_opt.report import format_groups

@@ -102,9 +102,7 @@ class Report:
             share = f" ({after / before:.1%} kept)" if before else ""
             return f"{before} -> {after}{share}"
 
-        defaults = {"scope": "local", "round_to": 1, "seed": 0, "ignore": []}
-        given = {k: v for k, v in self.targets.items()
-                 if v is not None and v != defaults.get(k, object())}
+        given = given_targets(self.targets)
         props = {"spa_opt.version": __version__, "spa_opt.pipeline": self.pipeline,
                  "spa_opt.targets": json.dumps(given, sort_keys=True),
                  "spa_opt.params": kept("params"), "spa_opt.flops": kept("flops")}
@@ -116,6 +114,15 @@ class Report:
                 f"{latency['measured_after'] * 1e3:.3g} ms ({latency['measured_kept']:.1%} "
                 "kept, measured in onnxruntime)")
         return props
+
+
+_TARGET_DEFAULTS: dict[str, Any] = {"scope": "local", "round_to": 1, "seed": 0, "ignore": []}
+
+
+def given_targets(targets: dict[str, Any]) -> dict[str, Any]:
+    """The targets a run set: neither unset nor at their defaults."""
+    return {k: v for k, v in targets.items()
+            if v is not None and v != _TARGET_DEFAULTS.get(k, object())}
 
 
 _QUOTED = re.compile(r"`[^`]*`")

@@ -44,6 +44,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_opt.ir.check import check_model
+from spa_opt.ir.cost import is_param, node_cost
 from spa_opt.ir.ops import WEIGHTED
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.ir.tensors import set_constant
@@ -68,13 +69,24 @@ class PruneOptions:
     check: bool = option(True, "verify the result with the full checker before going on")
 
 
-def _layers(graph: ir.Graph) -> dict[str, tuple[str, str, list[int]]]:
+def _layers(model: ir.Model) -> dict[str, dict[str, Any]]:
+    """Every weighted layer: op, weight name and shape, its FLOPs and its params.
+
+    The FLOPs are counted on inferred shapes (as the targets are); the params are the
+    float initializer elements the node reads (weight and bias), for the HTML report's
+    per-layer columns.
+    """
     layers = {}
-    for node in graph.all_nodes():
-        weight = node.inputs[1] if node.op_type in WEIGHTED and len(node.inputs) > 1 else None
-        if weight is not None and weight.const_value is not None:
-            layers[node.name or ""] = (node.op_type, weight.name or "",
-                                       [int(d) for d in weight.const_value.shape])
+    with temporary_shapes(model, symbolic=True):
+        for node in model.graph.all_nodes():
+            weight = node.inputs[1] if node.op_type in WEIGHTED and len(node.inputs) > 1 else None
+            if weight is None or weight.const_value is None:
+                continue
+            params = sum(int(np.prod(v.const_value.shape.numpy())) for v in node.inputs
+                         if v is not None and v.const_value is not None and is_param(v))
+            layers[node.name or ""] = {"op": node.op_type, "weight": weight.name or "",
+                                       "shape": [int(d) for d in weight.const_value.shape],
+                                       "flops": node_cost(node).flops, "params": params}
     return layers
 
 
@@ -153,7 +165,7 @@ class PrunePass(SpaPass):
         """Plan, remove, clean up, check and report."""
         groups = groups_of(model, context)
         by_id = {g.id: g for g in groups}
-        layers_before = _layers(model.graph)
+        layers_before = _layers(model)
         skipped: list[dict[str, str]] = []
         outcome = None
         with temporary_shapes(model, symbolic=True):
@@ -204,7 +216,7 @@ class PrunePass(SpaPass):
         self.count("groups-pruned", len(removed))
         self.count("channels-removed", sum(len(u) * by_id[g].block for g, u in removed.items()))
         context.report["prune"] = self._report(groups, removed, skipped, outcome,
-                                               layers_before, _layers(model.graph))
+                                               layers_before, _layers(model))
         if grown:
             context.report["prune"]["grown"] = grown
         if replayed is not None:
@@ -231,11 +243,14 @@ class PrunePass(SpaPass):
              "units_removed": removed[g.id].tolist()}
             for g in groups if g.id in removed
         ]
-        layers = [
-            {"node": name, "op": op, "weight": weight, "before": shape,
-             "after": after.get(name, (None, None, None))[2]}
-            for name, (op, weight, shape) in before.items()
-        ]
+        layers = []
+        for name, layer in before.items():
+            now = after.get(name, {})
+            layers.append({"node": name, "op": layer["op"], "weight": layer["weight"],
+                           "before": layer["shape"], "after": now.get("shape"),
+                           "flops": {"before": layer["flops"], "after": now.get("flops", 0)},
+                           "params": {"before": layer["params"],
+                                      "after": now.get("params", 0)}})
         prunable = sum(g.prunable for g in groups)
         message = None
         if not prunable:
