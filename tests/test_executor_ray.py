@@ -89,13 +89,16 @@ def test_executor_map_keeps_order_and_counts_bytes(cluster):
                             np.arange(12).reshape(6, 2))
         tasks.append(OrderTask(f"g{index}", 6, np.arange(6), [consumer]))
     executor = RayExecutor()
+    kept: list[int] = []
     try:
-        got = executor.map(solve_order, tasks, [12] * len(tasks))
+        got = executor.map(solve_order, tasks, [12] * len(tasks),
+                           keep=lambda index, result: kept.append(index) or result)
     finally:
         executor.close()  # joined, not started: the cluster stays up
     assert ray.is_initialized()
     expected = ThreadExecutor(1).map(solve_order, tasks, [12] * len(tasks))
     assert [r.group for r in got] == [f"g{i}" for i in range(7)]
+    assert sorted(kept) == list(range(7))  # each result handed to keep once, as it came
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-12)
     assert executor.traffic.tasks == 7

@@ -83,7 +83,8 @@ class Executor:
 
     def map(self, function: Callable[..., R], items: Sequence[Any], sizes: Sequence[int],
             done: Callable[[], None] | None = None,
-            prepare: Callable[[Any], T] | None = None, shared: Any = None) -> list[R]:
+            prepare: Callable[[Any], T] | None = None, shared: Any = None,
+            keep: Callable[[int, R], Any] | None = None) -> list[Any]:
         """``[function(prepare(item)) for item in items]``, in parallel.
 
         Args:
@@ -94,6 +95,10 @@ class Executor:
             prepare: Makes an item's payload, on this machine, just before it runs.
             shared: When given, a second argument of every call, shipped once (a
                 stage's program for all its shards).
+            keep: Called with each result's index and the result as it arrives (in
+                any order); what it returns is listed instead, so large results (a
+                reconstructed weight per layer) are stored one at a time, never all
+                held at once.
         """
         raise NotImplementedError
 
@@ -123,14 +128,16 @@ class ThreadExecutor(Executor):
 
     def map(self, function: Callable[..., R], items: Sequence[Any], sizes: Sequence[int],
             done: Callable[[], None] | None = None,
-            prepare: Callable[[Any], T] | None = None, shared: Any = None) -> list[R]:
+            prepare: Callable[[Any], T] | None = None, shared: Any = None,
+            keep: Callable[[int, R], Any] | None = None) -> list[Any]:
         """See :meth:`Executor.map`."""
         self.traffic.tasks += len(items)
         extra = () if shared is None else (shared,)
         if prepare is None:
-            return run_tasks(lambda item: function(item, *extra), items, sizes, self.jobs, done)
+            return run_tasks(lambda item: function(item, *extra), items, sizes, self.jobs, done,
+                             keep)
         return run_tasks(lambda item: function(prepare(item), *extra), items, sizes,
-                         self.jobs, done)
+                         self.jobs, done, keep)
 
 
 def _in_worker(function: Callable[..., Any], payload: Any, *shared: Any) -> Any:
@@ -182,7 +189,8 @@ class RayExecutor(Executor):
 
     def map(self, function: Callable[..., R], items: Sequence[Any], sizes: Sequence[int],
             done: Callable[[], None] | None = None,
-            prepare: Callable[[Any], T] | None = None, shared: Any = None) -> list[R]:
+            prepare: Callable[[Any], T] | None = None, shared: Any = None,
+            keep: Callable[[int, R], Any] | None = None) -> list[Any]:
         """See :meth:`Executor.map`; results come back as they finish, kept in order."""
         ray = self._ray
         window = 2 * self.workers
@@ -209,8 +217,10 @@ class RayExecutor(Executor):
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 index = pending.pop(ref)
-                results[index] = ray.get(ref)
-                self.traffic.received += payload_bytes(results[index])
+                result = ray.get(ref)
+                self.traffic.received += payload_bytes(result)
+                results[index] = result if keep is None else keep(index, result)
+                del result
                 if done is not None:
                     done()
         return results

@@ -198,8 +198,8 @@ def remove_in_place(weight: np.ndarray, hinv: np.ndarray, columns: np.ndarray) -
     return cost
 
 
-def _reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray
-                 ) -> tuple[np.ndarray, float]:
+def _reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray,
+                 overwrite: bool = False) -> tuple[np.ndarray, float]:
     """:func:`reconstruct` and its :func:`error`, the error from the Schur complement.
 
     With ``C = H_KK⁻¹ H_KM`` (solved for the update anyway), the optimum's change is
@@ -207,22 +207,40 @@ def _reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray
     ``tr(W_M S W_Mᵀ)/2`` with ``S = H_MM - H_MK C``: ``|M|² (|K| + rows)`` flops instead
     of the ``rows · d²`` of :func:`error` (a 32000-row lm_head losing 400 of its 2049
     columns: 5 GFLOP instead of 270).
+
+    The update is one ``gemm`` with ``beta=1`` into the weights (``W += W_M Ĉ`` with
+    ``Ĉ`` the ``(|M|, d)`` matrix holding ``Cᵀ`` in the kept columns, zeros in the
+    removed ones), so besides ``W`` only ``W_M`` and ``Ĉ`` are allocated: ``rows x |M|``
+    and ``|M| x d``, not the four ``rows x d`` temporaries of indexing the kept columns.
+    With ``overwrite`` (and a writeable C-ordered float64 ``weight``) ``weight`` itself
+    becomes the result.
     """
+    if not (overwrite and weight.flags.writeable and weight.flags.c_contiguous
+            and weight.dtype == np.float64):
+        weight = np.array(weight, dtype=np.float64, order="C")
     if removed.size == 0:
-        return weight.copy(), 0.0
-    result = np.zeros_like(weight)
+        return weight, 0.0
     kept = np.setdiff1d(np.arange(weight.shape[1]), removed)
-    w_m = weight[:, removed]
+    w_m = weight[:, removed]  # a copy (fancy indexing)
     if kept.size == 0:
-        return result, 0.5 * float(np.einsum("rm,rm->", w_m @ hessian, w_m))
+        weight[...] = 0.0
+        return weight, 0.5 * float(np.einsum("rm,rm->", w_m @ hessian, w_m))
     factor = scipy.linalg.cho_factor(hessian[np.ix_(kept, kept)], lower=True,
                                      check_finite=False)
     coupling = hessian[np.ix_(kept, removed)]  # H_KM
     correction = scipy.linalg.cho_solve(factor, coupling, check_finite=False)  # H_KK⁻¹ H_KM
-    # W'_K = W_K + W_M H_MK H_KK⁻¹
-    result[:, kept] = weight[:, kept] + w_m @ correction.T
+    del factor
+    spread = np.zeros((removed.size, weight.shape[1]), np.float64)
+    spread[:, kept] = correction.T
+    # W'_K = W_K + W_M H_MK H_KK⁻¹, on weight.T (the Fortran view of a C-ordered weight)
+    updated = scipy.linalg.blas.dgemm(1.0, spread.T, w_m.T, beta=1.0, c=weight.T,
+                                      overwrite_c=1)
+    if not np.shares_memory(updated, weight):  # BLAS wrappers that copy c after all
+        weight = np.ascontiguousarray(updated.T)
+    del spread
+    weight[:, removed] = 0.0
     schur = hessian[np.ix_(removed, removed)] - coupling.T @ correction
-    return result, max(0.5 * float(np.einsum("rm,rm->", w_m @ schur, w_m)), 0.0)
+    return weight, max(0.5 * float(np.einsum("rm,rm->", w_m @ schur, w_m)), 0.0)
 
 
 def reconstruct(weight: np.ndarray, hessian: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -282,8 +300,12 @@ class ReconstructResult:
 
 
 def solve_reconstruct(task: ReconstructTask) -> ReconstructResult:
-    """:func:`reconstruct` with its :func:`error` and :func:`energy`, timed."""
+    """:func:`reconstruct` with its :func:`error` and :func:`energy`, timed.
+
+    The task's weights become the result (in place when the array is writeable, as a
+    threads task's fresh copy is; a Ray worker's read-only view is copied once).
+    """
     start = time.perf_counter()
-    new, lost = _reconstruct(task.weight, task.hessian, task.removed)
-    return ReconstructResult(new, lost, energy(task.weight, task.hessian),
-                             time.perf_counter() - start)
+    scale = energy(task.weight, task.hessian)  # before the weights are overwritten
+    new, lost = _reconstruct(task.weight, task.hessian, task.removed, overwrite=True)
+    return ReconstructResult(new, lost, scale, time.perf_counter() - start)

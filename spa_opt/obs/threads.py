@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from threadpoolctl import threadpool_limits
 
@@ -40,7 +40,8 @@ def cores(jobs: int) -> int:
 
 
 def run_tasks(function: Callable[[T], R], items: Sequence[T], sizes: Sequence[int], jobs: int,
-              done: Callable[[], None] | None = None) -> list[R]:
+              done: Callable[[], None] | None = None,
+              keep: Callable[[int, R], Any] | None = None) -> list[Any]:
     """``[function(item) for item in items]``, small items in parallel, big ones threaded.
 
     Args:
@@ -49,24 +50,32 @@ def run_tasks(function: Callable[[T], R], items: Sequence[T], sizes: Sequence[in
         sizes: Each item's width (columns of its largest layer).
         jobs: Threads to use (0: all cores).
         done: Called after each task (a progress bar's update).
+        keep: Called with each result's index and the result as it arrives; what it
+            returns is listed instead. A caller whose results are large (a reconstructed
+            weight per layer) stores or spills each one here, so the results of all
+            tasks are never held at once.
     """
     jobs = cores(jobs)
-    results: list[R | None] = [None] * len(items)
+    if keep is None:
+        def keep(index: int, result: R) -> Any:
+            return result
+    results: list[Any] = [None] * len(items)
     small = [i for i, size in enumerate(sizes) if size < BIG_WIDTH]
     big = [i for i, size in enumerate(sizes) if size >= BIG_WIDTH]
     with threadpool_limits(limits=1, user_api="blas"), \
             ThreadPoolExecutor(max_workers=max(1, min(jobs, len(small) or 1))) as pool:
         for index, result in zip(small, pool.map(function, [items[i] for i in small]),
                                  strict=True):
-            results[index] = result
+            results[index] = keep(index, result)
+            del result
             if done is not None:
                 done()
     with threadpool_limits(limits=jobs, user_api="blas"):
         for index in big:
-            results[index] = function(items[index])
+            results[index] = keep(index, function(items[index]))
             if done is not None:
                 done()
-    return results  # type: ignore[return-value]
+    return results
 
 
 def single_blas() -> threadpool_limits:

@@ -71,7 +71,7 @@ import onnx_ir as ir
 from spa_opt.errors import InputError
 from spa_opt.ir.shapes import temporary_shapes
 from spa_opt.obs.executor import Executor, ExecutorError, ThreadExecutor, executor_for
-from spa_opt.obs.linalg import dampen, energy, solve_reconstruct
+from spa_opt.obs.linalg import ReconstructResult, dampen, energy, solve_reconstruct
 from spa_opt.obs.order import Consumer, OrderTask, solve_order
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
@@ -235,20 +235,26 @@ class ObspaPass(SpaPass):
             self.count("sequential-seconds", time.perf_counter() - tick)
         else:
             losing = [r for r in listed if r.removed(plan.selection).size and r.key in store]
-            results = dict(zip(map(id, losing), self._map(
-                context, "obspa reconstruct", "layer", solve_reconstruct, losing,
-                [r.layer.width for r in losing],
-                lambda r: reconstruct_task(r, _hessian(store, r), plan.selection)),
-                strict=True))
             new_weights = {}
-            table = []
-            for record in listed:
-                row, matrix = reconstruct_row(record, plan.selection, results.get(id(record)))
-                table.append(row)
+
+            def keep(index: int, result: ReconstructResult) -> dict[str, Any]:
+                # Each new weight goes to the store (spilled past the budget) as it
+                # arrives, in the model's dtype: never every layer's float64 result at once.
+                record = losing[index]
+                row, matrix = reconstruct_row(record, plan.selection, result)
                 if matrix is not None:
                     weight, bias = record.layer.unmatrix(matrix)
                     new_weights[id(record.layer.weight)] = (
                         _held(store, record.layer.weight.name, weight), bias)
+                return row
+
+            solved = dict(zip(map(id, losing), self._map(
+                context, "obspa reconstruct", "layer", solve_reconstruct, losing,
+                [r.layer.width for r in losing],
+                lambda r: reconstruct_task(r, _hessian(store, r), plan.selection), keep),
+                strict=True))
+            table = [solved[id(record)] if id(record) in solved
+                     else reconstruct_row(record, plan.selection, None)[0] for record in listed]
             self.count("reconstruct-seconds", time.perf_counter() - tick)
         reconstructed: dict[ir.Value, np.ndarray] = {}
         for record in listed:
@@ -468,11 +474,12 @@ class ObspaPass(SpaPass):
 
     def _map(self, context: PipelineContext, label: str, unit: str,
              function: Callable[[T], R], items: list[Any], sizes: list[int],
-             prepare: Callable[[Any], T] | None = None) -> list[R]:
+             prepare: Callable[[Any], T] | None = None,
+             keep: Callable[[int, R], Any] | None = None) -> list[Any]:
         """The executor's ``map`` with a progress bar of one ``unit`` per finished item."""
         with progress(context.show_progress, len(items), label, unit,
                       since=self._started) as advance:
-            return self._executor.map(function, items, sizes, advance, prepare)
+            return self._executor.map(function, items, sizes, advance, prepare, keep=keep)
 
 
 def _held(store: SpillStore, name: str, weight: np.ndarray) -> np.ndarray:
