@@ -57,6 +57,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx_ir as ir
@@ -417,18 +418,28 @@ def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:
         raise InputError(f"cannot write '{path}': no such folder")
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as stream, zipfile.ZipFile(stream, "w") as archive:
-            members = dict(calibration.feeds)
-            if calibration.labels is not None and "label" not in members:
-                members["label"] = calibration.labels
-            for name, array in members.items():
-                array = np.asarray(array)
-                if array.dtype.kind == "V":
-                    array = array.astype(np.float32 if "float" in array.dtype.name else np.int64)
-                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
+        with os.fdopen(handle, "wb") as stream:
+            write_calibration(calibration, stream)
         os.replace(staging, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(staging)
         raise
+
+
+def write_calibration(calibration: Calibration, stream: BinaryIO) -> None:
+    """Write ``calibration`` to an open binary stream in :func:`save_calibration`'s format.
+
+    For a caller that stages several files and renames them together (the CLI writes
+    ``--save-calib`` with the model: all of them land or none does).
+    """
+    with zipfile.ZipFile(stream, "w") as archive:
+        members = dict(calibration.feeds)
+        if calibration.labels is not None and "label" not in members:
+            members["label"] = calibration.labels
+        for name, array in members.items():
+            array = np.asarray(array)
+            if array.dtype.kind == "V":
+                array = array.astype(np.float32 if "float" in array.dtype.name else np.int64)
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from spa_opt.cli_support import Parser, check_side_file, stage_text
+from spa_opt.cli_support import Content, Parser, check_distinct, check_side_file, stage
 from spa_opt.errors import InputError, OptionError, SpaOptError, did_you_mean
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
@@ -240,28 +240,40 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
                          "is not writable")
     models = {source.resolve(), destination.resolve(),
               destination.resolve().with_name(destination.name + ".data")}
-    side = [path for path in (args.report, args.report_html) if path]
-    for path in side:
-        check_side_file(path, models)
-    if len(side) == 2 and Path(side[0]).resolve() == Path(side[1]).resolve():
-        raise InputError(f"refused to write '{side[0]}' twice: --report and --report-html "
-                         "name the same file")
+    outputs = _side_outputs(args)
+    for flag, path in outputs.items():
+        check_side_file(path, models, _SIDE_KIND[flag])
+    check_distinct(outputs, {flag: path for flag, path in (("--calib", args.calib),
+                                                           ("--plan", args.plan)) if path})
     return source, destination
 
 
-def _save_outputs(model: Any, destination: Path, side_files: dict[str, str],
-                  external_data: bool | None, source: Path) -> None:
-    """Save the model and its report files together: either all land or none does.
+#: What each side file is, for the one-line errors.
+_SIDE_KIND = {"--report": "report", "--report-html": "report", "--save-plan": "plan",
+              "--save-calib": "calibration file"}
 
-    ``side_files`` maps each report path to its text; they are staged beside their
-    destinations first, so a full disk or a refused folder leaves nothing behind.
+
+def _side_outputs(args: argparse.Namespace) -> dict[str, str]:
+    """The side files this run writes beside the model, by flag."""
+    return {flag: path for flag, path in (
+        ("--report", args.report), ("--report-html", args.report_html),
+        ("--save-plan", args.save_plan), ("--save-calib", args.save_calib)) if path}
+
+
+def _save_outputs(model: Any, destination: Path, side_files: dict[str, tuple[str, Content]],
+                  external_data: bool | None, source: Path) -> None:
+    """Save the model and its side files together: either all land or none does.
+
+    ``side_files`` maps each path (report, page, plan, calibration) to what it is and
+    its content; they are staged beside their destinations first, so a full disk or a
+    refused folder leaves nothing behind.
     """
     from spa_opt.ir.io import save_model
 
     staged: dict[str, Path] = {}
     try:
-        for path, text in side_files.items():
-            staged[path] = stage_text(Path(path), text)
+        for path, (what, content) in side_files.items():
+            staged[path] = stage(Path(path), content, what)
         save_model(model, destination, external_data=external_data, protected=[source])
         placed: list[str] = []
         for path, staging in staged.items():
@@ -274,22 +286,47 @@ def _save_outputs(model: Any, destination: Path, side_files: dict[str, str],
                 destination.unlink(missing_ok=True)
                 for done in placed:
                     Path(done).unlink(missing_ok=True)
-                raise InputError(f"cannot write report '{path}': {error.strerror}") from None
+                raise InputError(f"cannot write {side_files[path][0]} '{path}': "
+                                 f"{error.strerror or error}") from None
     finally:
         for staging in staged.values():
             staging.unlink(missing_ok=True)
 
 
-def _report_files(args: argparse.Namespace, report: dict[str, Any], source: Path
-                  ) -> dict[str, str]:
-    """The texts of ``--report`` (JSON) and ``--report-html`` (the page), by path."""
-    files = {}
+def _side_files(args: argparse.Namespace, model: Any, report: dict[str, Any], source: Path
+                ) -> dict[str, tuple[str, Content]]:
+    """What each side file will hold, by path, made before anything is written.
+
+    ``--report`` (JSON), ``--report-html`` (the page), ``--save-plan`` (the plan's JSON)
+    and ``--save-calib`` (the calibration, written when staged): a failure to make any
+    of them (no plan, no calibration) is found while nothing is on disk yet.
+    """
+    files: dict[str, tuple[str, Content]] = {}
     if args.report:
-        files[args.report] = json.dumps(report, indent=2, allow_nan=False) + "\n"
+        files[args.report] = ("report", json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.report_html:
         from spa_opt.report_html import render_html
 
-        files[args.report_html] = render_html(report, title=source.name)
+        files[args.report_html] = ("report", render_html(report, title=source.name))
+    if args.save_plan or args.save_calib:
+        from spa_opt.passes._infra.context import PipelineContext
+
+        context = PipelineContext.of(model)
+    if args.save_plan:
+        from spa_opt.passes.pruning.replay import plan_text
+
+        if context.plan_document is None:  # prune ran (checked up front) but made no plan
+            raise InputError("--save-plan: prune made no plan")
+        files[args.save_plan] = ("plan", plan_text(context.plan_document))
+    if args.save_calib:
+        from spa_opt.calibration import write_calibration
+
+        calibration = context.calibration
+        if calibration is None:
+            raise InputError("--save-calib: the pipeline made no calibration inputs (obspa "
+                             "used noise); add synthesize or give --calib")
+        files[args.save_calib] = ("calibration file",
+                                  lambda stream: write_calibration(calibration, stream))
     return files
 
 
@@ -362,18 +399,6 @@ def _check_save_calib(args: argparse.Namespace, pass_names: set[str]) -> None:
                          "synthesize (or obspa's data-free default) in the pipeline")
 
 
-def _save_calibration(model: Any, path: str) -> None:
-    """Write the context's calibration before any output, so an error leaves no file."""
-    from spa_opt.calibration import save_calibration
-    from spa_opt.passes._infra.context import PipelineContext
-
-    calibration = PipelineContext.of(model).calibration
-    if calibration is None:
-        raise InputError("--save-calib: the pipeline made no calibration inputs (obspa "
-                         "used noise); add synthesize or give --calib")
-    save_calibration(calibration, path)
-
-
 def _calibration_spec(args: argparse.Namespace) -> Any:
     from spa_opt.calibration import CalibrationSpec
 
@@ -440,17 +465,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         target_latency=args.target_latency, latency=latency, plan=replay_plan,
         record_plan=bool(args.save_plan),
     )
-    if args.save_calib:
-        _save_calibration(model, args.save_calib)
-    if args.save_plan:
-        from spa_opt.passes._infra.context import PipelineContext
-        from spa_opt.passes.pruning.replay import write_plan
-
-        document = PipelineContext.of(model).plan_document
-        if document is None:  # prune ran (checked up front) but removed through no plan
-            raise InputError("--save-plan: prune made no plan")
-        write_plan(document, args.save_plan)
-    _save_outputs(model, destination, _report_files(args, report.to_dict(), source),
+    _save_outputs(model, destination, _side_files(args, model, report.to_dict(), source),
                   True if args.external_data else None, source)
     if args.print_groups:
         from spa_opt.report import format_groups

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spa_opt.cli_support import Parser, check_side_file, stage_text
+from spa_opt.cli_support import Parser, check_side_file, stage
 from spa_opt.errors import InputError
 
 #: Keys every spa-opt run report has (spa_opt/report.py); a file without them is not one.
@@ -32,8 +32,10 @@ def load_report(path: str) -> dict[str, Any]:
         raise InputError(f"cannot read report '{path}': it is a folder") from None
     except OSError as error:
         raise InputError(f"cannot read report '{path}': {error.strerror or error}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError, too many digits
         raise InputError(f"cannot read report '{path}': not JSON ({error})") from None
+    except RecursionError:
+        raise InputError(f"cannot read report '{path}': nested too deeply") from None
     if not isinstance(data, dict):
         raise InputError(f"'{path}' is not a spa-opt run report: not a JSON object")
     missing = [key for key in REQUIRED if key not in data]
@@ -47,23 +49,29 @@ def run_report(argv: Sequence[str]) -> int:
     """Parse the subcommand's arguments, render and write the page; returns 0."""
     from spa_opt.report_html import render_html
 
-    parser = Parser(prog="spa-opt report",
-                     description="Render a run report (spa-opt --report FILE.json) as one "
-                                 "self-contained HTML page.")
+    parser = Parser(prog="spa-opt report", allow_abbrev=False,
+                    description="Render a run report (spa-opt --report FILE.json) as one "
+                                "self-contained HTML page.")
     parser.add_argument("report", metavar="REPORT.json")
     parser.add_argument("-o", "--output", metavar="FILE.html", required=True,
                         help="the page to write")
     parser.add_argument("--title", help="the page's heading (default: the report's file name)")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (as spa-opt --debug does)")
     args = parser.parse_args(list(argv))
     report = load_report(args.report)
-    check_side_file(args.output, {Path(args.report).resolve()})
+    check_side_file(args.output, set(), "page")
+    if Path(args.output).resolve() == Path(args.report).resolve():
+        raise InputError(f"refused to write page '{args.output}': it is the report it is "
+                         "made from")
     try:
         page = render_html(report, title=args.title or Path(args.report).stem)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+            OverflowError) as error:
         # A report edited by hand, or from another tool: name the file, not a traceback.
         raise InputError(f"'{args.report}' is not a readable spa-opt run report: "
                          f"{type(error).__name__} {error}") from None
-    staged = stage_text(Path(args.output), page)
+    staged = stage(Path(args.output), page, "page")
     try:
         mask = os.umask(0)  # mkstemp makes the file 0600; a page is as readable as any file
         os.umask(mask)

@@ -40,6 +40,8 @@ the top level of the report.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 from typing import Any
 
@@ -68,7 +70,7 @@ class Report:
             return {"before": getattr(self.cost_before, field),
                     "after": getattr(self.cost_after, field)}
 
-        return {
+        return json_ready({
             "spa_opt_version": __version__,
             "pipeline": self.pipeline,
             "targets": self.targets,
@@ -83,7 +85,7 @@ class Report:
             "verify": self.verify.to_dict() if self.verify else None,
             **{k: v for k, v in self.extra.items()
                if k not in ("coupling", "groups", "channels", "io")},
-        }
+        })
 
 
     def metadata_props(self) -> dict[str, str]:
@@ -117,6 +119,29 @@ class Report:
 
 
 _TARGET_DEFAULTS: dict[str, Any] = {"scope": "local", "round_to": 1, "seed": 0, "ignore": []}
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as JSON can hold it: non-finite floats as ``null``, numpy scalars as numbers.
+
+    Passes put their figures in the report as they compute them; a NaN (from a model
+    whose outputs are NaN) or a numpy scalar must not turn a finished run into an
+    internal error when the report is written.
+    """
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if hasattr(value, "tolist"):  # a numpy array
+        return json_ready(value.tolist())
+    return value
 
 
 def given_targets(targets: dict[str, Any]) -> dict[str, Any]:

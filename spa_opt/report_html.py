@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from spa_opt.report import given_targets, pinned_by_reason
@@ -54,30 +54,59 @@ svg.bar{display:block}.bar .before{fill:#dfe3ea}.bar .after{fill:#3b6fd8}
 """
 
 
+class _Html(str):
+    """Markup built here from escaped parts: table cells pass it through as it is."""
+
+
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _count(value: float | int | None) -> str:
-    """12.3M-style: counts span six orders of magnitude in one table."""
-    if value is None:
+def _cell(value: Any) -> str:
+    """A table cell: markup as it is, anything else (numbers from the report too) escaped."""
+    return value if isinstance(value, _Html) else _e(value)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec``, or a dash when the report has no number there.
+
+    A report holds ``null`` where a figure is not finite (verify's error when an output
+    went missing or NaN) and may come from an older version or from hand edits.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _NONE
-    value = float(value)
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.3g}" if value != int(value) else str(int(value))
+    try:
+        return format(value, spec)
+    except (ValueError, OverflowError):
+        return _NONE
 
 
-def _kept(before: float | int | None, after: float | int | None) -> str:
-    return f"{after / before:.1%}" if before and after is not None else _NONE
+def _count(value: Any) -> str:
+    """12.3M-style: counts span nine orders of magnitude in one table.
+
+    The suffix is chosen after rounding, so 999,600 shows as 1M, not 1e+03k.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        return _NONE
+    for scale, suffix in ((1, ""), (1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T")):
+        text = f"{value / scale:.3g}"
+        if abs(float(text)) < 1000 or suffix == "T":
+            return text + suffix
+    return _NONE  # not reached: the last scale always returns
 
 
-def _bar(fraction: float, label: str, kind: str = "after") -> str:
+def _kept(before: Any, after: Any) -> str:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in (before, after))
+    return _fmt(after / before, ".1%") if numbers and before else _NONE
+
+
+def _bar(fraction: float, label: str, kind: str = "after") -> _Html:
     """An SVG bar: a grey track (before) and a filled share (after), with a title."""
-    fraction = min(max(fraction, 0.0), 1.0)
+    fraction = min(max(fraction, 0.0), 1.0) if fraction == fraction else 0.0
     filled = round(_BAR_WIDTH * fraction, 1)
-    return (f'<svg class="bar" width="{_BAR_WIDTH}" height="12" role="img" '
+    return _Html(f'<svg class="bar" width="{_BAR_WIDTH}" height="12" role="img" '
             f'aria-label="{_e(label)}"><title>{_e(label)}</title>'
             f'<rect class="before" width="{_BAR_WIDTH}" height="12" rx="2"/>'
             f'<rect class="{kind}" width="{filled}" height="12" rx="2"/></svg>')
@@ -87,18 +116,28 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[in
            css: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                         for i, c in enumerate(row)) + "</tr>"
+        "<tr>" + "".join(f'<td class="n">{_cell(c)}</td>' if i in numeric
+                         else f"<td>{_cell(c)}</td>" for i, c in enumerate(row)) + "</tr>"
         for row in rows)
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _width(layer: dict[str, Any], key: str) -> int | None:
+    """The layer's output channels ``key`` (before, after) the run, when known.
+
+    Reports since the ``width`` field carry it (the prune pass reads Gemm's ``transB``
+    and ConvTranspose's groups); for older ones it is read off the weight's shape.
+    """
+    recorded = layer.get("width")
+    if isinstance(recorded, dict) and key in recorded:
+        value = recorded[key]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
     shape = layer.get(key)
-    if not shape:
+    if not isinstance(shape, list) or not shape:
         return None
-    axis = _OUT_AXIS.get(layer["op"], 0)
-    return int(shape[axis]) if -len(shape) <= axis < len(shape) else None
+    axis = _OUT_AXIS.get(layer.get("op"), 0)
+    value = shape[axis] if -len(shape) <= axis < len(shape) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -109,23 +148,27 @@ def _summary(report: dict[str, Any]) -> str:
                       f"{name}, {_kept(pair.get('before'), pair.get('after'))} kept"))
     channels = report.get("channels")
     if channels:
-        cards.append((f"{channels['removed']} of {channels['total']}",
+        cards.append((f"{channels.get('removed')} of {channels.get('total')}",
                       "prunable channels removed"))
     verify = report.get("verify")
     if verify:
         agreement = verify.get("top1_agreement")
-        figure = (f"{agreement:.1%} top-1" if agreement is not None
-                  else f"{verify['max_abs_err']:.3g} max abs")
-        cards.append((figure, f"verify on {verify['inputs']} {verify.get('source', '')} inputs, "
-                              f"rel err {verify['rel_err']:.3g}"))
+        figure = (f"{_fmt(agreement, '.1%')} top-1" if agreement is not None
+                  else f"{_fmt(verify.get('max_abs_err'), '.3g')} max abs")
+        cards.append((figure, f"verify on {verify.get('inputs')} {verify.get('source', '')} "
+                              f"inputs, rel err {_fmt(verify.get('rel_err'), '.3g')}"))
     latency = _latency_model(report)
     if latency and "measured_after" in latency:
-        cards.append((f"{latency['measured_before'] * 1e3:.3g} → "
-                      f"{latency['measured_after'] * 1e3:.3g} ms",
-                      f"latency measured, {latency['measured_kept']:.1%} kept"))
+        cards.append((f"{_ms(latency.get('measured_before'))} → "
+                      f"{_ms(latency.get('measured_after'))} ms",
+                      f"latency measured, {_fmt(latency.get('measured_kept'), '.1%')} kept"))
     return '<div class="cards">' + "".join(
         f'<div class="card"><b>{_e(big)}</b><span>{_e(small)}</span></div>'
         for big, small in cards) + "</div>"
+
+
+def _ms(seconds: Any) -> str:
+    return _fmt(seconds * 1e3, ".3g") if isinstance(seconds, (int, float)) else _NONE
 
 
 def _latency_model(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -148,21 +191,21 @@ def _targets(report: dict[str, Any]) -> str:
         achieved = entry.get("measured_achieved", entry.get("achieved"))
         reached = entry.get("measured_reached", entry.get("reached"))
         how = "measured" if "measured_achieved" in entry else "counted"
-        rows.append((_e(kind), f"{entry['keep']:.1%}",
-                     f"{achieved:.1%} ({how})" if achieved is not None else _NONE,
-                     '<span class="met">met</span>' if reached
-                     else '<span class="missed">not met</span>'))
+        rows.append((kind, _fmt(entry.get("keep"), ".1%"),
+                     f"{_fmt(achieved, '.1%')} ({how})" if achieved is not None else _NONE,
+                     _Html('<span class="met">met</span>' if reached
+                           else '<span class="missed">not met</span>')))
     lines.append(_table(("target", "keep", "achieved", "result"), rows, {1, 2}))
     if target.get("why_not"):
         lines.append(f'<p class="missed">{_e(target["why_not"])}</p>')
     latency = _latency_model(report)
     if latency and "measured_after" in latency:
-        lines.append(
-            f"<p>latency: {latency['measured_before'] * 1e3:.3g} ms before, "
-            f"{latency['measured_after'] * 1e3:.3g} ms after (measured in onnxruntime), "
-            f"predicted {latency.get('predicted_kept', 0.0):.1%} kept, "
-            f"measured {latency['measured_kept']:.1%}: prediction error "
-            f"{latency['prediction_error']:+.1%}.</p>")
+        lines.append(_e(
+            f"latency: {_ms(latency.get('measured_before'))} ms before, "
+            f"{_ms(latency.get('measured_after'))} ms after (measured in onnxruntime), "
+            f"predicted {_fmt(latency.get('predicted_kept'), '.1%')} kept, "
+            f"measured {_fmt(latency.get('measured_kept'), '.1%')}: prediction error "
+            f"{_fmt(latency.get('prediction_error'), '+.1%')}.").join(("<p>", "</p>")))
     return "".join(lines)
 
 
@@ -170,8 +213,10 @@ def _layers(report: dict[str, Any]) -> str:
     layers = (report.get("prune") or {}).get("layers") or []
     if not layers:
         return "<p>no weighted layers (the run had no prune pass).</p>"
-    errors = {row["layer"]: row for row in (report.get("obspa") or {}).get("layers") or []}
-    worst = max((row.get("relative_error") or 0.0 for row in errors.values()), default=0.0)
+    errors = {row.get("layer"): row for row in (report.get("obspa") or {}).get("layers") or []
+              if isinstance(row, dict)}
+    worst = max((row.get("relative_error") for row in errors.values()
+                 if isinstance(row.get("relative_error"), (int, float))), default=0.0)
     rows = []
     for index, layer in enumerate(layers):
         before, after = _width(layer, "before"), _width(layer, "after")
@@ -183,15 +228,18 @@ def _layers(report: dict[str, Any]) -> str:
         else:
             width_bar, width_text = "", _NONE
         flops, params = layer.get("flops") or {}, layer.get("params") or {}
-        error = errors.get(layer["node"])
+        error = errors.get(layer.get("node"))
         relative = error.get("relative_error") if error else None
-        error_cell = (_NONE if relative is None else
-                      '<div class="pair">' + _bar(relative / worst if worst else 0.0,
-                                                  f"relative error {relative:.3g}", "error")
-                      + f"<span>{relative:.3g}</span></div>")
-        rows.append((str(index), f'<span class="mono">{_e(layer["node"])}</span>', _e(layer["op"]),
-                     f'<span class="mono">{_e(layer["weight"])}</span>',
-                     f'<div class="layer">{width_bar}</div>', _e(width_text),
+        if not isinstance(relative, (int, float)):
+            relative = None
+        error_cell = (_NONE if relative is None else _Html(
+            '<div class="pair">' + _bar(relative / worst if worst else 0.0,
+                                        f"relative error {_fmt(relative, '.3g')}", "error")
+            + f"<span>{_fmt(relative, '.3g')}</span></div>"))
+        rows.append((str(index), _Html(f'<span class="mono">{_e(layer.get("node"))}</span>'),
+                     layer.get("op"),
+                     _Html(f'<span class="mono">{_e(layer.get("weight"))}</span>'),
+                     _Html(f'<div class="layer">{width_bar}</div>'), width_text,
                      f"{_count(flops.get('before'))} → {_count(flops.get('after'))}",
                      f"{_count(params.get('before'))} → {_count(params.get('after'))}",
                      error_cell))
@@ -209,28 +257,30 @@ def _groups(report: dict[str, Any]) -> str:
     for g in groups:
         cut = removed.get(g["id"])
         if not g["prunable"]:
-            status = '<span class="pinned">pinned</span>'
+            status = _Html('<span class="pinned">pinned</span>')
         elif g["pinned_units"]:
-            status = f'<span class="pinned">{g["pinned_units"]} units pinned</span>'
+            status = _Html(f'<span class="pinned">{_e(g["pinned_units"])} units pinned</span>')
         else:
             status = "prunable"
-        why = "; ".join(g.get("why_not") or []) if not g["prunable"] or g["pinned_units"] else ""
-        rows.append((_e(g["id"]), f'<span class="mono">{_e(g["primary"])}</span>',
-                     f"{g['units']} {_TIMES} {g['block']}", str(g["channels"]),
-                     str(cut["channels_removed"]) if cut else "0", status, _e(why)))
+        why = "; ".join(map(str, g.get("why_not") or [])) \
+            if not g["prunable"] or g["pinned_units"] else ""
+        rows.append((g["id"], _Html(f'<span class="mono">{_e(g["primary"])}</span>'),
+                     f"{g['units']} {_TIMES} {g['block']}", g["channels"],
+                     cut["channels_removed"] if cut else 0, status, why))
     parts = [_table(("group", "primary", f"units {_TIMES} block", "channels", "removed", "status",
                      "why pinned"), rows, {3, 4}, "groups")]
     totals = pinned_by_reason(groups)
     if totals:
         parts.append("<h3>Pinned channels by reason</h3>")
         parts.append(_table(("channels", "groups", "reason"),
-                            ((str(c), str(n), _e(reason)) for reason, c, n in totals), {0, 1}))
+                            ((c, n, reason) for reason, c, n in totals), {0, 1}))
     coupling = report.get("coupling")
     if coupling:
-        cov = coupling["coverage"]
-        parts.append(f"<p>{coupling['groups']} groups, {coupling['prunable']} prunable; "
-                     f"{cov['prunable']} of {cov['channels']} produced channels prunable "
-                     f"({cov['share']:.0%}).</p>")
+        cov = coupling.get("coverage") or {}
+        parts.append("<p>" + _e(
+            f"{coupling.get('groups')} groups, {coupling.get('prunable')} prunable; "
+            f"{cov.get('prunable')} of {cov.get('channels')} produced channels prunable "
+            f"({_fmt(cov.get('share'), '.0%')}).") + "</p>")
     return "".join(parts)
 
 
@@ -238,25 +288,33 @@ def _latency(report: dict[str, Any]) -> str:
     latency = _latency_model(report)
     if not latency:
         return ""
-    before = latency["measured_before"] or 1.0
-    rows = [(_e(g["group"]), f"{g['channels']} → {g['kept']}", str(g["step"]),
-             f"{g['predicted_before'] / before:.2%}", f"{g['predicted_after'] / before:.2%}",
-             _NONE if g.get("measured_after") is None else f"{g['measured_after'] / before:.2%}")
-            for g in latency["groups"]]
+    before = latency.get("measured_before")
+    if not isinstance(before, (int, float)) or not before:
+        before = 1.0
+
+    def share(seconds: Any) -> str:
+        return _fmt(seconds / before, ".2%") if isinstance(seconds, (int, float)) else _NONE
+
+    rows = [(g.get("group"), f"{g.get('channels')} → {g.get('kept')}", g.get("step"),
+             share(g.get("predicted_before")), share(g.get("predicted_after")),
+             share(g.get("measured_after")))
+            for g in latency.get("groups") or []]
     chosen = latency.get("scheme")
-    schemes = "".join(f"<li>{_e(s['scheme'])}{' (chosen)' if s['scheme'] == chosen else ''}: "
-                      f"measured latency {s['measured_kept']:.1%} kept, FLOPs "
-                      f"{s['flops_kept']:.1%} kept</li>" for s in latency.get("schemes") or [])
+    schemes = "".join(
+        "<li>" + _e(f"{s.get('scheme')}{' (chosen)' if s.get('scheme') == chosen else ''}: "
+                    f"measured latency {_fmt(s.get('measured_kept'), '.1%')} kept, FLOPs "
+                    f"{_fmt(s.get('flops_kept'), '.1%')} kept") + "</li>"
+        for s in latency.get("schemes") or [])
     return ("<h2>Latency model</h2>"
-            f"<p>{latency['layers_measured']} layer shapes measured; shares of the original "
-            "model's measured latency per group.</p>"
+            f"<p>{_e(latency.get('layers_measured'))} layer shapes measured; shares of the "
+            "original model's measured latency per group.</p>"
             + (f"<ul>{schemes}</ul>" if schemes else "")
             + _table(("group", "channels", "step", "predicted before", "predicted after",
                       "measured after"), rows, {2, 3, 4, 5}))
 
 
 def _passes(report: dict[str, Any]) -> str:
-    rows = [(_e(p["name"]), f"{p['seconds']:.3f}", "yes" if p["modified"] else "no")
+    rows = [(p.get("name"), _fmt(p.get("seconds"), ".3f"), "yes" if p.get("modified") else "no")
             for p in report.get("passes") or []]
     return _table(("pass", "seconds", "changed the model"), rows, {1})
 
@@ -278,8 +336,3 @@ def render_html(report: dict[str, Any], title: str = "spa-opt run") -> str:
         f"{_latency(report)}"
         f"<h2>Passes</h2>{_passes(report)}"
         "</body></html>\n")
-
-
-def write_html(report: dict[str, Any], path: str | Path, title: str) -> None:
-    """Write the page; the caller stages it beside the model (see ``cli._save_outputs``)."""
-    Path(path).write_text(render_html(report, title), encoding="utf-8")

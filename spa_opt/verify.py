@@ -67,10 +67,14 @@ class VerifyResult:
     """Next-token perplexity after / before, for decoder logits."""
 
     def to_dict(self) -> dict:
-        """The report's JSON form; an output whose shape changed has error ``null``."""
+        """The report's JSON form; a figure that is not finite is ``null``.
 
-        def finite(x: float) -> float | None:
-            return x if np.isfinite(x) else None
+        An output whose shape changed has error ``null``; NaN outputs give a ``null``
+        KL divergence and errors.
+        """
+
+        def finite(x: float | None) -> float | None:
+            return x if x is not None and np.isfinite(x) else None
 
         return {
             "inputs": self.inputs,
@@ -79,9 +83,9 @@ class VerifyResult:
             "per_output": {name: finite(err) for name, err in self.per_output.items()},
             "reshaped": list(self.reshaped),
             "source": self.source,
-            "top1_agreement": self.agreement,
-            "kl": self.kl,
-            "perplexity_ratio": self.perplexity_ratio,
+            "top1_agreement": finite(self.agreement),
+            "kl": finite(self.kl),  # NaN when the logits are
+            "perplexity_ratio": finite(self.perplexity_ratio),
         }
 
     def summary(self) -> str:

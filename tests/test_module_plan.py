@@ -98,10 +98,53 @@ def test_plan_prunes_the_module_like_the_onnx_model(export, images, tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_a_module_of_another_shape_is_refused(images):
-    net = _trained_resnet(widths=(8, 16, 32, 64))  # other widths: names match, shapes do not
-    with pytest.raises(InputError, match="prune_module: '"):
+@pytest.mark.parametrize("widths", [(8, 16, 32, 64), (32, 64, 128, 256)])
+def test_a_module_of_another_shape_is_refused_untouched(widths):
+    """Narrower or wider: names match, shapes do not; nothing of the module is sliced."""
+    net = _trained_resnet(widths=widths)
+    before = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    with pytest.raises(InputError, match=r"prune_module: '.*' has shape"):
         prune_module(net, _plan(DIGITS / "resnet_bn.onnx"), DIGITS / "resnet_bn.onnx")
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == before
+
+
+def test_the_callers_onnx_model_is_left_as_it_was(images):
+    import onnx_ir as ir
+
+    model = ir.load(str(DIGITS / "resnet_bn.onnx"))
+    sizes = {name: v.const_value.size for name, v in model.graph.initializers.items()}
+    prune_module(_trained_resnet(), _plan(DIGITS / "resnet_bn.onnx"), model, example=(images,))
+    assert {name: v.const_value.size for name, v in model.graph.initializers.items()} == sizes
+
+
+def test_tied_parameters_stay_tied(tmp_path):
+    """An embedding tied to the output layer (as language models do) is sliced once."""
+    import onnx_ir as ir
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.hidden = torch.nn.Linear(8, 12)
+            self.back = torch.nn.Linear(12, 8)
+            self.head = torch.nn.Linear(8, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            return self.head(self.back(torch.relu(self.hidden(x))) + x)
+
+    net = Tied().eval()
+    ids = torch.tensor([[1, 2, 3]])
+    path = tmp_path / "tied.onnx"
+    torch.onnx.export(net, (ids,), str(path), dynamo=False, input_names=["ids"])
+    pruned, _ = optimize(ir.load(str(path)), "couple,group,l1,prune", ratio=0.5,
+                         record_plan=True)
+    result = prune_module(net, PipelineContext.of(pruned).plan_document, path,
+                          example=(ids,))
+    assert net.head.weight is net.embed.weight
+    assert result.max_abs_err is not None and result.max_abs_err < 1e-4
+    assert net.hidden.out_features < 12
 
 
 def test_unmatched_weight_names_the_weight_and_names_fixes_it(tmp_path, images):

@@ -76,18 +76,39 @@ def _layers(model: ir.Model) -> dict[str, dict[str, Any]]:
     float initializer elements the node reads (weight and bias), for the HTML report's
     per-layer columns.
     """
-    layers = {}
     with temporary_shapes(model, symbolic=True):
-        for node in model.graph.all_nodes():
-            weight = node.inputs[1] if node.op_type in WEIGHTED and len(node.inputs) > 1 else None
-            if weight is None or weight.const_value is None:
-                continue
-            params = sum(int(np.prod(v.const_value.shape.numpy())) for v in node.inputs
-                         if v is not None and v.const_value is not None and is_param(v))
-            layers[node.name or ""] = {"op": node.op_type, "weight": weight.name or "",
-                                       "shape": [int(d) for d in weight.const_value.shape],
-                                       "flops": node_cost(node).flops, "params": params}
+        return _layers_shaped(model)
+
+
+def _layers_shaped(model: ir.Model) -> dict[str, dict[str, Any]]:
+    """:func:`_layers` inside a ``temporary_shapes`` block the caller holds."""
+    layers = {}
+    for node in model.graph.all_nodes():
+        weight = node.inputs[1] if node.op_type in WEIGHTED and len(node.inputs) > 1 else None
+        if weight is None or weight.const_value is None:
+            continue
+        params = sum(int(np.prod(v.const_value.shape.numpy())) for v in node.inputs
+                     if v is not None and v.const_value is not None and is_param(v))
+        shape = [int(d) for d in weight.const_value.shape]
+        layers[node.name or ""] = {"op": node.op_type, "weight": weight.name or "",
+                                   "shape": shape, "width": _out_width(node, shape),
+                                   "flops": node_cost(node).flops, "params": params}
     return layers
+
+
+def _out_width(node: ir.Node, shape: list[int]) -> int | None:
+    """The layer's output channels, read from its weight's shape and its attributes."""
+    if not shape:
+        return None
+    if node.op_type == "Conv":
+        return shape[0]
+    if node.op_type == "ConvTranspose":
+        return shape[1] * node.attributes.get_int("group", 1) if len(shape) > 1 else None
+    if node.op_type == "Gemm":
+        if len(shape) != 2:
+            return None
+        return shape[0] if node.attributes.get_int("transB", 0) else shape[1]
+    return shape[-1]  # MatMul: (..., K, N)
 
 
 def _pipeline_text(context: PipelineContext) -> str:
@@ -165,10 +186,10 @@ class PrunePass(SpaPass):
         """Plan, remove, clean up, check and report."""
         groups = groups_of(model, context)
         by_id = {g.id: g for g in groups}
-        layers_before = _layers(model)
         skipped: list[dict[str, str]] = []
         outcome = None
         with temporary_shapes(model, symbolic=True):
+            layers_before = _layers_shaped(model)
             selection = context.analyses.selection
             replayed = None
             if selection is None and context.replay_plan is not None:
@@ -248,6 +269,7 @@ class PrunePass(SpaPass):
             now = after.get(name, {})
             layers.append({"node": name, "op": layer["op"], "weight": layer["weight"],
                            "before": layer["shape"], "after": now.get("shape"),
+                           "width": {"before": layer["width"], "after": now.get("width")},
                            "flops": {"before": layer["flops"], "after": now.get("flops", 0)},
                            "params": {"before": layer["params"],
                                       "after": now.get("params", 0)}})

@@ -228,13 +228,6 @@ def replay(plan: Mapping[str, Any], groups: Sequence[Group]
     return selection, rows
 
 
-def write_plan(document: Mapping[str, Any], path: str | Path) -> None:
-    """Write a plan file atomically (a failure leaves no partial file)."""
-    target = Path(path)
-    staged = target.with_name(f".{target.name}.tmp")
-    try:
-        staged.write_text(json.dumps(document, indent=1) + "\n")
-        staged.replace(target)
-    except OSError as error:
-        staged.unlink(missing_ok=True)
-        raise InputError(f"--save-plan: cannot write '{path}': {error}") from None
+def plan_text(document: Mapping[str, Any]) -> str:
+    """A plan file's text (for a caller that stages it with other outputs)."""
+    return json.dumps(document, indent=1) + "\n"
