@@ -202,3 +202,40 @@ def test_pruned_needs_activations() -> None:
     with pytest.raises(InputError, match="propagate=pruned needs activations"):
         optimize(DIGITS / "resnet_bn.onnx", "couple,group,obspa<hessian=bn;propagate=pruned>",
                  target_flops=0.5)
+
+
+def test_stages_and_layer_copies_give_the_mapped_weights_back(tmp_path) -> None:
+    """Weights read by a stage session or copied by a layer are unmapped afterwards.
+
+    Even when something mapped them before (the layer records do, for every consumer):
+    a mapping left open keeps its pages in the process's RSS, and on the 1.1B decoder
+    every weight stayed resident through the Hessian phase (4 GiB of file pages).
+    """
+    from spa_opt.passes.obspa_graph.subgraph import stage_session
+
+    proto = onnx.load(str(GOLDEN / "digits" / "resnet.onnx"))
+    onnx.save(proto, str(tmp_path / "m.onnx"), save_as_external_data=True,
+              location="m.onnx.data", size_threshold=1024)
+    model = load_model(tmp_path / "m.onnx")
+    optimize(model, "couple,group")
+    groups = groups_of(model, PipelineContext.of(model))
+    with temporary_shapes(model, symbolic=True):
+        layers = list(layers_of(groups))
+        for layer in layers:
+            layer.weight.const_value.numpy()  # mapped before, as the records map them
+        released = 0
+        for stage in stages_for(model, layers):
+            weights = [v.const_value for node in stage.nodes for v in node.inputs
+                       if v is not None and isinstance(v.const_value, ir.ExternalTensor)]
+            if not stage.outputs:
+                continue  # nothing to compute: no session
+            assert all(w.raw is not None for w in weights)
+            stage_session(model, stage).close()
+            assert all(w.raw is None for w in weights), stage.index
+            released += len(weights)
+        assert released >= 15
+        layer = layers[0]
+        layer.weight.const_value.numpy()
+        matrix = layer.matrix(with_bias=True)
+        assert layer.weight.const_value.raw is None
+        assert matrix.dtype == np.float64 and matrix.shape[1] == layer.width + 1

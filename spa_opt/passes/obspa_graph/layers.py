@@ -88,7 +88,6 @@ class Layer:
         0.5 GB arrays at once.
         """
         tensor = self.weight.const_value
-        mapped_before = isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None
         source = constant_array(self.weight)
         if self.kind == "conv":
             rows = source.reshape(source.shape[0], -1)
@@ -100,9 +99,10 @@ class Layer:
         data = np.empty((rows.shape[0], width + (1 if with_bias else 0)), np.float64)
         data[:, :width] = rows
         del rows, source
-        if isinstance(tensor, ir.ExternalTensor) and not mapped_before:
+        if isinstance(tensor, ir.ExternalTensor):
             # a float64 copy was made: give the memory-mapped pages back (they would
-            # otherwise stay resident, every layer's, until the model is saved)
+            # otherwise stay resident, every layer's, until the model is saved); a mapping
+            # an array elsewhere still views stays (BufferError), the next read maps again
             with contextlib.suppress(BufferError):
                 tensor.release()
         if with_bias:

@@ -120,10 +120,12 @@ def stage_session(model: ir.Model, stage: Stage,
 
     from spa_opt.ort import describe_error, quiet_session_options
 
-    proto, handed = stage_model(model, stage, overrides)
+    # every memory-mapped weight the stage reads, mapped now or before (the layer records
+    # map them all when they are built): closing releases each mapping no array still
+    # views, so a decoder's weights are resident one stage at a time
     external = [v.const_value for node in stage.nodes for v in node.inputs
-                if v is not None and isinstance(v.const_value, ir.ExternalTensor)
-                and v.const_value.raw is None]  # mapped by this session, not before
+                if v is not None and isinstance(v.const_value, ir.ExternalTensor)]
+    proto, handed = stage_model(model, stage, overrides)
     options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     values = [ort.OrtValue.ortvalue_from_numpy(array) for _, array in handed]
