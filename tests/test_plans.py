@@ -96,16 +96,22 @@ def test_plan_replays_onto_other_exports_with_the_same_widths(source, variant, m
     assert matched is None or matched in ways, ways
 
 
+@pytest.fixture(scope="module")
+def decoder_plan() -> tuple[dict, dict]:
+    """The KV-cache decoder's plan and report, made once for its variants."""
+    pruned, report = _prune(GOLDEN / "deploy/llama_kv.optimum.onnx", ratio=0.3, io="rewrite")
+    return PipelineContext.of(pruned).plan_document, report
+
+
 @pytest.mark.parametrize("variant", ["deploy/llama_kv.fp16.onnx", "deploy/llama_kv.ortopt.onnx"])
-def test_decoder_plan_replays_onto_its_kv_cache_variants(variant):
+def test_decoder_plan_replays_onto_its_kv_cache_variants(variant, decoder_plan):
     """A decoder's plan (heads and KV heads too, with ``--io rewrite``) replays onto the
     same KV-cache decoder converted to fp16 or fused by onnxruntime's optimizer, and the
     replayed model runs with the rewritten cache shapes."""
-    pruned, report = _prune(GOLDEN / "deploy/llama_kv.optimum.onnx", ratio=0.3, io="rewrite")
-    document = PipelineContext.of(pruned).plan_document
+    document, report = decoder_plan
     assert {g["units"] for g in document["groups"]} >= {2, 64}  # KV heads, hidden
     _, again = optimize(str(GOLDEN / variant), "couple,group,prune", input_dims=DIMS,
-                            plan=document, io="rewrite", verify=1)
+                        plan=document, io="rewrite", verify=1)
     again = again.to_dict()
     assert _widths(again) == _widths(report)
     assert {row["matched_by"] for row in again["prune"]["replay"]["groups"]} == {"name"}
