@@ -185,7 +185,9 @@ def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
     ``dead`` follows them through Q/DQ pairs, QLinear ops, dynamic quantization, Casts
     and onnxruntime's fused ops (spa_opt.passes.zeros). Removing zero channels moves no
     quantization parameter (a static scale is a constant, a dynamic one spans the range
-    with 0 in it), so quantized graphs are exact too: the 1e-5 bound holds for all."""
+    with 0 in it), so quantized graphs compute exactly what they did: checked with
+    onnxruntime's graph optimizations off, since with them on its fused integer kernels
+    round by channel count."""
     model = load_model(onnx.load_from_string(source(key)))
     repair_model(model)  # as the run below does on load
     context = PipelineContext().attach(model)
@@ -196,15 +198,52 @@ def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
                 if not any((id(m.value), m.axis) in normalized for m in g.members)}
     proto = ir.serde.serialize_model(model)
 
-    _, report = spa_opt.optimize(proto, "couple,group,dead,prune", verify=2)
+    pruned, report = spa_opt.optimize(proto, "couple,group,dead,prune", verify=2)
     data = report.to_dict()
     removed = {g["group"]: g["units_removed"] for g in data["prune"]["groups"]}
     expected = {gid: units.tolist() for gid, units in killed.items() if gid in lossless}
     assert removed == expected
+    if _quantized(proto):
+        # The graphs compute the same (onnxruntime with its graph optimizations off, which
+        # runs each QDQ node as written); with them on, the fused integer kernels it picks
+        # depend on the channel counts and round the requantization differently (1 LSB
+        # here and there: 8e-4 on MobileNetV2's logits), which is onnxruntime's, not ours.
+        assert _graph_gap(proto, pruned) <= 1e-5
+        assert data["verify"]["top1_agreement"] in (None, 1.0)
+        return
     # 1e-5 absolute, or 2e-6 of the largest output for models whose outputs are large
     # (the trained LM's logits reach 15, where 1e-5 is 16 float32 ulps: a product of
     # another width sums in another order)
     assert data["verify"]["max_abs_err"] <= 1e-5 or data["verify"]["rel_err"] <= 2e-6
+
+
+#: Operators of quantized graphs, whose fused kernels onnxruntime chooses by shape.
+QUANTIZED_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "MatMulInteger", "ConvInteger", "MatMulNBits"}
+
+
+def _quantized(proto: onnx.ModelProto) -> bool:
+    return any(node.op_type in QUANTIZED_OPS for node in proto.graph.node)
+
+
+def _graph_gap(proto: onnx.ModelProto, pruned: ir.Model) -> float:
+    """Largest output difference with onnxruntime's graph optimizations off."""
+    import onnxruntime as ort
+
+    from spa_opt.ort import session_from_model
+    from spa_opt.verify import random_inputs, run_all
+
+    def session(model: ir.Model) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 4
+        return session_from_model(model, options)
+
+    original = ir.serde.deserialize_model(proto)
+    feeds = random_inputs(original, 2)
+    before, after = run_all(session(original), feeds), run_all(session(pruned), feeds)
+    return max(float(np.abs(a[name] - b[name]).max()) for a, b in zip(before, after, strict=True)
+               for name in a)
 
 
 @pytest.mark.parametrize("key", ["torch/shufflenet.torchscript", "torch/yolo_c2f.torchscript",
