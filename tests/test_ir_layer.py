@@ -236,6 +236,32 @@ def test_lazy_take_does_not_map_external_data_until_serialized(tmp_path: Path) -
         reloaded.graph.initializers["W"].const_value.numpy(), np.take(array, keep, axis=1)
     )
     onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+    assert source.raw is None, "saving maps the data file once, then gives it back"
+
+
+def _resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's smaps")
+def test_a_lazy_slice_of_a_memory_mapped_array_gives_its_pages_back(tmp_path: Path) -> None:
+    """obspa's spilled weights are numpy memmaps: read for the save, then dropped."""
+    path = tmp_path / "w.npy"
+    array = np.arange(1 << 20, dtype=np.float32).reshape(1024, 1024)  # 4 MiB
+    np.save(path, array)
+    mapped = np.load(path, mmap_mode="r")
+    sliced = lazy_take(ir.tensor(mapped, name="w"), list(range(0, 1024, 2)), axis=0)
+    np.testing.assert_array_equal(sliced.numpy(), array[::2])
+    assert _resident_kib(path.resolve()) < 512  # 4 MiB were read
+    assert float(mapped[3, 5]) == 3 * 1024 + 5  # still readable: pages come back
 
 
 # --------------------------------------------------------------------------- count_cost

@@ -14,6 +14,8 @@ pruned without loading every weight into RAM first.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,9 +59,37 @@ def lazy_take(tensor: ir.TensorProtocol, indices: Sequence[int], axis: int) -> i
     dims[axis] = len(index)
 
     def take() -> ir.TensorProtocol:
-        return ir.tensor(np.take(tensor.numpy(), index, axis=axis), name=tensor.name)
+        taken = ir.tensor(np.take(tensor.numpy(), index, axis=axis), name=tensor.name)
+        drop_pages(tensor)
+        return taken
 
     return ir.LazyTensor(take, dtype=tensor.dtype, shape=ir.Shape(dims), name=tensor.name)
+
+
+def drop_pages(tensor: ir.TensorProtocol) -> None:
+    """Give back the resident pages of a memory-mapped tensor once it has been read.
+
+    A mapping's touched pages count in the process's RSS for as long as it stays open;
+    while a pruned model is saved every weight is read once, so without this the whole
+    model (its data file, and obspa's spilled weights) ends up resident at the end of a
+    run. An onnx_ir ``ExternalTensor`` is unmapped (it maps again if read again; a
+    mapping an array still views stays); an array on a ``numpy.memmap`` keeps its
+    mapping but its pages are dropped (``MADV_DONTNEED``: a read-only file mapping
+    reads them back from the page cache). Anything else is left alone.
+    """
+    if isinstance(tensor, ir.ExternalTensor):
+        with contextlib.suppress(BufferError):
+            tensor.release()
+        return
+    raw = getattr(tensor, "raw", None)
+    while isinstance(raw, np.ndarray) and not isinstance(raw, np.memmap):
+        raw = raw.base
+    # not a copy-on-write ("c") mapping: dropping its pages would drop its writes
+    shared = isinstance(raw, np.memmap) and getattr(raw, "mode", "c") in ("r", "r+", "w+")
+    mapping = getattr(raw, "_mmap", None) if shared else None
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
