@@ -94,7 +94,12 @@ def test_weights_and_biases_read_through_dequantize_and_cast_are_constants() -> 
 
 def test_dynamic_quantization_keeps_a_zero_channel_at_its_run_time_zero_point() -> None:
     """MatMul -> DynamicQuantizeLinear -> MatMulInteger with the run-time zero point."""
-    w2 = np.clip(RNG.integers(-100, 100, (8, 4)), -127, 127).astype(np.int8)
+    # 7-bit weights (|w| <= 63), as onnxruntime's quantizer makes them with reduce_range:
+    # its u8 x s8 MatMulInteger on AVX2 without VNNI adds pairs of products in int16
+    # (pmaddubsw), which saturates past 255 * 64 * 2, and which pairs there are depends
+    # on the width, so with full-range weights removing a zero channel changed other
+    # outputs by 0.33 there (not on AVX-512 machines)
+    w2 = RNG.integers(-63, 64, (8, 4)).astype(np.int8)
     nodes = [node("MatMul", ["x", "W1"], "h"),
              node("DynamicQuantizeLinear", ["h"], ["hq", "hs", "hz"]),
              node("MatMulInteger", ["hq", "W2", "hz", "wz"], "acc"),
