@@ -7,6 +7,10 @@ For each ``--target-params`` value the script prunes ``golden_models/llm/llama_b
 - ``l1``: ``couple,group,l1,prune`` (in ``--scope``, local by default);
 - ``l1 share global``: ``couple,group,l1<norm=share;agg=sum>,prune --scope global``, the
   cross-group normalisation of :mod:`spa_opt.passes.criteria.base`;
+- ``l1 sensitivity`` (``... calib``): ``couple,group,l1,sensitivity,prune --scope global``,
+  l1's order within groups and the measured output error of removing units across
+  groups (:mod:`spa_opt.passes.sensitivity`), on random token ids (on 8 of the
+  calibration windows);
 - ``obspa original`` / ``obspa pruned``: ``couple,group,obspa<propagate=P>,prune`` with the
   128 calibration windows of ``golden_models/llm/calib.npz``;
 - ``obspa data-free``: ``couple,group,obspa<hessian=noise>,prune`` (no calibration: integer
@@ -50,8 +54,11 @@ sys.path.insert(0, str(ROOT))
 
 LLM = ROOT / "golden_models" / "llm"
 TARGETS = (0.8, 0.6, 0.45)
-METHODS = ("l1", "l1-share", "obspa-original", "obspa-pruned", "obspa-data-free", "tp")
-LABELS = {"l1": "l1", "l1-share": "l1 share global", "obspa-original": "obspa original",
+METHODS = ("l1", "l1-share", "l1-sensitivity", "l1-sensitivity-calib", "obspa-original",
+           "obspa-pruned", "obspa-data-free", "tp")
+LABELS = {"l1": "l1", "l1-share": "l1 share global",
+          "l1-sensitivity": "l1 sensitivity", "l1-sensitivity-calib": "l1 sensitivity calib",
+          "obspa-original": "obspa original",
           "obspa-pruned": "obspa pruned", "obspa-data-free": "obspa data-free",
           "tp": "tp mlp-l2"}
 SHARE = "l1<norm=share;agg=sum>"
@@ -104,6 +111,8 @@ def spa_pipeline(method: str, l1: str, folder: Path = LLM) -> tuple[str, Path | 
     return {
         "l1": (f"couple,group,{l1},prune", None),
         "l1-share": (f"couple,group,{SHARE},prune", None),
+        "l1-sensitivity": ("couple,group,l1,sensitivity,prune", None),
+        "l1-sensitivity-calib": ("couple,group,l1,sensitivity,prune", calib),
         "obspa-original": ("couple,group,obspa<propagate=original>,prune", calib),
         "obspa-pruned": ("couple,group,obspa<propagate=pruned>,prune", calib),
         "obspa-data-free": ("couple,group,obspa<hessian=noise>,prune", None),
@@ -117,7 +126,7 @@ def spa_run(method: str, target: float, ids: np.ndarray, args: argparse.Namespac
 
     pipeline, calib = spa_pipeline(method, args.l1, args.dir)
     started = time.perf_counter()
-    scope = "global" if method == "l1-share" else args.scope
+    scope = "global" if method.startswith(("l1-share", "l1-sensitivity")) else args.scope
     model, report = optimize(args.dir / "llama_bytes.onnx", pipeline, target_params=target,
                              scope=scope, calibration=calib)
     seconds = time.perf_counter() - started
@@ -211,7 +220,7 @@ def goals(table: dict[tuple[str, float], float], dense: float) -> list[str]:
                   None if r is None or base is None else r < base)
     r = ratio("obspa-data-free", 0.6)
     check(f"obspa data-free at 0.6: {r and f'{r:.3f}'}x <= 1.10x", None if r is None else r <= 1.10)
-    for method in ("l1", "l1-share"):
+    for method in ("l1", "l1-share", "l1-sensitivity", "l1-sensitivity-calib"):
         for target in TARGETS:
             r, base = ratio(method, target), ratio("tp", target)
             check(f"{LABELS[method]} at {target:g} no worse than tp mlp-l2",

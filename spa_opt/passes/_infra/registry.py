@@ -41,6 +41,7 @@ PASS_TABLE: dict[str, tuple[str, str]] = {
     "precrop": ("spa_opt.passes.precrop", "PrecropPass"),
     "prune": ("spa_opt.passes.prune", "PrunePass"),
     "random": ("spa_opt.passes.criteria.random", "RandomCriterion"),
+    "sensitivity": ("spa_opt.passes.sensitivity", "SensitivityPass"),
     "shape-infer": ("spa_opt.passes.shape_infer", "ShapeInferPass"),
     "snip": ("spa_opt.passes.criteria.snip", "SnipCriterion"),
     "synflow": ("spa_opt.passes.criteria.synflow", "SynFlowCriterion"),

@@ -1,0 +1,246 @@
+"""sensitivity: rank units across groups by the measured output error of removing them.
+
+A criterion orders the units of one group well, but its scores do not compare across
+groups of different kinds: an l1 norm says nothing about whether a decoder's residual
+stream (read by every layer) can lose a channel as cheaply as one MLP. On the trained
+byte-level Llama (``bench/llm.py``) every cross-group normalisation of l1 tried ranks
+worse than Torch-Pruning's rule of pruning only the MLPs. This analysis measures instead.
+
+For every group the planner could prune (its candidates: pins, ``--ignore``, the
+``--ratio`` cap and dead units first, exactly as ``prune`` would see them), in the order
+of the previous criterion's scores (:func:`~spa_opt.passes.criteria.current_scores`), and
+for each fraction ``q`` of ``fractions``, a copy of the model with the first
+``k = round(q · units)`` units of that order removed, and nothing else, runs on
+``samples`` inputs (the calibration inputs when given, else random ones: uniform token
+ids, N(0, 1) floats; ``--input-dim`` sizes symbolic dims). Its error is
+
+    e_g(k) = mean over float outputs o of  Σ_samples ||y'_o - y_o||² / Σ_samples ||y_o||²
+
+(for classifier-like outputs, whose last axis holds at least 2 classes: the mean KL
+divergence of the softmax instead, what accuracy and perplexity follow). With ``c_g(k)``
+the target's cost (FLOPs, or parameters for a params target) that removing ``k`` units of
+``g`` alone saves, the unit at position ``i`` of the group's order scores the slope of its
+segment between measured counts,
+
+    s = (e_g(k_j) - e_g(k_{j-1})) / (c_g(k_j) - c_g(k_{j-1})),   k_{j-1} < i + 1 <= k_j,
+
+with ``(k_0, e, c) = (0, 0, 0)``; past the largest count measured, the last slope times
+:data:`BEYOND`; made non-decreasing along the order and raised by ``i · ε`` so the
+criterion's order within the group is kept exactly.
+
+In the global scope a prefix of the merged order then takes units where they cost the
+least measured error per unit of the target: the greedy solution of "minimise the sum of
+the groups' errors under the budget" when errors add and grow convexly (sensitivity
+analysis in the manner of Li et al. 2017, "Pruning Filters for Efficient ConvNets", with
+the error per cost as the exchange rate). Each group is measured with the rest of the
+network intact, so how errors combine is not measured: at high ratios they do not add
+(``bench/llm.py``). The local scope uses only the order within each group, which this
+pass does not change, so it is refused.
+
+Cost: ``len(fractions)`` pruned copies per candidate group, each coupled, pruned and run on
+``samples`` inputs; the report's ``sensitivity`` lists every measurement. A group whose
+pruned copy groups differently (nothing to measure) gets no score and ``prune`` skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from spa_opt.errors import InputError
+from spa_opt.ir.shapes import temporary_shapes
+from spa_opt.passes._infra.base import SpaPass, option
+from spa_opt.passes._infra.context import PipelineContext
+from spa_opt.passes._infra.registry import register
+from spa_opt.passes.criteria.base import current_scores
+from spa_opt.passes.group import groups_of
+from spa_opt.passes.pruning.costmodel import CostModel
+from spa_opt.passes.pruning.plan import eligible
+from spa_opt.passes.pruning.select import Candidate
+
+BEYOND = 1e3
+"""Past the largest count measured, a unit's key is the last slope times this: errors grow
+fast as a group nears empty (a decoder layer's MLP measured harmless up to 3/4 of its
+units is not at 687 of 688), so units nobody measured go after every measured one."""
+
+
+@dataclasses.dataclass
+class SensitivityOptions:
+    """Options of ``sensitivity``."""
+
+    fractions: str = option(
+        "0.125:0.25:0.5:0.75:0.875",
+        "colon-separated fractions of each group's units removed, one pruned "
+        "copy each (in (0, 1))")
+    samples: int = option(8, "inputs each copy runs on (calibration inputs when given)")
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """The sorted, distinct fractions of the ``fractions`` option."""
+    try:
+        values = sorted({float(part) for part in text.replace(":", ",").split(",") if part})
+    except ValueError:
+        raise InputError(f"pass 'sensitivity': fractions must be numbers separated by ':', "
+                         f"got {text!r}") from None
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise InputError(f"pass 'sensitivity': fractions must be in (0, 1), got {text!r}")
+    return tuple(values)
+
+
+def output_error(reference: Sequence[Mapping[str, np.ndarray]],
+                 result: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """The mean over float outputs of each output's error (module docstring).
+
+    A classifier-like output (last axis of at least 2 classes) errs by the mean KL
+    divergence of its softmax, what top-1 accuracy and perplexity follow; any other by
+    its relative squared error summed over samples. Outputs whose shape changed (a
+    rewritten key/value cache) are left out.
+    """
+    errors = []
+    for name, first in reference[0].items():
+        if first.dtype.kind != "f" or result[0].get(name) is None \
+                or result[0][name].shape != first.shape:
+            continue
+        pairs = [(w[name].astype(np.float64), r[name].astype(np.float64))
+                 for w, r in zip(reference, result, strict=True)]
+        if first.ndim >= 2 and first.shape[-1] >= 2:
+            errors.append(float(np.mean([_kl(w, r) for w, r in pairs])))
+            continue
+        num = sum(float(np.sum((r - w) ** 2)) for w, r in pairs)
+        den = sum(float(np.sum(w ** 2)) for w, _ in pairs)
+        errors.append(num / den if den > 0 else num)
+    return float(np.mean(errors)) if errors else 0.0
+
+
+def _kl(before: np.ndarray, after: np.ndarray) -> float:
+    """Mean over positions of KL(softmax(before) || softmax(after)) on the last axis."""
+    p = before - before.max(-1, keepdims=True)
+    p -= np.log(np.exp(p).sum(-1, keepdims=True))
+    q = after - after.max(-1, keepdims=True)
+    q -= np.log(np.exp(q).sum(-1, keepdims=True))
+    kl = (np.exp(p) * (p - q)).sum(-1)
+    return float(np.mean(kl[np.isfinite(kl)])) if np.isfinite(kl).any() else float("inf")
+
+
+def unit_keys(order_size: int, counts: Sequence[int], errors: Sequence[float],
+              saved: Sequence[float]) -> np.ndarray:
+    """Keys of a group's order positions: marginal error per cost saved (module docstring).
+
+    ``counts[j]`` units removed gave error ``errors[j]`` and saved ``saved[j]`` of the
+    target's cost. Between measured counts a unit's key is the slope
+    ``Δerror / Δsaved`` of its segment (the first from ``(0, 0)``); past the last count,
+    the last segment's times :data:`BEYOND`; non-decreasing along the order.
+    """
+    ks = np.concatenate([[0.0], np.asarray(counts, float)])
+    es = np.concatenate([[0.0], np.asarray(errors, float)])
+    cs = np.concatenate([[0.0], np.asarray(saved, float)])
+    slopes = np.diff(es) / np.maximum(np.diff(cs), 1e-300)
+    positions = np.arange(1, order_size + 1, dtype=float)
+    segment = np.searchsorted(ks[1:], positions)
+    past = segment >= slopes.size
+    keys = slopes[np.minimum(segment, slopes.size - 1)]
+    keys[past] *= BEYOND
+    keys = np.maximum.accumulate(np.maximum(keys, 0.0))
+    scale = float(keys[-1]) if keys.size and keys[-1] > 0 else 1.0
+    return keys + np.arange(order_size) * (scale * 1e-9 / max(order_size, 1))
+
+
+@register
+class SensitivityPass(SpaPass):
+    """Rescore units by the measured output error of removing them, across groups (analysis)."""
+
+    name = "sensitivity"
+    Options = SensitivityOptions
+    preserves_analyses = True
+
+    def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
+        """Measure every candidate group and store comparable scores (module docstring)."""
+        fractions = parse_fractions(self.options.fractions)
+        if self.options.samples < 1:
+            raise InputError(f"pass 'sensitivity': samples must be at least 1, got "
+                             f"{self.options.samples}")
+        targets = context.targets
+        if targets.given and targets.scope == "local":
+            raise InputError("sensitivity: its scores rank units across groups, which the "
+                             "local scope ignores; plan with --scope global")
+        groups = groups_of(model, context)
+        scores = current_scores(model, context)
+        criterion = context.analyses.criterion or "l1"
+        entry: dict[str, Any] = {"criterion": criterion, "fractions": list(fractions),
+                                 "samples": self.options.samples, "groups": [],
+                                 "unmeasured": []}
+        started = time.perf_counter()
+        if targets.given:
+            candidates, _ = eligible(model, groups, targets, scores, context.analyses.dead)
+            feeds, entry["inputs"] = self._feeds(model, context)
+            measured = self._measure(model, candidates, fractions, feeds, context, entry)
+            planned = {c.group.id for c in candidates}  # unmeasured candidates lose their score
+            scores = {gid: s for gid, s in scores.items() if gid not in planned} | measured
+            context.analyses.update(scores=scores, criterion=f"{criterion},{self.pipeline_text()}")
+        entry["seconds"] = time.perf_counter() - started
+        context.report["sensitivity"] = entry
+        self.count("groups-measured", len(entry["groups"]))
+        self.count("copies-run", sum(len(g["removed"]) for g in entry["groups"]))
+        return ir.passes.PassResult(model, False)
+
+    def _feeds(self, model: ir.Model, context: PipelineContext
+               ) -> tuple[list[dict[str, np.ndarray]], str]:
+        """The inputs every copy runs on, and where they came from."""
+        from spa_opt.verify import calibration_inputs, random_inputs
+
+        if context.calibration is not None:
+            return calibration_inputs(context.calibration, model, self.options.samples), \
+                "calibration"
+        return random_inputs(model, self.options.samples, context.targets.seed,
+                             context.input_dims), "random"
+
+    def _measure(self, model: ir.Model, candidates: list[Candidate],
+                 fractions: tuple[float, ...], feeds: list[dict[str, np.ndarray]],
+                 context: PipelineContext, entry: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Per measured group, its new scores (one per unit; pinned units score +inf)."""
+        from spa_opt.ort import session_from_model
+        from spa_opt.passes.pruning.trial import pruned_copy
+        from spa_opt.verify import run_all
+
+        reference = run_all(session_from_model(model), feeds)
+        with temporary_shapes(model, symbolic=True):
+            cost = CostModel(model, [c.group for c in candidates])
+        targets = context.targets
+        metric = "params" if targets.target_params is not None and \
+            targets.target_flops is None else "flops"
+        entry["cost"] = metric
+        measured: dict[str, np.ndarray] = {}
+        for index, found in enumerate(candidates):
+            group = found.group
+            counts = sorted({min(found.order.size, max(1, round(q * group.units)))
+                             for q in fractions})
+            errors = []
+            saved = [self._saved(cost, len(candidates), index, count, metric) for count in counts]
+            for count in counts:
+                copy = pruned_copy(model, {group.id: np.sort(found.order[:count])}, context.io)
+                if copy is None:
+                    break
+                errors.append(output_error(reference, run_all(session_from_model(copy), feeds)))
+            if len(errors) < len(counts):
+                entry["unmeasured"].append({"group": group.id, "why": "its pruned copy groups "
+                                            "differently: nothing comparable to measure"})
+                continue
+            unit_scores = np.full(group.units, np.inf)
+            unit_scores[found.order] = unit_keys(found.order.size, counts, errors, saved)
+            measured[group.id] = unit_scores
+            entry["groups"].append({"group": group.id, "units": group.units,
+                                    "removed": counts, "error": errors, "saved": saved})
+        return measured
+
+    @staticmethod
+    def _saved(cost: CostModel, size: int, index: int, count: int, metric: str) -> float:
+        """The target's cost saved by removing ``count`` units of candidate ``index`` alone."""
+        removed = np.zeros(size, dtype=np.int64)
+        zero = getattr(cost.cost(removed), metric)
+        removed[index] = count
+        return float(zero - getattr(cost.cost(removed), metric))
