@@ -14,6 +14,35 @@ GOLDEN = ROOT / "golden_models"
 LIGHT = Path(onnx.__path__[0]) / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT.glob("light_*.onnx"))
 
+HEAVY = frozenset({
+    "light/vgg19", "light/zfnet512", "light/bvlc_alexnet", "light/densenet121",
+    "light/inception_v2", "light/resnet50", "hf/swin.torchscript", "hf/swin_cls.torchscript",
+    "hf/mobilevit.torchscript", "hf/mobilevit_cls.torchscript", "hf/mobilevit.dynamo",
+    "hf/mobilevit_cls.dynamo", "hf/mobilenetv2.torchscript", "hf/mobilenetv2_cls.torchscript",
+    "llm/llama_bytes", "torch/llama.torchscript"})
+"""Golden models whose sweeps take 7-120 s each on 2 cores (zoo graphs of 25-140M
+parameters, Swin and MobileViT exports, the torchscript MobileNetV2s, the trained LM): the
+golden sweeps run them in CI's slow step only (``heavy_slow``), which keeps the default
+run within its 10 minutes while every other golden model still runs by default. Measured
+with ``pytest --durations=0`` (2026-12-07)."""
+
+
+def heavy_slow(params: list) -> list:
+    """``params`` (golden-model keys, or pytest params whose first value is one) with the
+    :data:`HEAVY` models marked slow; marks already there are kept."""
+    result = []
+    for param in params:
+        values = (param,) if isinstance(param, str) else tuple(param.values)
+        key = values[0]
+        if key not in HEAVY:
+            result.append(param)
+        elif isinstance(param, str):
+            result.append(pytest.param(param, marks=pytest.mark.slow))
+        else:
+            result.append(pytest.param(*values, marks=[*param.marks, pytest.mark.slow],
+                                       id=param.id))
+    return result
+
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
     """A checked ModelProto at IR 10 (onnxruntime refuses onnx 1.23's default IR 14)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from tests.conftest import heavy_slow
 from tests.fuzz.models import golden_models
 from tests.fuzz.mutations import OPERATORS, mutate
 from tests.fuzz.oracle import judge, run_model
@@ -41,7 +42,7 @@ CASES = [pytest.param(key, seed_of(key) + i, id=f"{key}-{seed_of(key) + i}",
          for i in range(1 if MODELS[key].stat().st_size > ONE_MUTANT_BYTES else 2)]
 
 
-@pytest.mark.parametrize(("key", "seed"), CASES)
+@pytest.mark.parametrize(("key", "seed"), heavy_slow(CASES))
 def test_a_mutant_of_each_golden_model_keeps_the_contract(key: str, seed: int) -> None:
     mutant = mutate(onnx.load(str(MODELS[key])), seed)
     assert mutant is not None

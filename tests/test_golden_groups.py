@@ -23,7 +23,7 @@ from spa_opt.passes.coupling.groups import Group, build_groups
 from spa_opt.passes.coupling.solver import Coupling
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.verify import random_inputs
-from tests.conftest import GOLDEN
+from tests.conftest import GOLDEN, heavy_slow
 from tests.dead_units import (
     alternate,
     check_dead_units,
@@ -57,7 +57,7 @@ def analysed(key: str) -> tuple[ir.Model, Coupling, list[Group]]:
     return model, coupling, build_groups(coupling, model.graph)
 
 
-@pytest.mark.parametrize("key", sorted(MODELS))
+@pytest.mark.parametrize("key", heavy_slow(sorted(MODELS)))
 def test_groups_match_the_expectation_file(key: str) -> None:
     expected_path = update_expected.EXPECTED / f"{key}.json"
     expected = expected_path.read_text()
@@ -73,7 +73,7 @@ def test_groups_match_the_expectation_file(key: str) -> None:
         pytest.fail(f"groups of {key} changed (update_expected.py rewrites them):\n{diff[:6000]}")
 
 
-@pytest.mark.parametrize("key", alternate(sorted(MODELS), half=1))
+@pytest.mark.parametrize("key", heavy_slow(alternate(sorted(MODELS), half=1)))
 def test_dead_units_appear_exactly_where_the_index_maps_say(key: str) -> None:
     """Every model, the deployment graphs too. Quantized graphs need no exception: a
     killed unit of a static QDQ or QOperator tensor holds its zero point (a per-tensor

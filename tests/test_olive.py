@@ -38,6 +38,7 @@ def test_package_config_registers_the_pass_beside_olives_own():
     assert "OnnxPeepholeOptimizer" in passes
 
 
+@pytest.mark.slow  # 33 s (Olive's start-up and two passes): CI's slow step runs it
 def test_olive_workflow_prunes_then_runs_olives_peephole_optimizer(tmp_path):
     source = GOLDEN / "digits" / "resnet.onnx"
     workflow = {

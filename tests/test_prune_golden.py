@@ -33,7 +33,7 @@ from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.fold_constants import FoldConstantsPass
 from spa_opt.passes.group import groups_of
 from spa_opt.verify import compare, random_inputs
-from tests.conftest import GOLDEN
+from tests.conftest import GOLDEN, heavy_slow
 from tests.dead_units import KEEP_ROLES, alternate, randomize_weights, run, zero_code
 
 _spec = importlib.util.spec_from_file_location(
@@ -71,25 +71,27 @@ def signature(proto: onnx.ModelProto) -> list[tuple[str, str]]:
 
 
 REDUCED = [("local", 0.5), ("global", 0.3)]
-"""The combinations of the default run; CI's slow step runs the rest of ``COMBINATIONS``."""
+"""The combinations of the default run, one per model in turn (both scopes run on half
+the models each); CI's slow step runs the other one and the rest of ``COMBINATIONS``."""
 
 
 def sweep_params() -> list:
-    """Every model with the reduced combinations, and in the slow step the others.
+    """Every model with one of the reduced combinations, and in the slow step the others.
 
     The zoo's big graphs take seconds per run and the deployment variants repeat their
     float sources' graphs: they run the reduced combinations only, and those of the
-    deployment variants in the slow step.
+    deployment variants (and of the :data:`~tests.conftest.HEAVY` models) in the slow step.
     """
     rest = [c for c in COMBINATIONS if c not in REDUCED]
     params = []
-    for key in sorted(MODELS):
+    for index, key in enumerate(sorted(MODELS)):
         deploy = key.startswith("deploy/")
         marks = [pytest.mark.slow] if deploy else []
-        params.append(pytest.param(key, REDUCED, id=f"{key}-reduced", marks=marks))
-        if not deploy and key not in BIG:
-            params.append(pytest.param(key, rest, id=f"{key}-rest", marks=pytest.mark.slow))
-    return params
+        first, second = REDUCED[index % 2], REDUCED[1 - index % 2]
+        params.append(pytest.param(key, [first], id=f"{key}-reduced", marks=marks))
+        params.append(pytest.param(key, [second] + ([] if deploy or key in BIG else rest),
+                                   id=f"{key}-rest", marks=pytest.mark.slow))
+    return heavy_slow(params)
 
 
 @pytest.mark.parametrize(("key", "combinations"), sweep_params())
@@ -122,10 +124,12 @@ def test_prune_sweep_is_valid_smaller_and_as_reported(
         assert data["verify"]["inputs"] == 1, where
 
 
-@pytest.mark.parametrize("key", deploy_slow(sorted(set(MODELS) - BIG)))
+@pytest.mark.parametrize("key", heavy_slow(alternate(deploy_slow(sorted(set(MODELS) - BIG)),
+                                                     half=1)))
 @pytest.mark.parametrize("metric", ["flops", pytest.param("params", marks=pytest.mark.slow)])
 def test_cost_targets_are_met_as_reported(key: str, metric: str) -> None:
-    """FLOPs targets in the default run, params targets in CI's slow step."""
+    """FLOPs targets on every other model in the default run; the other models and the
+    params targets in CI's slow step."""
     model, report = spa_opt.optimize(onnx.load_from_string(source(key)),
                                      "couple,group,l1,prune", **{f"target_{metric}": 0.5})
     data = report.to_dict()
@@ -178,7 +182,7 @@ def _kill_everywhere(model: ir.Model, groups: list[Group], seed: int) -> dict[st
     return killed
 
 
-@pytest.mark.parametrize("key", alternate(sorted(MODELS), half=0))
+@pytest.mark.parametrize("key", heavy_slow(alternate(sorted(MODELS), half=0)))
 def test_dead_channels_are_removed_exactly_and_losslessly(key: str) -> None:
     """Every model, the deployment graphs too: killed units are written as the code that
     stands for 0 (a quantized weight's zero point, MatMulNBits' packed zero points), and

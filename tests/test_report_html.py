@@ -30,7 +30,8 @@ def run(tmp_path_factory) -> tuple[Path, Path, dict]:
     """One obspa run on the digits ResNet with both report files."""
     folder = tmp_path_factory.mktemp("html")
     report, page = folder / "run.json", folder / "run.html"
-    code = main(["-p", "couple,group,obspa,prune", "--target-flops", "0.5", "--calib",
+    code = main(["-p", "couple,group,obspa<propagate=original>,prune", "--target-flops", "0.5",
+                 "--calib",
                  str(DIGITS / "calib.npz"), "--verify", "2", "--no-progress",
                  "--report", str(report), "--report-html", str(page),
                  str(DIGITS / "resnet.onnx"), str(folder / "pruned.onnx")])
@@ -266,8 +267,8 @@ def test_side_files_never_overwrite_each_other_or_an_input(tmp_path, capsys, fla
 def test_plan_and_calibration_land_with_the_model(tmp_path):
     """--save-plan and --save-calib are staged with the model and renamed with it."""
     out = tmp_path / "out.onnx"
-    code = main(["-p", "couple,group,obspa,prune", "--target-flops", "0.7", "--no-progress",
-                 "--calib", str(DIGITS / "calib.npz"), "--calib-limit", "8",
+    code = main(["-p", "couple,group,obspa<propagate=original>,prune", "--target-flops", "0.7",
+                 "--no-progress", "--calib", str(DIGITS / "calib.npz"), "--calib-limit", "8",
                  "--save-plan", str(tmp_path / "plan.json"),
                  "--save-calib", str(tmp_path / "c.npz"), str(DIGITS / "resnet.onnx"), str(out)])
     assert code == 0

@@ -102,6 +102,7 @@ def test_calibration_has_the_inputs_shape_and_dtype_and_a_seed_reproduces_it() -
     assert not np.array_equal(image, other.feeds["image"])
 
 
+@pytest.mark.slow  # 28 s: CI's slow step
 def test_save_calib_writes_what_obspa_used(capsys, tmp_path: Path) -> None:
     code, _, err = run_cli_in(capsys, tmp_path, [
         "-p", f"synthesize<samples=8;steps=2>,couple,group,obspa<{FAST_OBSPA}>,prune",

@@ -62,7 +62,8 @@ def test_decoder_perplexity_ratio_by_hand() -> None:
 
 
 def test_obspa_verifies_on_calibration_inputs() -> None:
-    _, report = optimize(DIGITS / "resnet.onnx", "couple,group,obspa<samples=32>,prune",
+    _, report = optimize(DIGITS / "resnet.onnx",
+                         "couple,group,obspa<samples=32;propagate=original>,prune",
                          target_flops=0.5, calibration=DIGITS / "calib.npz", verify=8)
     assert report.verify.source == "calibration (held back)"
     assert report.verify.inputs == 8
@@ -89,6 +90,7 @@ def test_held_back_inputs_are_the_last_and_never_shared() -> None:
     assert hold_back(calibration, 10) == (calibration, None)
 
 
+@pytest.mark.slow  # 29 s: CI's slow step
 def test_verify_with_few_inputs_is_in_sample(tmp_path) -> None:
     few = tmp_path / "few.npz"
     data = np.load(DIGITS / "calib.npz")
