@@ -10,7 +10,7 @@ import pytest
 from spa_opt.api import optimize
 from spa_opt.errors import InputError
 from spa_opt.passes import PipelineContext, Targets, get_pass
-from spa_opt.passes.sensitivity import BEYOND, output_error, parse_fractions, unit_keys
+from spa_opt.passes.sensitivity import output_error, parse_fractions, past_measured, unit_keys
 from tests.rule_graphs import build, f32, node, vi
 
 RNG = np.random.default_rng(7)
@@ -54,14 +54,31 @@ def test_unit_keys_are_the_marginal_error_per_cost_saved_and_keep_the_order() ->
     keys = unit_keys(8, counts=[2, 4], errors=[0.2, 1.0], saved=[10.0, 20.0])
     np.testing.assert_allclose(keys[:2], 0.02, rtol=1e-6)  # 0.2 / 10
     np.testing.assert_allclose(keys[2:4], 0.08, rtol=1e-6)  # 0.8 / 10
-    np.testing.assert_allclose(keys[4:], 0.08 * BEYOND, rtol=1e-6)  # past what was measured
-    assert np.all(np.diff(keys) > 0)  # strictly increasing: the criterion's order stands
+    assert np.isnan(keys[4:]).all()  # past what was measured: ranked by the caller
+    assert np.all(np.diff(keys[:4]) > 0)  # strictly increasing: the criterion's order stands
+
+
+def test_unmeasured_units_go_after_every_measured_unit_of_every_group() -> None:
+    cheap = unit_keys(6, counts=[2], errors=[1e-9], saved=[10.0])  # barely hurts, 4 unmeasured
+    dear = unit_keys(4, counts=[2, 4], errors=[5.0, 9.0], saved=[1.0, 2.0])
+    ranked = past_measured({"cheap": cheap, "dear": dear})
+    assert ranked["cheap"][2:].min() > ranked["dear"].max()
+    assert np.all(np.diff(ranked["cheap"]) > 0)
+    np.testing.assert_array_equal(ranked["dear"], dear)
 
 
 def test_unit_keys_never_fall_along_the_order() -> None:
     keys = unit_keys(6, counts=[2, 4, 6], errors=[0.5, 0.4, 0.9], saved=[1.0, 2.0, 3.0])
     assert np.all(np.diff(keys) > 0)
     np.testing.assert_allclose(keys[2:4], 0.5, rtol=1e-6)  # a noisy dip is held at 0.5
+
+
+def test_non_finite_errors_and_free_removals_give_finite_ordered_keys() -> None:
+    keys = unit_keys(6, counts=[2, 4, 6], errors=[0.1, np.inf, np.inf], saved=[1.0, 2.0, 3.0])
+    assert np.isfinite(keys).all() and np.all(np.diff(keys) > 0)
+    assert keys[2] > 100 * keys[0]  # the removal that breaks the output goes late
+    keys = unit_keys(4, counts=[2, 4], errors=[0.3, 0.6], saved=[0.0, 0.0])  # saves nothing
+    assert np.isfinite(keys).all() and np.all(np.diff(keys) > 0)
 
 
 def test_output_error_uses_kl_for_logits_and_relative_error_otherwise() -> None:
@@ -73,6 +90,32 @@ def test_output_error_uses_kl_for_logits_and_relative_error_otherwise() -> None:
     assert output_error([vector], [{"y": np.array([[3.0], [2.0]])}]) == pytest.approx(4 / 25)
     reshaped = {"y": np.zeros((1, 1))}  # a rewritten output is left out
     assert output_error([vector], [reshaped]) == 0.0
+    boxes = {"boxes": np.ones((1, 5, 4))}  # rank 3, not named logits: a shift counts
+    assert output_error([boxes], [{"boxes": np.ones((1, 5, 4)) + 10}]) == pytest.approx(100)
+    cache = {"present.0.key": np.ones((1, 2, 3, 16))}  # a cache is no distribution
+    assert output_error([cache], [{"present.0.key": np.zeros((1, 2, 3, 16))}]) == 1.0
+
+
+def test_output_error_skips_what_the_original_makes_non_finite_and_flags_new_nans() -> None:
+    reference = {"y": np.array([[1.0, np.nan]]), "z": np.array([[1.0], [1.0]])}
+    assert output_error([reference], [{"y": np.array([[1.0, 2.0]]),
+                                       "z": np.array([[1.0], [1.0]])}]) == 0.0
+    assert output_error([reference], [{"y": reference["y"],
+                                       "z": np.array([[np.nan], [1.0]])}]) == np.inf
+
+
+def test_a_model_without_float_outputs_is_refused() -> None:
+    model = two_branches()  # its output y becomes an ArgMax's input: only int64 leaves
+    argmax = ir.node("ArgMax", [model.graph.outputs[0]], attributes={"axis": 1},
+                     num_outputs=1)
+    model.graph.append(argmax)
+    argmax.outputs[0].name = "label"
+    argmax.outputs[0].dtype = ir.DataType.INT64
+    argmax.outputs[0].shape = ir.Shape([16, 1])
+    model.graph.outputs[0] = argmax.outputs[0]
+    with pytest.raises(InputError, match="no output to measure"):
+        optimize(model, "couple,group,l1,sensitivity,prune", target_params=0.5,
+                 scope="global")
 
 
 def test_measured_error_prunes_the_branch_the_output_does_not_need() -> None:

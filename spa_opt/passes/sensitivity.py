@@ -14,19 +14,23 @@ for each fraction ``q`` of ``fractions``, a copy of the model with the first
 ``samples`` inputs (the calibration inputs when given, else random ones: uniform token
 ids, N(0, 1) floats; ``--input-dim`` sizes symbolic dims). Its error is
 
-    e_g(k) = mean over float outputs o of  Σ_samples ||y'_o - y_o||² / Σ_samples ||y_o||²
+    e_g(k) = mean over outputs o of  Σ_samples ||y'_o - y_o||² / Σ_samples ||y_o||²
 
-(for classifier-like outputs, whose last axis holds at least 2 classes: the mean KL
-divergence of the softmax instead, what accuracy and perplexity follow). With ``c_g(k)``
-the target's cost (FLOPs, or parameters for a params target) that removing ``k`` units of
-``g`` alone saves, the unit at position ``i`` of the group's order scores the slope of its
-segment between measured counts,
+over the float outputs the original keeps finite on those inputs (none: refused), with
+logits (a ``[batch, classes]`` output, or a ``[batch, sequence, vocab]`` one named
+``*logit*``) measured by the mean KL divergence of their softmax instead, what accuracy
+and perplexity follow; an output the removal makes non-finite errs by :data:`BEYOND`
+times the group's worst finite error. With ``c_g(k)`` the cost that removing ``k`` units of
+``g`` alone saves (parameters when the only target is a params target, FLOPs otherwise),
+the unit at position ``i`` of the group's order scores the slope of its segment between
+measured counts,
 
     s = (e_g(k_j) - e_g(k_{j-1})) / (c_g(k_j) - c_g(k_{j-1})),   k_{j-1} < i + 1 <= k_j,
 
-with ``(k_0, e, c) = (0, 0, 0)``; past the largest count measured, the last slope times
-:data:`BEYOND`; made non-decreasing along the order and raised by ``i · ε`` so the
-criterion's order within the group is kept exactly.
+with ``(k_0, e, c) = (0, 0, 0)``, made non-decreasing along the order and raised by
+``i · ε`` so the criterion's order within the group is kept exactly. Units past the
+largest count measured score :data:`BEYOND` times the largest measured score of any group:
+they go after every measured unit.
 
 In the global scope a prefix of the merged order then takes units where they cost the
 least measured error per unit of the target: the greedy solution of "minimise the sum of
@@ -64,9 +68,10 @@ from spa_opt.passes.pruning.plan import eligible
 from spa_opt.passes.pruning.select import Candidate
 
 BEYOND = 1e3
-"""Past the largest count measured, a unit's key is the last slope times this: errors grow
-fast as a group nears empty (a decoder layer's MLP measured harmless up to 3/4 of its
-units is not at 687 of 688), so units nobody measured go after every measured one."""
+"""Units past the largest count measured score this times the largest measured key of any
+group: errors grow fast as a group nears empty (a decoder layer's MLP measured harmless up
+to 7/8 of its units is not at 687 of 688), so units nobody measured go after every measured
+one. A removal whose output is not finite errs this times the group's worst finite error."""
 
 
 @dataclasses.dataclass
@@ -92,28 +97,54 @@ def parse_fractions(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def output_error(reference: Sequence[Mapping[str, np.ndarray]],
-                 result: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """The mean over float outputs of each output's error (module docstring).
+def comparable_outputs(reference: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+    """The outputs errors are measured on: float, and finite on every reference sample.
 
-    A classifier-like output (last axis of at least 2 classes) errs by the mean KL
-    divergence of its softmax, what top-1 accuracy and perplexity follow; any other by
-    its relative squared error summed over samples. Outputs whose shape changed (a
-    rewritten key/value cache) are left out.
+    An output the original already makes NaN or infinite on these inputs says nothing
+    about a removal; integer and bool outputs (class indices, masks) have no size of error.
+    """
+    return [name for name, first in reference[0].items()
+            if first.dtype.kind == "f"
+            and all(np.isfinite(sample[name]).all() for sample in reference)]
+
+
+def is_logits(name: str, array: np.ndarray) -> bool:
+    """Whether an output is scored by softmax KL.
+
+    A classifier's ``[batch, classes]``, or a language model's ``[batch, sequence, vocab]``
+    named ``*logit*``; not a key/value cache, a box regression or hidden states, whose
+    shifts a softmax would not see.
+    """
+    return array.ndim in (2, 3) and array.shape[-1] >= 2 and (
+        array.ndim == 2 or "logit" in name.lower())
+
+
+def output_error(reference: Sequence[Mapping[str, np.ndarray]],
+                 result: Sequence[Mapping[str, np.ndarray]],
+                 names: Sequence[str] | None = None) -> float:
+    """The mean over the outputs ``names`` of each output's error (module docstring).
+
+    Logits (:func:`is_logits`) err by the mean KL divergence of their softmax, what top-1
+    accuracy and perplexity follow; any other output by its relative squared error summed
+    over samples. ``names`` defaults to :func:`comparable_outputs`; an output whose shape
+    changed (a rewritten key/value cache) is left out. A result that is not finite where
+    the reference is errs by ``inf``.
     """
     errors = []
-    for name, first in reference[0].items():
-        if first.dtype.kind != "f" or result[0].get(name) is None \
-                or result[0][name].shape != first.shape:
+    for name in comparable_outputs(reference) if names is None else names:
+        first = reference[0][name]
+        if result[0].get(name) is None or result[0][name].shape != first.shape:
             continue
         pairs = [(w[name].astype(np.float64), r[name].astype(np.float64))
                  for w, r in zip(reference, result, strict=True)]
-        if first.ndim >= 2 and first.shape[-1] >= 2:
+        if not all(np.isfinite(r).all() for _, r in pairs):
+            errors.append(float("inf"))
+        elif is_logits(name, first):
             errors.append(float(np.mean([_kl(w, r) for w, r in pairs])))
-            continue
-        num = sum(float(np.sum((r - w) ** 2)) for w, r in pairs)
-        den = sum(float(np.sum(w ** 2)) for w, _ in pairs)
-        errors.append(num / den if den > 0 else num)
+        else:
+            num = sum(float(np.sum((r - w) ** 2)) for w, r in pairs)
+            den = sum(float(np.sum(w ** 2)) for w, _ in pairs)
+            errors.append(num / den if den > 0 else num)
     return float(np.mean(errors)) if errors else 0.0
 
 
@@ -123,8 +154,7 @@ def _kl(before: np.ndarray, after: np.ndarray) -> float:
     p -= np.log(np.exp(p).sum(-1, keepdims=True))
     q = after - after.max(-1, keepdims=True)
     q -= np.log(np.exp(q).sum(-1, keepdims=True))
-    kl = (np.exp(p) * (p - q)).sum(-1)
-    return float(np.mean(kl[np.isfinite(kl)])) if np.isfinite(kl).any() else float("inf")
+    return float(np.mean((np.exp(p) * (p - q)).sum(-1)))
 
 
 def unit_keys(order_size: int, counts: Sequence[int], errors: Sequence[float],
@@ -133,21 +163,46 @@ def unit_keys(order_size: int, counts: Sequence[int], errors: Sequence[float],
 
     ``counts[j]`` units removed gave error ``errors[j]`` and saved ``saved[j]`` of the
     target's cost. Between measured counts a unit's key is the slope
-    ``Δerror / Δsaved`` of its segment (the first from ``(0, 0)``); past the last count,
-    the last segment's times :data:`BEYOND`; non-decreasing along the order.
+    ``Δerror / Δsaved`` of its segment (the first from ``(0, 0)``), non-decreasing along
+    the order; an infinite error (a removal that makes the output non-finite) counts as
+    :data:`BEYOND` times the largest finite one, a segment that saves nothing as saving a
+    millionth of the group's largest saving. Positions past the last count are NaN: the
+    caller ranks them after every group's measured units (:func:`past_measured`).
     """
+    errors = np.asarray(errors, float)
+    finite = errors[np.isfinite(errors)]
+    worst = BEYOND * max(float(finite.max(initial=0.0)), 1.0)
     ks = np.concatenate([[0.0], np.asarray(counts, float)])
-    es = np.concatenate([[0.0], np.asarray(errors, float)])
+    es = np.concatenate([[0.0], np.where(np.isfinite(errors), errors, worst)])
     cs = np.concatenate([[0.0], np.asarray(saved, float)])
-    slopes = np.diff(es) / np.maximum(np.diff(cs), 1e-300)
+    floor = max(float(np.max(np.abs(cs))), 1.0) * 1e-6
+    slopes = np.diff(es) / np.maximum(np.diff(cs), floor)
     positions = np.arange(1, order_size + 1, dtype=float)
     segment = np.searchsorted(ks[1:], positions)
     past = segment >= slopes.size
-    keys = slopes[np.minimum(segment, slopes.size - 1)]
-    keys[past] *= BEYOND
-    keys = np.maximum.accumulate(np.maximum(keys, 0.0))
-    scale = float(keys[-1]) if keys.size and keys[-1] > 0 else 1.0
-    return keys + np.arange(order_size) * (scale * 1e-9 / max(order_size, 1))
+    keys = np.maximum.accumulate(np.maximum(slopes[np.minimum(segment, slopes.size - 1)], 0.0))
+    scale = float(keys[~past].max(initial=0.0)) or 1.0
+    keys = keys + np.arange(order_size) * (scale * 1e-9 / max(order_size, 1))
+    keys[past] = np.nan
+    return keys
+
+
+def past_measured(keys: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``keys`` with every group's unmeasured positions (NaN) ranked after every measured key.
+
+    They get :data:`BEYOND` times the largest measured key of any group, raised along each
+    group's order so the order stays.
+    """
+    top = max((float(np.nanmax(k)) for k in keys.values() if np.isfinite(k).any()),
+              default=1.0)
+    ceiling = BEYOND * (top if top > 0 else 1.0)
+    done = {}
+    for gid, k in keys.items():
+        k = k.copy()
+        past = np.isnan(k)
+        k[past] = ceiling * (1.0 + np.arange(1, int(past.sum()) + 1) * 1e-9)
+        done[gid] = k
+    return done
 
 
 @register
@@ -178,6 +233,7 @@ class SensitivityPass(SpaPass):
         if targets.given:
             candidates, _ = eligible(model, groups, targets, scores, context.analyses.dead)
             feeds, entry["inputs"] = self._feeds(model, context)
+            entry["outputs"] = []
             measured = self._measure(model, candidates, fractions, feeds, context, entry)
             planned = {c.group.id for c in candidates}  # unmeasured candidates lose their score
             scores = {gid: s for gid, s in scores.items() if gid not in planned} | measured
@@ -190,14 +246,19 @@ class SensitivityPass(SpaPass):
 
     def _feeds(self, model: ir.Model, context: PipelineContext
                ) -> tuple[list[dict[str, np.ndarray]], str]:
-        """The inputs every copy runs on, and where they came from."""
+        """The inputs ``model`` runs on, and where they came from.
+
+        Key/value caches are empty (past length 0), as in calibration: a copy whose cache
+        inputs lost heads (``--io rewrite``) gets the same token ids and an empty cache of
+        its own shape, so the original and every copy see the same data.
+        """
         from spa_opt.verify import calibration_inputs, random_inputs
 
         if context.calibration is not None:
             return calibration_inputs(context.calibration, model, self.options.samples), \
                 "calibration"
         return random_inputs(model, self.options.samples, context.targets.seed,
-                             context.input_dims), "random"
+                             context.input_dims, past_length=0), "random"
 
     def _measure(self, model: ir.Model, candidates: list[Candidate],
                  fractions: tuple[float, ...], feeds: list[dict[str, np.ndarray]],
@@ -208,6 +269,19 @@ class SensitivityPass(SpaPass):
         from spa_opt.verify import run_all
 
         reference = run_all(session_from_model(model), feeds)
+        names = comparable_outputs(reference)
+        entry["outputs"] = names
+        if not names:
+            raise InputError(
+                "sensitivity: no output to measure errors on: the model's outputs are not "
+                "floating point, or not finite on the measurement inputs "
+                f"({', '.join(reference[0]) if reference else 'no outputs'})")
+        signature = _input_shapes(model)
+
+        def error_of(copy: ir.Model) -> float:
+            own = feeds if _input_shapes(copy) == signature else self._feeds(copy, context)[0]
+            return output_error(reference, run_all(session_from_model(copy), own), names)
+
         with temporary_shapes(model, symbolic=True):
             cost = CostModel(model, [c.group for c in candidates])
         targets = context.targets
@@ -225,17 +299,21 @@ class SensitivityPass(SpaPass):
                 copy = pruned_copy(model, {group.id: np.sort(found.order[:count])}, context.io)
                 if copy is None:
                     break
-                errors.append(output_error(reference, run_all(session_from_model(copy), feeds)))
+                errors.append(error_of(copy))
             if len(errors) < len(counts):
                 entry["unmeasured"].append({"group": group.id, "why": "its pruned copy groups "
                                             "differently: nothing comparable to measure"})
                 continue
-            unit_scores = np.full(group.units, np.inf)
-            unit_scores[found.order] = unit_keys(found.order.size, counts, errors, saved)
-            measured[group.id] = unit_scores
+            measured[group.id] = unit_keys(found.order.size, counts, errors, saved)
             entry["groups"].append({"group": group.id, "units": group.units,
                                     "removed": counts, "error": errors, "saved": saved})
-        return measured
+        scores = {}
+        for found in candidates:
+            if found.group.id in measured:
+                unit_scores = np.full(found.group.units, np.inf)
+                unit_scores[found.order] = past_measured(measured)[found.group.id]
+                scores[found.group.id] = unit_scores
+        return scores
 
     @staticmethod
     def _saved(cost: CostModel, size: int, index: int, count: int, metric: str) -> float:
@@ -244,3 +322,8 @@ class SensitivityPass(SpaPass):
         zero = getattr(cost.cost(removed), metric)
         removed[index] = count
         return float(zero - getattr(cost.cost(removed), metric))
+
+
+def _input_shapes(model: ir.Model) -> list[tuple[str, str]]:
+    """The graph inputs' names and shapes: equal when the same feeds fit."""
+    return [(value.name, str(value.shape)) for value in model.graph.inputs]
