@@ -10,7 +10,8 @@ For each ``--target-params`` value the script prunes ``golden_models/llm/llama_b
 - ``l1 sensitivity`` (``... calib``): ``couple,group,l1,sensitivity,prune --scope global``,
   l1's order within groups and the measured output error of removing units across
   groups (:mod:`spa_opt.passes.sensitivity`), on random token ids (on 8 of the
-  calibration windows);
+  calibration windows); ``... r3``: ``sensitivity<rounds=3>``, the budget in three chunks,
+  each measured on top of the last;
 - ``obspa original`` / ``obspa pruned``: ``couple,group,obspa<propagate=P>,prune`` with the
   128 calibration windows of ``golden_models/llm/calib.npz``;
 - ``obspa data-free``: ``couple,group,obspa<hessian=noise>,prune`` (no calibration: integer
@@ -54,10 +55,12 @@ sys.path.insert(0, str(ROOT))
 
 LLM = ROOT / "golden_models" / "llm"
 TARGETS = (0.8, 0.6, 0.45)
-METHODS = ("l1", "l1-share", "l1-sensitivity", "l1-sensitivity-calib", "obspa-original",
+METHODS = ("l1", "l1-share", "l1-sensitivity", "l1-sensitivity-calib", "l1-sensitivity3",
+           "l1-sensitivity3-calib", "obspa-original",
            "obspa-pruned", "obspa-data-free", "tp")
 LABELS = {"l1": "l1", "l1-share": "l1 share global",
           "l1-sensitivity": "l1 sensitivity", "l1-sensitivity-calib": "l1 sensitivity calib",
+          "l1-sensitivity3": "l1 sensitivity r3", "l1-sensitivity3-calib": "l1 sens. r3 calib",
           "obspa-original": "obspa original",
           "obspa-pruned": "obspa pruned", "obspa-data-free": "obspa data-free",
           "tp": "tp mlp-l2"}
@@ -113,6 +116,8 @@ def spa_pipeline(method: str, l1: str, folder: Path = LLM) -> tuple[str, Path | 
         "l1-share": (f"couple,group,{SHARE},prune", None),
         "l1-sensitivity": ("couple,group,l1,sensitivity,prune", None),
         "l1-sensitivity-calib": ("couple,group,l1,sensitivity,prune", calib),
+        "l1-sensitivity3": ("couple,group,l1,sensitivity<rounds=3>,prune", None),
+        "l1-sensitivity3-calib": ("couple,group,l1,sensitivity<rounds=3>,prune", calib),
         "obspa-original": ("couple,group,obspa<propagate=original>,prune", calib),
         "obspa-pruned": ("couple,group,obspa<propagate=pruned>,prune", calib),
         "obspa-data-free": ("couple,group,obspa<hessian=noise>,prune", None),
@@ -220,7 +225,8 @@ def goals(table: dict[tuple[str, float], float], dense: float) -> list[str]:
                   None if r is None or base is None else r < base)
     r = ratio("obspa-data-free", 0.6)
     check(f"obspa data-free at 0.6: {r and f'{r:.3f}'}x <= 1.10x", None if r is None else r <= 1.10)
-    for method in ("l1", "l1-share", "l1-sensitivity", "l1-sensitivity-calib"):
+    for method in ("l1", "l1-share", "l1-sensitivity", "l1-sensitivity-calib", "l1-sensitivity3",
+                   "l1-sensitivity3-calib"):
         for target in TARGETS:
             r, base = ratio(method, target), ratio("tp", target)
             check(f"{LABELS[method]} at {target:g} no worse than tp mlp-l2",

@@ -185,3 +185,30 @@ def test_without_a_target_nothing_is_measured() -> None:
     context = PipelineContext().attach(model)
     get_pass("sensitivity")()(model)
     assert context.report["sensitivity"]["groups"] == []
+
+
+def test_rounds_replay_their_chunks_and_meet_the_target() -> None:
+    pruned, report = optimize(two_branches(), "couple,group,l1,sensitivity<rounds=2;samples=4>,"
+                              "prune", target_params=0.5, scope="global")
+    data = report.to_dict()
+    assert data["prune"]["target"]["reached"]
+    entry = data["sensitivity"]
+    assert entry["rounds"] == 2 and {g["round"] for g in entry["groups"]} == {1, 2}
+    second = [g for g in entry["groups"] if g["round"] == 2]
+    assert any(g["removed_before"] > 0 for g in second)  # measured on top of round 1
+    removed = removed_per_branch(report)
+    assert removed.get("A", 0) > removed.get("B", 0)
+    fooled, _ = optimize(two_branches(), "couple,group,l1<norm=none;agg=sum>,prune",
+                         target_params=0.5, scope="global")
+    x = np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32)
+    dense = run(two_branches(), x)
+    assert np.abs(run(pruned, x) - dense).max() < 0.5 * np.abs(run(fooled, x) - dense).max()
+
+
+def test_rounds_need_a_flops_or_params_budget() -> None:
+    with pytest.raises(InputError, match="rounds > 1"):
+        optimize(two_branches(), "couple,group,l1,sensitivity<rounds=2>,prune", ratio=0.5,
+                 scope="global")
+    with pytest.raises(InputError, match="rounds must be at least 1"):
+        optimize(two_branches(), "couple,group,l1,sensitivity<rounds=0>,prune",
+                 target_params=0.5, scope="global")

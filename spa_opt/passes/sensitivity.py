@@ -32,6 +32,13 @@ with ``(k_0, e, c) = (0, 0, 0)``, made non-decreasing along the order and raised
 largest count measured score :data:`BEYOND` times the largest measured score of any group:
 they go after every measured unit.
 
+With ``rounds=R > 1`` (a FLOPs or params target) the budget is spent in ``R`` chunks:
+round ``r`` measures every group as above but on top of the units rounds ``1..r-1``
+chose (errors are what the group adds to theirs), and takes units by those keys until
+the cost is ``r/R`` of the way to the target; scores encode the round first, so the
+global prefix at the target removes exactly what the rounds chose. It costs ``R`` times
+the copies, and sees how groups' errors combine, which one round cannot.
+
 In the global scope a prefix of the merged order then takes units where they cost the
 least measured error per unit of the target: the greedy solution of "minimise the sum of
 the groups' errors under the budget" when errors add and grow convexly (sensitivity
@@ -83,6 +90,9 @@ class SensitivityOptions:
         "colon-separated fractions of each group's units removed, one pruned "
         "copy each (in (0, 1))")
     samples: int = option(8, "inputs each copy runs on (calibration inputs when given)")
+    rounds: int = option(
+        1, "chunks of the FLOPs/params budget measured in turn, each on top of the units "
+           "the rounds before chose (1: every group measured on the intact model)")
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -216,10 +226,15 @@ class SensitivityPass(SpaPass):
     def run(self, model: ir.Model, context: PipelineContext) -> ir.passes.PassResult:
         """Measure every candidate group and store comparable scores (module docstring)."""
         fractions = parse_fractions(self.options.fractions)
-        if self.options.samples < 1:
-            raise InputError(f"pass 'sensitivity': samples must be at least 1, got "
-                             f"{self.options.samples}")
+        for key in ("samples", "rounds"):
+            if getattr(self.options, key) < 1:
+                raise InputError(f"pass 'sensitivity': {key} must be at least 1, got "
+                                 f"{getattr(self.options, key)}")
         targets = context.targets
+        if self.options.rounds > 1 and targets.given and \
+                targets.target_flops is None and targets.target_params is None:
+            raise InputError("sensitivity: rounds > 1 splits a FLOPs or params budget; give "
+                             "--target-flops or --target-params")
         if targets.given and targets.scope == "local":
             raise InputError("sensitivity: its scores rank units across groups, which the "
                              "local scope ignores; plan with --scope global")
@@ -233,8 +248,16 @@ class SensitivityPass(SpaPass):
         if targets.given:
             candidates, _ = eligible(model, groups, targets, scores, context.analyses.dead)
             feeds, entry["inputs"] = self._feeds(model, context)
-            entry["outputs"] = []
-            measured = self._measure(model, candidates, fractions, feeds, context, entry)
+            with temporary_shapes(model, symbolic=True):
+                cost = CostModel(model, [c.group for c in candidates])
+            metric = "params" if targets.target_params is not None and \
+                targets.target_flops is None else "flops"
+            entry["cost"] = metric
+            measure = _Measure(self, model, candidates, fractions, feeds, context, entry, cost,
+                               metric)
+            measured = (_one_shot(measure) if self.options.rounds == 1 else
+                        _progressive(measure, self.options.rounds, targets))
+            entry["rounds"] = self.options.rounds
             planned = {c.group.id for c in candidates}  # unmeasured candidates lose their score
             scores = {gid: s for gid, s in scores.items() if gid not in planned} | measured
             context.analyses.update(scores=scores, criterion=f"{criterion},{self.pipeline_text()}")
@@ -260,68 +283,152 @@ class SensitivityPass(SpaPass):
         return random_inputs(model, self.options.samples, context.targets.seed,
                              context.input_dims, past_length=0), "random"
 
-    def _measure(self, model: ir.Model, candidates: list[Candidate],
+
+
+class _Measure:
+    """Measures every candidate group's error curve on top of a base selection."""
+
+    def __init__(self, owner: SensitivityPass, model: ir.Model, candidates: list[Candidate],
                  fractions: tuple[float, ...], feeds: list[dict[str, np.ndarray]],
-                 context: PipelineContext, entry: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Per measured group, its new scores (one per unit; pinned units score +inf)."""
+                 context: PipelineContext, entry: dict[str, Any], cost: CostModel,
+                 metric: str) -> None:
+        from spa_opt.ort import session_from_model
+        from spa_opt.verify import run_all
+
+        self.owner, self.model, self.candidates = owner, model, candidates
+        self.fractions, self.feeds, self.context, self.entry = fractions, feeds, context, entry
+        self.cost, self.metric = cost, metric
+        self.reference = run_all(session_from_model(model), feeds)
+        self.names = comparable_outputs(self.reference)
+        entry["outputs"] = self.names
+        if not self.names:
+            raise InputError(
+                "sensitivity: no output to measure errors on: the model's outputs are not "
+                "floating point, or not finite on the measurement inputs "
+                f"({', '.join(self.reference[0]) if self.reference else 'no outputs'})")
+        self.signature = _input_shapes(model)
+
+    def value(self, counts: np.ndarray) -> float:
+        """The budget's measure (FLOPs or params) with ``counts`` units removed per group."""
+        return float(getattr(self.cost.cost(counts), self.metric))
+
+    def error(self, counts: np.ndarray) -> float | None:
+        """The output error with the first ``counts`` units of every group removed.
+
+        None when the pruned copy groups differently (nothing comparable).
+        """
         from spa_opt.ort import session_from_model
         from spa_opt.passes.pruning.trial import pruned_copy
         from spa_opt.verify import run_all
 
-        reference = run_all(session_from_model(model), feeds)
-        names = comparable_outputs(reference)
-        entry["outputs"] = names
-        if not names:
-            raise InputError(
-                "sensitivity: no output to measure errors on: the model's outputs are not "
-                "floating point, or not finite on the measurement inputs "
-                f"({', '.join(reference[0]) if reference else 'no outputs'})")
-        signature = _input_shapes(model)
+        selection = {c.group.id: np.sort(c.order[:k])
+                     for c, k in zip(self.candidates, counts, strict=True) if k}
+        if not selection:
+            return 0.0
+        copy = pruned_copy(self.model, selection, self.context.io)
+        if copy is None:
+            return None
+        feeds = self.feeds if _input_shapes(copy) == self.signature else \
+            self.owner._feeds(copy, self.context)[0]
+        return output_error(self.reference, run_all(session_from_model(copy), feeds),
+                            self.names)
 
-        def error_of(copy: ir.Model) -> float:
-            own = feeds if _input_shapes(copy) == signature else self._feeds(copy, context)[0]
-            return output_error(reference, run_all(session_from_model(copy), own), names)
+    def keys(self, base: np.ndarray, round_index: int = 1) -> dict[int, np.ndarray]:
+        """Per candidate index, the keys of its units after ``base`` (NaN past the measured).
 
-        with temporary_shapes(model, symbolic=True):
-            cost = CostModel(model, [c.group for c in candidates])
-        targets = context.targets
-        metric = "params" if targets.target_params is not None and \
-            targets.target_flops is None else "flops"
-        entry["cost"] = metric
-        measured: dict[str, np.ndarray] = {}
-        for index, found in enumerate(candidates):
-            group = found.group
-            counts = sorted({min(found.order.size, max(1, round(q * group.units)))
-                             for q in fractions})
-            errors = []
-            saved = [self._saved(cost, len(candidates), index, count, metric) for count in counts]
-            for count in counts:
-                copy = pruned_copy(model, {group.id: np.sort(found.order[:count])}, context.io)
-                if copy is None:
-                    break
-                errors.append(error_of(copy))
-            if len(errors) < len(counts):
-                entry["unmeasured"].append({"group": group.id, "why": "its pruned copy groups "
-                                            "differently: nothing comparable to measure"})
+        Each group's errors are what removing more of it adds to the error of ``base``.
+        """
+        floor = self.error(base) or 0.0
+        keys: dict[int, np.ndarray] = {}
+        for index, found in enumerate(self.candidates):
+            group, done = found.group, int(base[index])
+            remaining = found.order.size - done
+            if remaining <= 0:
                 continue
-            measured[group.id] = unit_keys(found.order.size, counts, errors, saved)
-            entry["groups"].append({"group": group.id, "units": group.units,
-                                    "removed": counts, "error": errors, "saved": saved})
-        scores = {}
-        for found in candidates:
-            if found.group.id in measured:
-                unit_scores = np.full(found.group.units, np.inf)
-                unit_scores[found.order] = past_measured(measured)[found.group.id]
-                scores[found.group.id] = unit_scores
-        return scores
+            extras = sorted({min(remaining, max(1, round(q * (group.units - done))))
+                             for q in self.fractions})
+            errors, saved = [], []
+            before = self.value(base)
+            for extra in extras:
+                counts = base.copy()
+                counts[index] += extra
+                found_error = self.error(counts)
+                if found_error is None:
+                    break
+                errors.append(found_error - floor)
+                saved.append(before - self.value(counts))
+            if len(errors) < len(extras):
+                self.entry["unmeasured"].append({"group": group.id, "why": "its pruned copy "
+                                                 "groups differently: nothing to measure"})
+                continue
+            keys[index] = unit_keys(remaining, extras, errors, saved)
+            self.entry["groups"].append({"group": group.id, "round": round_index,
+                                         "units": group.units, "removed_before": done,
+                                         "removed": [done + e for e in extras],
+                                         "error": errors, "saved": saved})
+        return keys
 
-    @staticmethod
-    def _saved(cost: CostModel, size: int, index: int, count: int, metric: str) -> float:
-        """The target's cost saved by removing ``count`` units of candidate ``index`` alone."""
-        removed = np.zeros(size, dtype=np.int64)
-        zero = getattr(cost.cost(removed), metric)
-        removed[index] = count
-        return float(zero - getattr(cost.cost(removed), metric))
+
+def _one_shot(measure: _Measure) -> dict[str, np.ndarray]:
+    """Scores from one measurement of every group on the intact model."""
+    keys = measure.keys(np.zeros(len(measure.candidates), dtype=np.int64))
+    ranked = past_measured({str(i): k for i, k in keys.items()})
+    scores = {}
+    for index, found in enumerate(measure.candidates):
+        if index in keys:
+            unit_scores = np.full(found.group.units, np.inf)
+            unit_scores[found.order] = ranked[str(index)]
+            scores[found.group.id] = unit_scores
+    return scores
+
+
+def _progressive(measure: _Measure, rounds: int, targets: Any) -> dict[str, np.ndarray]:
+    """Scores that replay ``rounds`` chunks of the budget, each measured on top of the last.
+
+    Round ``r`` measures every group after the units rounds ``1..r-1`` chose and takes,
+    by those keys, units until the budget's measure falls to ``r/rounds`` of the way to
+    the target. A unit chosen in round ``r`` scores ``r + rank / (chosen + 1)``; the units
+    no round chose score after ``rounds + 1`` in the last round's order, so the global
+    prefix at the target removes exactly what the rounds chose.
+    """
+    candidates = measure.candidates
+    keep = targets.target_params if measure.metric == "params" else targets.target_flops
+    base = np.zeros(len(candidates), dtype=np.int64)
+    start = measure.value(base)
+    goal = keep * start
+    scores = {c.group.id: np.full(c.group.units, np.inf) for c in candidates}
+    unmeasured: set[int] = set()
+    merged: list[tuple[float, int]] = []
+    for round_index in range(1, rounds + 1):
+        keys = measure.keys(base, round_index)
+        unmeasured |= {i for i in range(len(candidates)) if i not in keys
+                       and base[i] < candidates[i].order.size}
+        ranked = past_measured({str(i): k for i, k in keys.items()})
+        merged = sorted((float(key), i) for i, k in ranked.items() for key in k)
+        merged = [(key, int(i)) for key, i in merged]
+        target = start - round_index / rounds * (start - goal)
+        counts = base.copy()
+        chosen: list[int] = []
+        for _, index in merged:
+            if measure.value(counts) <= target:
+                break
+            counts[index] += 1
+            chosen.append(index)
+        for rank, index in enumerate(chosen):
+            found = candidates[index]
+            position = int(base[index])
+            base[index] += 1
+            scores[found.group.id][found.order[position]] = round_index + rank / (len(chosen) + 1)
+        merged = merged[len(chosen):]
+    rest = base.copy()
+    for rank, (_, index) in enumerate(merged):
+        found = candidates[index]
+        if rest[index] < found.order.size:
+            scores[found.group.id][found.order[rest[index]]] = rounds + 1 + rank / (
+                len(merged) + 1)
+            rest[index] += 1
+    return {c.group.id: scores[c.group.id] for i, c in enumerate(candidates)
+            if i not in unmeasured}
 
 
 def _input_shapes(model: ir.Model) -> list[tuple[str, str]]:
