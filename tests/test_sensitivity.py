@@ -212,3 +212,28 @@ def test_rounds_need_a_flops_or_params_budget() -> None:
     with pytest.raises(InputError, match="rounds must be at least 1"):
         optimize(two_branches(), "couple,group,l1,sensitivity<rounds=0>,prune",
                  target_params=0.5, scope="global")
+
+
+def test_rounds_count_dead_units_as_removed_first() -> None:
+    """Zeroed units of branch B are dead: select removes them before any score, so the
+    rounds must start from them or prune's prefix would differ from their choice."""
+    model = two_branches()
+    b2 = model.graph.initializers["B2"]
+    data = b2.const_value.numpy().copy()
+    data[:2] = 0.0  # B's first two hidden units reach nothing
+    b2.const_value = ir.tensor(data, name="B2")
+    context = PipelineContext(targets=Targets(target_params=0.5, scope="global")).attach(model)
+    for name in ("dead", "l1"):
+        get_pass(name)()(model)
+    get_pass("sensitivity")(rounds=2, samples=4)(model)
+    scores = context.analyses.scores
+    dead = context.analyses.dead
+    assert sum(int(m.sum()) for m in dead.values()) == 2
+    for gid, mask in dead.items():
+        if mask.any():  # dead units score below every other removable unit of the group
+            assert scores[gid][mask].max() < np.sort(scores[gid][~mask])[0]
+    _, report = optimize(model, "dead,couple,group,l1,sensitivity<rounds=2;samples=4>,prune",
+                         target_params=0.5, scope="global")
+    data = report.to_dict()
+    assert data["prune"]["target"]["reached"]
+    assert data["sensitivity"]["copies"] >= len(data["sensitivity"]["groups"])

@@ -36,7 +36,8 @@ With ``rounds=R > 1`` (a FLOPs or params target) the budget is spent in ``R`` ch
 round ``r`` measures every group as above but on top of the units rounds ``1..r-1``
 chose (errors are what the group adds to theirs), and takes units by those keys until
 the cost is ``r/R`` of the way to the target; scores encode the round first, so the
-global prefix at the target removes exactly what the rounds chose. It costs ``R`` times
+global prefix at the target removes what the rounds chose (exactly with ``--round-to 1``
+and one target; rounding and a second target add to it). It costs ``R`` times
 the copies, and sees how groups' errors combine, which one round cannot.
 
 In the global scope a prefix of the merged order then takes units where they cost the
@@ -258,13 +259,14 @@ class SensitivityPass(SpaPass):
             measured = (_one_shot(measure) if self.options.rounds == 1 else
                         _progressive(measure, self.options.rounds, targets))
             entry["rounds"] = self.options.rounds
+            entry["copies"] = measure.copies
             planned = {c.group.id for c in candidates}  # unmeasured candidates lose their score
             scores = {gid: s for gid, s in scores.items() if gid not in planned} | measured
             context.analyses.update(scores=scores, criterion=f"{criterion},{self.pipeline_text()}")
         entry["seconds"] = time.perf_counter() - started
         context.report["sensitivity"] = entry
         self.count("groups-measured", len(entry["groups"]))
-        self.count("copies-run", sum(len(g["removed"]) for g in entry["groups"]))
+        self.count("copies-run", entry.get("copies", 0))
         return ir.passes.PassResult(model, False)
 
     def _feeds(self, model: ir.Model, context: PipelineContext
@@ -307,6 +309,8 @@ class _Measure:
                 "floating point, or not finite on the measurement inputs "
                 f"({', '.join(self.reference[0]) if self.reference else 'no outputs'})")
         self.signature = _input_shapes(model)
+        self.copies = 0
+        """Pruned copies made so far (the report's ``copies-run``)."""
 
     def value(self, counts: np.ndarray) -> float:
         """The budget's measure (FLOPs or params) with ``counts`` units removed per group."""
@@ -326,6 +330,7 @@ class _Measure:
         if not selection:
             return 0.0
         copy = pruned_copy(self.model, selection, self.context.io)
+        self.copies += 1
         if copy is None:
             return None
         feeds = self.feeds if _input_shapes(copy) == self.signature else \
@@ -338,7 +343,9 @@ class _Measure:
 
         Each group's errors are what removing more of it adds to the error of ``base``.
         """
-        floor = self.error(base) or 0.0
+        floor = self.error(base)
+        if floor is None or not np.isfinite(floor):  # nothing to subtract: absolute errors
+            floor = 0.0
         keys: dict[int, np.ndarray] = {}
         for index, found in enumerate(self.candidates):
             group, done = found.group, int(base[index])
@@ -358,8 +365,10 @@ class _Measure:
                 errors.append(found_error - floor)
                 saved.append(before - self.value(counts))
             if len(errors) < len(extras):
-                self.entry["unmeasured"].append({"group": group.id, "why": "its pruned copy "
-                                                 "groups differently: nothing to measure"})
+                if all(u["group"] != group.id for u in self.entry["unmeasured"]):
+                    self.entry["unmeasured"].append({"group": group.id,
+                                                     "why": "its pruned copy groups "
+                                                     "differently: nothing to measure"})
                 continue
             keys[index] = unit_keys(remaining, extras, errors, saved)
             self.entry["groups"].append({"group": group.id, "round": round_index,
@@ -389,20 +398,27 @@ def _progressive(measure: _Measure, rounds: int, targets: Any) -> dict[str, np.n
     by those keys, units until the budget's measure falls to ``r/rounds`` of the way to
     the target. A unit chosen in round ``r`` scores ``r + rank / (chosen + 1)``; the units
     no round chose score after ``rounds + 1`` in the last round's order, so the global
-    prefix at the target removes exactly what the rounds chose.
+    prefix at the target removes exactly what the rounds chose (with ``round_to`` 1 and
+    one target: rounding and a second target move the prefix by what they add). Dead
+    units count as removed before round 1, as ``select`` removes them first. A group no
+    later round can measure keeps what earlier rounds chose and loses no more.
     """
     candidates = measure.candidates
     keep = targets.target_params if measure.metric == "params" else targets.target_flops
-    base = np.zeros(len(candidates), dtype=np.int64)
+    # Dead units go first whatever the scores (select's keys are -inf): start from them.
+    base = np.array([c.dead for c in candidates], dtype=np.int64)
+    goal = keep * measure.value(np.zeros(len(candidates), dtype=np.int64))
     start = measure.value(base)
-    goal = keep * start
     scores = {c.group.id: np.full(c.group.units, np.inf) for c in candidates}
+    for found in candidates:
+        scores[found.group.id][found.order[:found.dead]] = np.arange(found.dead) * 1e-9
     unmeasured: set[int] = set()
     merged: list[tuple[float, int]] = []
     for round_index in range(1, rounds + 1):
         keys = measure.keys(base, round_index)
-        unmeasured |= {i for i in range(len(candidates)) if i not in keys
-                       and base[i] < candidates[i].order.size}
+        if round_index == 1:  # a group unmeasured later keeps what earlier rounds chose
+            unmeasured = {i for i in range(len(candidates)) if i not in keys
+                          and base[i] < candidates[i].order.size}
         ranked = past_measured({str(i): k for i, k in keys.items()})
         merged = sorted((float(key), i) for i, k in ranked.items() for key in k)
         merged = [(key, int(i)) for key, i in merged]
