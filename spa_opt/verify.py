@@ -161,7 +161,8 @@ def calibration_inputs(calibration, model: ir.Model, count: int
     return feeds
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis in float64 (verify's KL and perplexity, sensitivity's KL)."""
     x = x.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
@@ -193,7 +194,7 @@ def _quality(reference: Sequence[dict[str, np.ndarray]], result: Sequence[dict[s
             if want.ndim == 3 and (ids is None or ids.min(initial=0) < 0
                                    or ids.max(initial=0) >= want.shape[-1]):
                 continue  # hidden states, or ids that are not this axis' classes
-            before, after = _log_softmax(want), _log_softmax(got)
+            before, after = log_softmax(want), log_softmax(got)
             agree.setdefault(name, []).append((want.argmax(-1) == got.argmax(-1)).ravel())
             kls.setdefault(name, []).append(
                 (np.exp(before) * (before - after)).sum(-1).ravel())

@@ -161,10 +161,9 @@ def output_error(reference: Sequence[Mapping[str, np.ndarray]],
 
 def _kl(before: np.ndarray, after: np.ndarray) -> float:
     """Mean over positions of KL(softmax(before) || softmax(after)) on the last axis."""
-    p = before - before.max(-1, keepdims=True)
-    p -= np.log(np.exp(p).sum(-1, keepdims=True))
-    q = after - after.max(-1, keepdims=True)
-    q -= np.log(np.exp(q).sum(-1, keepdims=True))
+    from spa_opt.verify import log_softmax
+
+    p, q = log_softmax(before), log_softmax(after)
     return float(np.mean((np.exp(p) * (p - q)).sum(-1)))
 
 
@@ -248,13 +247,13 @@ class SensitivityPass(SpaPass):
         started = time.perf_counter()
         if targets.given:
             candidates, _ = eligible(model, groups, targets, scores, context.analyses.dead)
-            feeds, entry["inputs"] = self._feeds(model, context)
+            feeds, entry["inputs"] = measurement_feeds(model, context, self.options.samples)
             with temporary_shapes(model, symbolic=True):
                 cost = CostModel(model, [c.group for c in candidates])
             metric = "params" if targets.target_params is not None and \
                 targets.target_flops is None else "flops"
             entry["cost"] = metric
-            measure = _Measure(self, model, candidates, fractions, feeds, context, entry, cost,
+            measure = _Measure(model, candidates, fractions, feeds, context, entry, cost,
                                metric)
             measured = (_one_shot(measure) if self.options.rounds == 1 else
                         _progressive(measure, self.options.rounds, targets))
@@ -269,35 +268,18 @@ class SensitivityPass(SpaPass):
         self.count("copies-run", entry.get("copies", 0))
         return ir.passes.PassResult(model, False)
 
-    def _feeds(self, model: ir.Model, context: PipelineContext
-               ) -> tuple[list[dict[str, np.ndarray]], str]:
-        """The inputs ``model`` runs on, and where they came from.
-
-        Key/value caches are empty (past length 0), as in calibration: a copy whose cache
-        inputs lost heads (``--io rewrite``) gets the same token ids and an empty cache of
-        its own shape, so the original and every copy see the same data.
-        """
-        from spa_opt.verify import calibration_inputs, random_inputs
-
-        if context.calibration is not None:
-            return calibration_inputs(context.calibration, model, self.options.samples), \
-                "calibration"
-        return random_inputs(model, self.options.samples, context.targets.seed,
-                             context.input_dims, past_length=0), "random"
-
-
 
 class _Measure:
     """Measures every candidate group's error curve on top of a base selection."""
 
-    def __init__(self, owner: SensitivityPass, model: ir.Model, candidates: list[Candidate],
+    def __init__(self, model: ir.Model, candidates: list[Candidate],
                  fractions: tuple[float, ...], feeds: list[dict[str, np.ndarray]],
                  context: PipelineContext, entry: dict[str, Any], cost: CostModel,
                  metric: str) -> None:
         from spa_opt.ort import session_from_model
         from spa_opt.verify import run_all
 
-        self.owner, self.model, self.candidates = owner, model, candidates
+        self.model, self.candidates = model, candidates
         self.fractions, self.feeds, self.context, self.entry = fractions, feeds, context, entry
         self.cost, self.metric = cost, metric
         self.reference = run_all(session_from_model(model), feeds)
@@ -334,7 +316,7 @@ class _Measure:
         if copy is None:
             return None
         feeds = self.feeds if _input_shapes(copy) == self.signature else \
-            self.owner._feeds(copy, self.context)[0]
+            measurement_feeds(copy, self.context, len(self.feeds))[0]
         return output_error(self.reference, run_all(session_from_model(copy), feeds),
                             self.names)
 
@@ -445,6 +427,22 @@ def _progressive(measure: _Measure, rounds: int, targets: Any) -> dict[str, np.n
             rest[index] += 1
     return {c.group.id: scores[c.group.id] for i, c in enumerate(candidates)
             if i not in unmeasured}
+
+
+def measurement_feeds(model: ir.Model, context: PipelineContext, samples: int
+                      ) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The inputs ``model`` runs on, and where they came from.
+
+    Key/value caches are empty (past length 0), as in calibration: a copy whose cache
+    inputs lost heads (``--io rewrite``) gets the same token ids and an empty cache of its
+    own shape, so the original and every copy see the same data.
+    """
+    from spa_opt.verify import calibration_inputs, random_inputs
+
+    if context.calibration is not None:
+        return calibration_inputs(context.calibration, model, samples), "calibration"
+    return random_inputs(model, samples, context.targets.seed, context.input_dims,
+                         past_length=0), "random"
 
 
 def _input_shapes(model: ir.Model) -> list[tuple[str, str]]:
