@@ -4,6 +4,7 @@ perplexity in onnxruntime is the README's, and l1 pruning gives a valid, usable 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import onnx
@@ -72,3 +73,28 @@ def test_l1_at_060_params_is_valid_with_the_same_io_and_finite_perplexity(
            [(o.name, str(o.type)) for o in original.graph.output]
     value = perplexity(pruned, heldout[:32])
     assert np.isfinite(value) and value > 1
+
+
+def test_obspa_keeps_one_hessian_per_input_and_orders_q_k_v_as_one(monkeypatch) -> None:
+    """q, k and v read one normed input (gate and up another): one Hessian each, stored
+    once, and one stacked consumer in the residual stream's ordering (which scores as the
+    layers apart would: tests/test_obs_linalg.py)."""
+    import spa_opt.passes.obspa as obspa_pass
+
+    seen: list[list[str]] = []
+    solve = obspa_pass.solve_order
+
+    def spy(task: Any) -> Any:
+        seen.append([c.name for c in task.consumers])
+        return solve(task)
+
+    monkeypatch.setattr(obspa_pass, "solve_order", spy)
+    pipeline = "couple,group,obspa<propagate=original;samples=8>,prune"
+    _, report = optimize(MODEL, pipeline, target_params=0.8, calibration=LLM / "calib.npz")
+    stats = next(p for p in report.to_dict()["passes"] if p["name"] == "obspa")["stats"]
+    blocks = 4
+    # per block q/k/v, o_proj, gate/up, down; and lm_head
+    assert stats["hessians"] == 4 * blocks + 1 < stats["layers"] == 7 * blocks + 1
+    residual = max(seen, key=len)
+    assert len(residual) == 2 * blocks + 1  # q+k+v and gate+up per block, lm_head
+    assert sum(name.count("+") for name in residual) == 3 * blocks

@@ -196,3 +196,69 @@ def test_float32_ordering_falls_back_to_float64_when_it_loses_definiteness() -> 
     assert result.precision == "float64"
     task.precision = "float64"
     np.testing.assert_array_equal(result.scores, solve_order(task).scores)
+
+
+@pytest.mark.parametrize("block", [1, 3, 130])
+def test_fortran_ordered_weights_give_the_same_costs_and_downdates(block: int) -> None:
+    """The ordering keeps ``W`` in Fortran order (contiguous unit columns); the maths is
+    the same as on a C-ordered ``W``, for single columns, narrow and wide blocks."""
+    d = 4 * block if block > 1 else 24
+    w, _, h = _layer(rows=7, d=d, n=2 * d + 100, seed=12)
+    blocks = np.arange(d).reshape(-1, block)
+    hinv = inverse_lower(h)
+    fortran = np.asfortranarray(w)
+    assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
+    np.testing.assert_allclose(block_costs(fortran, hinv, blocks), block_costs(w, hinv, blocks),
+                               rtol=1e-10)
+    if block >= 128:  # the Cholesky path of wide blocks against the batched solve
+        sub = inverse(h)[blocks[:, :, None], blocks[:, None, :]]
+        cols = np.ascontiguousarray(w[:, blocks].transpose(1, 2, 0))
+        expected = 0.5 * np.einsum("ubr,ubr->u", cols, np.linalg.solve(sub, cols))
+        np.testing.assert_allclose(block_costs(fortran, hinv, blocks), expected, rtol=1e-9)
+    columns = blocks[1]
+    c_w, c_hinv = np.array(w, order="C"), inverse_lower(h)
+    f_w, f_hinv = np.asfortranarray(w), inverse_lower(h)
+    assert remove_in_place(f_w, f_hinv, columns) == pytest.approx(
+        remove_in_place(c_w, c_hinv, columns), rel=1e-12)
+    assert f_w.flags.f_contiguous  # updated in place, not replaced
+    np.testing.assert_allclose(f_w, c_w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.tril(f_hinv), np.tril(c_hinv), rtol=1e-10, atol=1e-12)
+    assert not f_w[:, columns].any()
+
+
+def test_consumers_sharing_a_hessian_order_as_one_with_their_rows_stacked() -> None:
+    """What obspa does for q, k and v (one input, one Hessian): the same scores as three
+    consumers, from one inverse and one downdate per round."""
+    w, _, h = _layer(rows=9, d=20, n=300, seed=13)
+    blocks = np.arange(20).reshape(10, 2)
+    apart = OrderTask("g", 10, np.arange(10),
+                      [Consumer("q", w[:4], h, blocks), Consumer("k", w[4:6], h, blocks),
+                       Consumer("v", w[6:], h, blocks)], rounds=4, norm="relative")
+    stacked = OrderTask("g", 10, np.arange(10),
+                        [Consumer("q+k+v", np.asfortranarray(w), h, blocks)], rounds=4,
+                        norm="relative")
+    np.testing.assert_allclose(solve_order(stacked).scores, solve_order(apart).scores,
+                               rtol=1e-9)
+
+
+def test_energy_in_float32_is_the_float64_one_to_rounding() -> None:
+    w, _, h = _layer(rows=30, d=64, n=400, seed=14)
+    assert energy(w, h, np.float32) == pytest.approx(energy(w, h), rel=1e-5)
+
+
+def test_reconstruction_in_fortran_order_is_in_place_and_equals_the_c_one() -> None:
+    """A MatMul's ``(K, N)`` weight is ``W`` in Fortran order: solved there, no transposing
+    copy, with the same weights and error as from C order."""
+    from spa_opt.obs.linalg import ReconstructTask, solve_reconstruct
+
+    w, x, h = _layer(rows=6, d=18, n=300, seed=15)
+    removed = np.array([2, 3, 11])
+    expected = _least_squares(w, x, np.setdiff1d(np.arange(18), removed))
+    from_c = solve_reconstruct(ReconstructTask(np.array(w, order="C"), h, removed))
+    fortran = np.asfortranarray(w)
+    from_f = solve_reconstruct(ReconstructTask(fortran, h, removed))
+    assert np.shares_memory(from_f.weight, fortran) and from_f.weight.flags.f_contiguous
+    np.testing.assert_allclose(from_f.weight, expected, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(from_f.weight, from_c.weight, rtol=1e-12, atol=1e-12)
+    assert from_f.error == pytest.approx(from_c.error, rel=1e-10)
+    assert from_f.energy == pytest.approx(energy(w, h), rel=1e-5)

@@ -42,7 +42,8 @@ class Consumer:
 
     name: str
     weight: np.ndarray
-    """``(rows, d)`` float64."""
+    """``(rows, d)``, float64 (float32 is enough for a float32 ordering of float32
+    weights); Fortran order is what the ordering works in (no transposing copy)."""
     hessian: np.ndarray
     """``(d, d)`` dampened float64."""
     blocks: np.ndarray
@@ -106,7 +107,9 @@ class _Working:
     """
 
     def __init__(self, consumer: Consumer, dtype: type[np.floating]) -> None:
-        self.weight = np.array(consumer.weight, dtype=dtype, order="C")
+        # Fortran order: a unit's columns are contiguous, so the rounds' reads, updates
+        # and zeroing of W_:M are whole-row copies of W.T (linalg._columns)
+        self.weight = np.array(consumer.weight, dtype=dtype, order="F")
         # the one Cholesky of this Hessian; H⁻¹ in its lower triangle, Fortran order
         self.hinv = inverse_lower(consumer.hessian, dtype)
         self.index = np.arange(self.weight.shape[1])
@@ -125,7 +128,7 @@ class _Working:
         if self.alive < COMPACT_BELOW * self.weight.shape[1]:
             kept = np.flatnonzero(np.isin(np.arange(self.weight.shape[1]),
                                           self.index[self.index >= 0]))
-            self.weight = np.ascontiguousarray(self.weight[:, kept])
+            self.weight = self.weight.T[kept].T  # whole columns: one copy, Fortran order
             # through the C-ordered transpose: one copy, Fortran order, lower stays lower
             self.hinv = self.hinv.T[np.ix_(kept, kept)].T
             lookup = np.full(self.index.size, -1)

@@ -267,6 +267,7 @@ class ObspaPass(SpaPass):
                 reconstructed[record.layer.bias] = bias
         context.analyses.reconstructed = reconstructed
         self.count("layers", len(records))
+        self.count("hessians", len({r.key for r in records.values()}))
         self.count("stages", len(stage_seconds))
         self.count("weights-reconstructed", len(reconstructed))
         self.count("spilled-mb", store.spilled / 2**20)
@@ -348,7 +349,10 @@ class ObspaPass(SpaPass):
         if mode == "bn":
             from spa_opt.passes.obspa_graph.analytic import bn_hessian, identity_hessian
 
+            made: dict[tuple, LayerRecord] = {}
             for record in records.values():
+                if _shares(made, record):
+                    continue
                 found = bn_hessian(record.layer, record.with_bias)
                 width = record.layer.width + record.with_bias
                 hessian = found if found is not None else identity_hessian(width)
@@ -364,12 +368,15 @@ class ObspaPass(SpaPass):
         total = len(stages_for(model, layers))
         with progress(context.show_progress, total, "obspa hessians", "stage",
                       since=self._started) as advance:
+            made: dict[tuple, LayerRecord] = {}
             for done in stream(model, layers, calibration, store, max_positions=o.positions,
                                seed=context.targets.seed, jobs=o.jobs,
                                executor=self._executor):
                 for layer in done.layers:
                     record = by_weight[id(layer.weight)]
                     record.stage = done.stage.index
+                    if _shares(made, record):
+                        continue
                     hessian = done.accumulators[key_of(layer)].hessian(record.with_bias)
                     record.source = mode
                     if not finite(hessian):  # activations overflowed float32
@@ -420,7 +427,7 @@ class ObspaPass(SpaPass):
             if not group.prunable or group.id in unscored:
                 continue
             mine = [r for r in records.values() if group.id in r.blocks]
-            parts = _parts(mine, part_budget)
+            parts = _parts(mine, part_budget, group.id)
             split += len(parts) > 1
             norm = "none" if len(parts) > 1 else self.options.norm
             specs.extend((group, part, norm) for part in parts)
@@ -435,7 +442,7 @@ class ObspaPass(SpaPass):
         if self.options.norm == "relative":
             for group in groups:
                 mine = [r for r in records.values() if group.id in r.blocks]
-                if group.id in scores and len(_parts(mine, part_budget)) > 1:
+                if group.id in scores and len(_parts(mine, part_budget, group.id)) > 1:
                     scale = sum(energy(r.layer.matrix(r.with_bias), _hessian(store, r))
                                 for r in mine)
                     scores[group.id] = scores[group.id] / scale if scale > 0 else \
@@ -448,8 +455,8 @@ class ObspaPass(SpaPass):
 
     def _task(self, group: Group, part: list[LayerRecord], store: SpillStore,
               norm: Literal["none", "relative"]) -> OrderTask:
-        consumers_ = [Consumer(r.layer.name, r.layer.matrix(r.with_bias), _hessian(store, r),
-                               r.blocks[group.id]) for r in part]
+        consumers_ = [c for same in _sharing(part)
+                      for c in _consumer(group.id, same, store, self.options.precision)]
         return OrderTask(group.id, group.units, np.flatnonzero(~group.pinned), consumers_,
                          self.options.order, self.options.rounds, norm,
                          self.options.precision)
@@ -496,24 +503,103 @@ def _hessian(store: SpillStore, record: LayerRecord) -> np.ndarray | None:
     return store.get(record.key) if record.key in store else None
 
 
-def _parts(records: list[LayerRecord], budget: int) -> list[list[LayerRecord]]:
+def _shares(made: dict[tuple, LayerRecord], record: LayerRecord) -> bool:
+    """Whether ``record``'s Hessian was made already (for a layer reading the same input).
+
+    The first record of a key is remembered in ``made``; a later one takes its source and
+    size, and the Hessian is neither computed nor stored again.
+    """
+    first = made.setdefault(record.key, record)
+    if first is record:
+        return False
+    record.source, record.hessian_bytes = first.source, first.hessian_bytes
+    return True
+
+
+def _sharing(records: list[LayerRecord]) -> list[list[LayerRecord]]:
+    """``records`` in stage order, those with one Hessian (:func:`_shares`) together."""
+    found: dict[tuple, list[LayerRecord]] = {}
+    for record in sorted(records, key=lambda r: r.stage):
+        found.setdefault(record.key, []).append(record)
+    return list(found.values())
+
+
+def _parts(records: list[LayerRecord], budget: int, group_id: str
+           ) -> list[list[LayerRecord]]:
     """A group's consumers in stage order, in runs that fit ``budget``.
 
-    A run holds its Hessians and their inverses at once; one run when they all fit.
+    A run holds its Hessians and their inverses at once (layers sharing a Hessian always
+    go in the same run, one inverse per column pattern of theirs, :func:`_by_blocks`);
+    one run when they all fit.
     """
-    ordered = sorted(records, key=lambda r: r.stage)
-    if sum(2 * r.hessian_bytes for r in ordered) <= budget:
-        return [ordered]
+    shared = _sharing(records)
+
+    def cost(same: list[LayerRecord]) -> int:
+        return 2 * same[0].hessian_bytes * len(_by_blocks(same, group_id))
+
+    if sum(cost(same) for same in shared) <= budget:
+        return [[r for same in shared for r in same]]
     parts: list[list[LayerRecord]] = [[]]
     held = 0
-    for record in ordered:
-        cost = 2 * record.hessian_bytes
-        if parts[-1] and held + cost > budget:
+    for same in shared:
+        cost_ = cost(same)
+        if parts[-1] and held + cost_ > budget:
             parts.append([])
             held = 0
-        parts[-1].append(record)
-        held += cost
+        parts[-1].extend(same)
+        held += cost_
     return parts
+
+
+def _by_blocks(same: list[LayerRecord], group_id: str) -> list[list[LayerRecord]]:
+    """Layers sharing a Hessian, by the columns the group's units take in them."""
+    found: dict[bytes, list[LayerRecord]] = {}
+    for record in same:
+        blocks = record.blocks[group_id]
+        found.setdefault(repr(blocks.shape).encode() + blocks.tobytes(), []).append(record)
+    return list(found.values())
+
+
+def _consumer(group_id: str, same: list[LayerRecord], store: SpillStore, precision: str
+              ) -> list[Consumer]:
+    """The ordering's consumers of layers sharing one Hessian: their rows stacked.
+
+    Their costs add (``Σ_rows w_M S⁻¹ w_Mᵀ`` over both row sets) and their downdates of
+    ``H⁻¹`` are the same, so one inverse serves them all: a decoder block's q, k and v
+    cost one Cholesky and one downdate per round instead of three. Layers whose units
+    sit in other columns of the shared input stay apart.
+
+    The weights come in Fortran order (the ordering's) and, for a float32 ordering of
+    weights (and biases, when they join) stored in 32 bits or fewer, as float32: exact,
+    and half the memory of a float64 copy (a third less beside the ordering's float32
+    working copy).
+    """
+    hessian = _hessian(store, same[0])
+    out: list[Consumer] = []
+    for members in _by_blocks(same, group_id):
+        narrow = precision == "float32" and all(
+            _narrow(r.layer.weight) and (not r.with_bias or r.layer.bias is None
+                                         or _narrow(r.layer.bias)) for r in members)
+        dtype = np.float32 if narrow else np.float64
+        if len(members) == 1:
+            weight = members[0].layer.matrix(members[0].with_bias, "F", dtype)
+        else:
+            width = members[0].layer.width + members[0].with_bias
+            weight = np.empty((sum(r.layer.rows for r in members), width), dtype, order="F")
+            start = 0
+            for record in members:
+                matrix = record.layer.matrix(record.with_bias, "F", dtype)
+                weight[start:start + matrix.shape[0]] = matrix
+                start += matrix.shape[0]
+                del matrix
+        out.append(Consumer("+".join(r.layer.name for r in members), weight, hessian,
+                            members[0].blocks[group_id]))
+    return out
+
+
+def _narrow(value: ir.Value) -> bool:
+    """Whether ``value``'s dtype fits float32 exactly (32 bits or fewer)."""
+    return value.dtype is not None and value.dtype.itemsize <= 4
 
 
 def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:

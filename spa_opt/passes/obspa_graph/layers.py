@@ -74,18 +74,33 @@ class Layer:
         """Columns of ``W`` without the bias column."""
         return self.weight_shape[self.in_axis] * self.kernel_size
 
+    @property
+    def order(self) -> Literal["C", "F"]:
+        """The memory order in which :meth:`matrix` is a plain cast of the stored weight.
+
+        ``F`` for a MatMul's (or ``transB=0`` Gemm's) ``(K, N)``, ``C`` otherwise.
+        """
+        return "F" if self.kind != "conv" and self.in_axis == 0 else "C"
+
+    @property
+    def rows(self) -> int:
+        """Rows of ``W`` (output channels)."""
+        return int(np.prod(self.weight_shape, dtype=np.int64)) // max(self.width, 1)
+
     def columns(self, positions: np.ndarray) -> np.ndarray:
         """Column indices of each unit, ``(units, block·K)``, from its weight-axis positions."""
         k = self.kernel_size
         cols = positions[:, :, None] * k + np.arange(k)
         return cols.reshape(positions.shape[0], -1)
 
-    def matrix(self, with_bias: bool) -> np.ndarray:
-        """``W`` as float64 ``(rows, width [+1])``; the bias (or zeros) as the last column.
+    def matrix(self, with_bias: bool, order: Literal["C", "F"] = "C",
+               dtype: type[np.floating] = np.float64) -> np.ndarray:
+        """``W`` as float64 (or ``dtype``) ``(rows, width [+1])``, the bias (or 0) last.
 
         One allocation, cast and transposed in a single copy: on a 32000 x 2048 lm_head a
         float64 copy followed by a contiguous transpose and a bias ``hstack`` held three
-        0.5 GB arrays at once.
+        0.5 GB arrays at once. ``order="F"`` (what obspa's ordering works in) makes that
+        copy a plain cast for a MatMul's ``(K, N)`` weight, whose rows are ``W``'s columns.
         """
         tensor = self.weight.const_value
         source = constant_array(self.weight)
@@ -96,7 +111,7 @@ class Layer:
         else:
             rows = source
         width = rows.shape[1]
-        data = np.empty((rows.shape[0], width + (1 if with_bias else 0)), np.float64)
+        data = np.empty((rows.shape[0], width + (1 if with_bias else 0)), dtype, order=order)
         data[:, :width] = rows
         del rows, source
         if isinstance(tensor, ir.ExternalTensor):
@@ -107,7 +122,7 @@ class Layer:
                 tensor.release()
         if with_bias:
             bias = constant_array(self.bias) if self.bias is not None else None
-            data[:, width] = 0.0 if bias is None else np.asarray(bias, np.float64).reshape(-1)
+            data[:, width] = 0.0 if bias is None else np.asarray(bias, dtype).reshape(-1)
         return data
 
     def unmatrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -2,8 +2,9 @@
 
 A :class:`LayerRecord` holds a layer's columns per group, whether its bias joins ``W``,
 where its Hessian came from and the stage it belongs to. The Hessian itself lives in the
-pass's :class:`~.store.SpillStore` under :func:`hessian_key`, so records of layers whose
-Hessians were spilled cost nothing in memory.
+pass's :class:`~.store.SpillStore` under :func:`hessian_key`, once for all layers that
+read the same activation, so records of layers whose Hessians were spilled cost nothing
+in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from spa_opt.obs.linalg import ReconstructResult, ReconstructTask
-from spa_opt.passes.obspa_graph.layers import Layer
+from spa_opt.passes.obspa_graph.layers import Layer, key_of
 
 
 @dataclasses.dataclass(eq=False)
@@ -30,9 +31,9 @@ class LayerRecord:
     hessian_bytes: int = 0
 
     @property
-    def key(self) -> tuple[str, int]:
-        """Where the dampened Hessian is stored."""
-        return hessian_key(self.layer)
+    def key(self) -> tuple[Any, ...]:
+        """Where the dampened Hessian is stored: shared by layers that read the same."""
+        return hessian_key(self.layer, self.with_bias)
 
     def removed(self, selection: dict[str, np.ndarray]) -> np.ndarray:
         """Columns the selection removes from this layer."""
@@ -41,9 +42,15 @@ class LayerRecord:
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def hessian_key(layer: Layer) -> tuple[str, int]:
-    """The store key of a layer's dampened Hessian."""
-    return ("hessian", id(layer.weight))
+def hessian_key(layer: Layer, with_bias: bool) -> tuple[Any, ...]:
+    """The store key of a layer's dampened Hessian.
+
+    Layers that read the same activation the same way (:func:`~.layers.key_of`: a
+    decoder block's q, k and v; gate and up) and agree on ``with_bias`` have one
+    Hessian, stored once, and the ordering treats them as one consumer with their rows
+    stacked.
+    """
+    return ("hessian", *key_of(layer), with_bias)
 
 
 def reconstruct_task(record: LayerRecord, hessian: np.ndarray | None,
@@ -52,7 +59,8 @@ def reconstruct_task(record: LayerRecord, hessian: np.ndarray | None,
     removed = record.removed(selection)
     if removed.size == 0 or hessian is None:
         return None
-    return ReconstructTask(record.layer.matrix(record.with_bias), hessian, removed)
+    return ReconstructTask(record.layer.matrix(record.with_bias, record.layer.order),
+                           hessian, removed)
 
 
 def reconstruct_row(record: LayerRecord, selection: dict[str, np.ndarray],
