@@ -120,10 +120,8 @@ class Calibration:
         if missing := [i.name for i in inputs if i.name not in self.feeds and i.name not in built]:
             raise InputError(f"calibration data ({self.source}) has no data for input(s) "
                              f"{', '.join(missing)}")
-        fixed = {i.declared[0] for i in inputs if i.declared and isinstance(i.declared[0], int)}
-        if len(fixed) > 1:
-            raise InputError(f"the model's inputs fix different batch sizes {sorted(fixed)}")
-        step = next(iter(fixed)) if fixed else size
+        fixed = _fixed_batch(inputs)
+        step = fixed or size
         if fixed and step > self.samples:
             raise InputError(f"the model takes batches of exactly {step}; calibration data "
                              f"({self.source}) has {self.samples} samples")
@@ -131,6 +129,10 @@ class Calibration:
         for start in range(0, self.samples - (self.samples % step if fixed else 0), step):
             batch = {k: a[start:start + step] if a.ndim else a for k, a in feeds.items()}
             yield complete_feeds(inputs, batch, self.dims) if built else batch
+
+    def batch_step(self, model: ir.Model, size: int) -> int:
+        """Samples in each of :meth:`batches`' feeds: a fixed declared batch, else ``size``."""
+        return _fixed_batch(model_inputs(model)) or size
 
     def subset(self, count: int, seed: int) -> Calibration:
         """The first ``count`` samples, copied so the full arrays can be freed.
@@ -443,3 +445,15 @@ def write_calibration(calibration: Calibration, stream: BinaryIO) -> None:
                 array = array.astype(np.float32 if "float" in array.dtype.name else np.int64)
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _fixed_batch(inputs: list[InputSpec]) -> int:
+    """The batch size the model's inputs fix (0: none fixed).
+
+    Raises:
+        InputError: inputs fix different batch sizes.
+    """
+    fixed = {i.declared[0] for i in inputs if i.declared and isinstance(i.declared[0], int)}
+    if len(fixed) > 1:
+        raise InputError(f"the model's inputs fix different batch sizes {sorted(fixed)}")
+    return next(iter(fixed)) if fixed else 0

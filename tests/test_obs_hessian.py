@@ -2,7 +2,8 @@
 
 - a batch-by-batch ``ssyrk`` accumulation equals ``2 X Xᵀ / N`` formed in float64 within
   the precision the module documents, for linear and convolution geometries;
-- two shards merged equal one accumulator fed both (Hessians are sums);
+- two shards merged equal one accumulator fed both (Hessians are sums), also with
+  batches summed in groups when the shards start on group bounds;
 - ``hessian(copy=False)`` gives the same matrix without keeping the sum;
 - ``mirror_upper`` fills the lower triangle exactly, across block edges.
 """
@@ -12,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa_opt.obs.hessian import Accumulator, Geometry, features, mirror_upper
+from spa_opt.obs.hessian import (
+    GROUP_COLUMNS,
+    MIN_GROUPS,
+    Accumulator,
+    Geometry,
+    features,
+    flush_every,
+    mirror_upper,
+)
 
 
 def _reference(batches: list[np.ndarray], geo: Geometry) -> np.ndarray:
@@ -64,3 +73,51 @@ def test_mirror_upper_across_blocks() -> None:
     full = np.random.default_rng(3).normal(size=(37, 37))
     full = full + full.T
     np.testing.assert_array_equal(mirror_upper(np.triu(full), block=8), full)
+
+
+def test_batches_summed_in_groups_give_the_same_hessian_and_shards_on_group_bounds_exactly(
+        ) -> None:
+    """``flush_every=K``: one float64 addition per K batches. The Hessian is the
+    per-batch one to float32 rounding; shards starting on multiples of K (as ``_sharded``
+    cuts them) merge to exactly the grouped whole, positions drawn per global batch index
+    as before."""
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(size=(2, 40, 12)).astype(np.float32) for _ in range(7)]
+    geometry = Geometry("linear")
+    per_batch = Accumulator(geometry, 16, 0, 12)
+    grouped = Accumulator(geometry, 16, 0, 12, flush_every=3)
+    for batch in batches:
+        per_batch.add(batch)
+        grouped.add(batch)
+    assert grouped.count == per_batch.count == 7 * 2 * 16
+    np.testing.assert_allclose(grouped.hessian(True), per_batch.hessian(True), rtol=1e-5,
+                               atol=1e-6)  # float32 sums in another grouping
+    first, second = (Accumulator(geometry, 16, 0, 12, flush_every=3) for _ in range(2))
+    for index, batch in enumerate(batches):
+        (first if index < 3 else second).add(batch, batch=index)
+    first.drop_scratch()  # what a shard does before it travels
+    np.testing.assert_allclose(first.merge(second).hessian(True), grouped.hessian(True),
+                               rtol=1e-12)
+    every = flush_every(128, 1 << 16)  # one 128-token sample per batch, many batches
+    assert every > 1 and 128 * every <= GROUP_COLUMNS and flush_every(1 << 20, 1 << 16) == 1
+    # 128 batches: at least MIN_GROUPS groups, so a Ray run still has shards to spread
+    assert -(-128 // flush_every(128, 128)) >= MIN_GROUPS and flush_every(128, 8) == 1
+
+
+def test_columns_held_past_the_flush_budget_go_through_ssyrk_within_the_group(
+        monkeypatch) -> None:
+    """A group larger than FLUSH_BYTES of columns: several ssyrk calls summed in float32
+    (beta = 1), one float64 addition, the same Hessian."""
+    import spa_opt.obs.hessian as hessian
+
+    rng = np.random.default_rng(5)
+    batches = [rng.normal(size=(3, 10)).astype(np.float32) for _ in range(6)]
+    reference = Accumulator(Geometry("linear"), 100, 0, 10)
+    for batch in batches:
+        reference.add(batch)
+    monkeypatch.setattr(hessian, "FLUSH_BYTES", 2 * 11 * 3 * 4)  # two batches' columns
+    grouped = Accumulator(Geometry("linear"), 100, 0, 10, flush_every=6)
+    for batch in batches:
+        grouped.add(batch)
+    np.testing.assert_allclose(grouped.hessian(True), reference.hessian(True), rtol=1e-5,
+                               atol=1e-6)

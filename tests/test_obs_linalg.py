@@ -262,3 +262,39 @@ def test_reconstruction_in_fortran_order_is_in_place_and_equals_the_c_one() -> N
     np.testing.assert_allclose(from_f.weight, from_c.weight, rtol=1e-12, atol=1e-12)
     assert from_f.error == pytest.approx(from_c.error, rel=1e-10)
     assert from_f.energy == pytest.approx(energy(w, h), rel=1e-5)
+
+
+@pytest.mark.parametrize(("rows", "removed"), [(4, 10), (40, 3)])
+def test_both_reconstruction_formulations_give_the_least_squares_optimum(
+        rows: int, removed: int) -> None:
+    """Solved for the removed columns (many rows) or for the rows (many removed
+    columns): the same weights, the error of that optimum, whichever is chosen."""
+    from spa_opt.obs.linalg import _reconstruct, _update_by_hessian, _update_by_weights
+
+    w, x, h = _layer(rows=rows, d=20, n=300, seed=rows)
+    drop = np.arange(removed) * 2
+    kept = np.setdiff1d(np.arange(20), drop)
+    expected = _least_squares(w, x, kept)
+    for fortran in (False, True):
+        results = []
+        for update in (_update_by_hessian, _update_by_weights):
+            weight = np.asfortranarray(w) if fortran else w.copy()
+            w_m = weight[:, drop]
+            results.append(update(weight, h, kept, drop, w_m, fortran))
+        for new, cost in results:
+            np.testing.assert_allclose(new, expected, rtol=1e-7, atol=1e-9)
+            assert cost == pytest.approx(error(w, expected, h), rel=1e-7)
+    chosen, cost = _reconstruct(w, h, drop)
+    np.testing.assert_allclose(chosen, expected, rtol=1e-7, atol=1e-9)
+    assert cost == pytest.approx(error(w, expected, h), rel=1e-7)
+
+
+def test_take_block_equals_fancy_indexing_in_either_order() -> None:
+    from spa_opt.obs.linalg import take_block
+
+    matrix = np.random.default_rng(2).normal(size=(40, 40)).astype(np.float32)
+    rows, columns = np.array([0, 3, 7, 39]), np.arange(1, 40, 3)
+    for source in (matrix, np.asfortranarray(matrix), matrix.T):
+        taken = take_block(source, rows, columns, block=3)
+        np.testing.assert_array_equal(taken, source[np.ix_(rows, columns)])
+        assert taken.dtype == np.float32 and taken.flags.c_contiguous

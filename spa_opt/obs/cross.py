@@ -31,7 +31,7 @@ import numpy as np
 import scipy.linalg
 
 from spa_opt.obs.hessian import Geometry, features
-from spa_opt.obs.linalg import dampen, energy
+from spa_opt.obs.linalg import dampen, energy, take_block
 
 
 class CrossAccumulator:
@@ -90,7 +90,7 @@ def reconstruct_cross(weight: np.ndarray, cross: np.ndarray, pruned: np.ndarray,
     result = np.zeros_like(weight)
     if kept.size == 0:
         return result
-    factor = scipy.linalg.cho_factor(pruned[np.ix_(kept, kept)], lower=True,
+    factor = scipy.linalg.cho_factor(take_block(pruned, kept, kept), lower=True,
                                      check_finite=False)
     target = weight @ cross[:, kept]  # W G_:K, (rows, |K|)
     result[:, kept] = scipy.linalg.cho_solve(factor, target.T, check_finite=False).T

@@ -33,7 +33,13 @@ from typing import Literal
 
 import numpy as np
 
-from spa_opt.obs.linalg import block_costs, energy, inverse_lower, remove_in_place
+from spa_opt.obs.linalg import (
+    block_costs,
+    energy,
+    inverse_lower,
+    remove_in_place,
+    take_block,
+)
 
 
 @dataclasses.dataclass
@@ -130,7 +136,7 @@ class _Working:
                                           self.index[self.index >= 0]))
             self.weight = self.weight.T[kept].T  # whole columns: one copy, Fortran order
             # through the C-ordered transpose: one copy, Fortran order, lower stays lower
-            self.hinv = self.hinv.T[np.ix_(kept, kept)].T
+            self.hinv = take_block(self.hinv.T, kept, kept).T
             lookup = np.full(self.index.size, -1)
             lookup[kept] = np.arange(kept.size)
             alive = self.index >= 0

@@ -37,8 +37,9 @@ class StageProgram:
     """Names the session computes."""
     carried: list[str]
     """Outputs later stages read (returned per batch)."""
-    readers: list[tuple[Any, str, Geometry, int, int, int]]
-    """Per accumulator: its key, the activation it reads, geometry, positions, seed, width."""
+    readers: list[tuple[Any, str, Geometry, int, int, int, int]]
+    """Per accumulator: its key, the activation it reads, geometry, positions, seed, width
+    and batches per ``ssyrk`` (a shard starts on a multiple of it)."""
 
 
 @dataclasses.dataclass
@@ -78,8 +79,8 @@ def _session(program: StageProgram) -> Any:
 def accumulate_shard(task: ShardTask, program: StageProgram) -> ShardResult:
     """Run the stage on the shard's batches and accumulate its consumers' Hessians."""
     session, _values = _session(program) if program.outputs else (None, [])
-    accumulators = {key: Accumulator(geometry, positions, seed, width)
-                    for key, _, geometry, positions, seed, width in program.readers}
+    accumulators = {key: Accumulator(geometry, positions, seed, width, every)
+                    for key, _, geometry, positions, seed, width, every in program.readers}
     carried: list[dict[str, np.ndarray]] = []
     for offset, feed in enumerate(task.feeds):
         outputs = dict(zip(program.outputs, session.run(program.outputs, feed), strict=True)) \

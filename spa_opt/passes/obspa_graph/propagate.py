@@ -28,7 +28,7 @@ import onnx_ir as ir
 from spa_opt.calibration import Calibration
 from spa_opt.errors import InputError
 from spa_opt.obs.executor import Executor, ThreadExecutor
-from spa_opt.obs.hessian import Accumulator
+from spa_opt.obs.hessian import Accumulator, flush_every
 from spa_opt.obs.shard import ShardTask, StageProgram, accumulate_shard
 from spa_opt.obs.threads import run_tasks
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
@@ -125,11 +125,16 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
         stage_layers = [la for node in stage.layer_nodes for la in by_node[id(node)]]
         accumulators: dict[tuple, Accumulator] = {}
         reads: dict[tuple, str] = {}
+        # one float64 addition per group of `every` batches, the same for the stage's
+        # accumulators (so shards can start on its multiples)
+        step = calibration.batch_step(model, size)
+        every = flush_every(max_positions * step, -(-calibration.samples // step))
         for index, layer in enumerate(stage_layers):
             key = key_of(layer)
             if key not in accumulators:
                 accumulators[key] = Accumulator(key[1], max_positions,
-                                                seed + 7919 * position + index, layer.width)
+                                                seed + 7919 * position + index, layer.width,
+                                                every)
                 reads[key] = layer.activation.name
         names = [v.name for v in stage.outputs]
         if executor is not None and not isinstance(executor, ThreadExecutor):
@@ -170,15 +175,20 @@ def _sharded(model: ir.Model, stage: Stage, accumulators: dict[tuple, Accumulato
     values later stages read come back and go into ``store``.
     """
     proto, handed = stage_model(model, stage)
-    readers = [(key, reads[key], acc.geometry, acc.max_positions, acc.seed, acc.width)
-               for key, acc in accumulators.items()]
+    readers = [(key, reads[key], acc.geometry, acc.max_positions, acc.seed, acc.width,
+                acc.flush_every) for key, acc in accumulators.items()]
     program = StageProgram(proto.SerializeToString(), handed, [v.name for v in stage.outputs],
                            [v.name for v in stage.carried], readers)
     del proto
     feeds = [{v.name: feed[v.name] for v in stage.graph_inputs}
              for feed in calibration.batches(model, size)]
     shards = min(len(feeds), executor.workers)
-    bounds = np.linspace(0, len(feeds), shards + 1).astype(int)
+    # shards start on multiples of the accumulators' flush groups, so each sums the
+    # same float32 products one accumulator over every batch would
+    every = max((acc.flush_every for acc in accumulators.values()), default=1)
+    bounds = np.linspace(0, len(feeds), shards + 1)
+    bounds = np.unique(np.clip(np.round(bounds / every) * every, 0, len(feeds)).astype(int))
+    bounds = np.union1d(bounds, [0, len(feeds)])
     spans = [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
     def shard(span: tuple[int, int]) -> ShardTask:
