@@ -47,3 +47,18 @@ def test_wide_results_are_handed_over_before_the_next_wide_task() -> None:
 
 def test_without_keep_results_are_listed_as_they_are() -> None:
     assert ThreadExecutor(1).map(lambda x: -x, [1, 2, 3], [1, 1, BIG_WIDTH]) == [-1, -2, -3]
+
+
+def test_small_tasks_run_with_one_blas_thread_big_ones_with_all() -> None:
+    """The limits ``run_tasks`` sets (through one cached controller) are the ones BLAS
+    sees inside each task, and the process's own setting comes back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads(_: int) -> int:
+        return max(info["num_threads"] for info in threadpool_info()
+                   if info["user_api"] == "blas")
+
+    before = blas_threads(0)
+    got = run_tasks(blas_threads, [0, 1], [8, BIG_WIDTH], jobs=2)
+    assert got == [1, 2]
+    assert blas_threads(0) == before

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from spa_opt.obs.threads import cores, run_tasks
+from spa_opt.obs.threads import cores, run_tasks, single_blas
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -142,9 +142,7 @@ class ThreadExecutor(Executor):
 
 def _in_worker(function: Callable[..., Any], payload: Any, *shared: Any) -> Any:
     """A Ray task's body: the function on its payload, BLAS on the task's one CPU."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_blas():
         return function(payload, *shared)
 
 
