@@ -298,3 +298,27 @@ def test_take_block_equals_fancy_indexing_in_either_order() -> None:
         taken = take_block(source, rows, columns, block=3)
         np.testing.assert_array_equal(taken, source[np.ix_(rows, columns)])
         assert taken.dtype == np.float32 and taken.flags.c_contiguous
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_gram_root_orders_like_the_weight_it_stands_for(dtype: type) -> None:
+    """``R`` with ``Rᵀ R = Wᵀ W`` (d rows for a tall W, dead columns included): the same
+    scores, for single columns and blocks, in either precision."""
+    from spa_opt.obs.linalg import gram_root
+    from spa_opt.obs.order import Consumer, OrderTask, solve_order
+
+    w, _, h = _layer(rows=50, d=12, n=300, seed=21)
+    w[:, 4] = 0.0  # a dead column: rank-deficient W, a singular Gram matrix
+    root = gram_root(w.astype(dtype))
+    assert root.shape == (12, 12) and root.dtype == dtype and root.flags.f_contiguous
+    np.testing.assert_allclose(root.T.astype(np.float64) @ root, w.T @ w,
+                               rtol=0, atol=1e-4 if dtype is np.float32 else 1e-10)
+    for blocks in (np.arange(12)[:, None], np.arange(12).reshape(6, 2)):
+        def scores(weight: np.ndarray, b: np.ndarray = blocks) -> np.ndarray:
+            task = OrderTask("g", len(b), np.arange(len(b)), [Consumer("c", weight, h, b)],
+                             rounds=4, precision="float64")
+            return solve_order(task).scores
+        np.testing.assert_allclose(scores(root.astype(np.float64)), scores(w),
+                                   rtol=1e-4 if dtype is np.float32 else 1e-9)
+    with pytest.raises(ValueError, match="more rows"):
+        gram_root(w[:5])

@@ -96,6 +96,34 @@ def inverse(hessian: np.ndarray) -> np.ndarray:
     return inv
 
 
+def gram_root(weight: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """``R`` with ``Rᵀ R = Wᵀ W``: ``(d, d)`` upper triangular, Fortran order, ``W``'s dtype.
+
+    The ordering sees a consumer's ``W`` only through ``Wᵀ W``: a unit's cost
+    ``Σ_rows w_M S⁻¹ w_Mᵀ = tr(S⁻¹ (WᵀW)_MM)``, and the round's update ``W (I - E)``
+    maps ``R`` to ``R (I - E)`` with the same Gram matrix, so ``R`` can stand for ``W``
+    with ``d`` rows instead of ``rows``. A Householder QR (LAPACK ``geqrf``, on the
+    array itself with ``overwrite``): backward stable and fine with rank-deficient
+    ``W`` (dead columns), where a Cholesky of ``Wᵀ W`` would fail or square the
+    condition number. Worth it when ``rows`` is a few times ``d``: a decoder's stacked
+    gate and up projections (11264 x 2048, 0.84 s on 2 cores) or its lm_head (32000 x
+    2048) then hold 16 MB in the ordering instead of 92 and 262.
+    """
+    rows, d = weight.shape
+    if rows <= d:
+        raise ValueError("gram_root needs more rows than columns")
+    a = weight if overwrite and weight.flags.f_contiguous and weight.flags.writeable \
+        else np.array(weight, order="F")
+    geqrf, geqrf_lwork = scipy.linalg.lapack.get_lapack_funcs(("geqrf", "geqrf_lwork"), (a,))
+    work, info = geqrf_lwork(rows, d)
+    if info:
+        raise np.linalg.LinAlgError(f"geqrf workspace query failed ({info})")
+    factored, _tau, _work, info = geqrf(a, lwork=int(work.real), overwrite_a=1)
+    if info:
+        raise np.linalg.LinAlgError(f"geqrf failed ({info})")
+    return np.asfortranarray(np.triu(factored[:d]))
+
+
 def take_block(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray,
                block: int = 512) -> np.ndarray:
     """``matrix[np.ix_(rows, columns)]`` as a new C-ordered array, a block of rows at a time.

@@ -49,7 +49,9 @@ class Consumer:
     name: str
     weight: np.ndarray
     """``(rows, d)``, float64 (float32 is enough for a float32 ordering of float32
-    weights); Fortran order is what the ordering works in (no transposing copy)."""
+    weights); Fortran order is what the ordering works in (no transposing copy). Only
+    ``Wᵀ W`` matters, so any matrix with the same Gram matrix gives the same scores
+    (:func:`~spa_opt.obs.linalg.gram_root`: ``d`` rows instead of ``rows``)."""
     hessian: np.ndarray
     """``(d, d)`` dampened float64."""
     blocks: np.ndarray
