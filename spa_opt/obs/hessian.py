@@ -175,7 +175,7 @@ class Accumulator:
     ``beta = 1``, columns held up to :data:`FLUSH_BYTES` for each call) and added to the
     float64 total once per group, so the total costs one ``d x d`` addition per K
     batches instead of per batch. With one 128-token sample per batch and
-    ``d = 11008`` (a 7B down projection) the per-batch additions (1.7 s each) and
+    ``d = 11008`` (a 7B down projection) the per-batch additions (0.5-1.7 s each) and
     128-column ``ssyrk`` calls took 115 of the pass's 183 s. A group is at most
     :data:`GROUP_COLUMNS` columns, the float32 sum the error above was measured for, and
     a calibration set is cut into at least :data:`MIN_GROUPS` groups (128 such batches:

@@ -75,16 +75,21 @@ from spa_opt.obs.linalg import (
     ReconstructResult,
     dampen,
     energy,
-    gram_root,
     solve_reconstruct,
 )
-from spa_opt.obs.order import Consumer, OrderTask, solve_order
+from spa_opt.obs.order import OrderTask, solve_order
 from spa_opt.passes._infra.base import SpaPass, option
 from spa_opt.passes._infra.context import PipelineContext
 from spa_opt.passes._infra.instruments import progress
 from spa_opt.passes._infra.registry import register
 from spa_opt.passes.coupling.groups import Group
 from spa_opt.passes.group import groups_of
+from spa_opt.passes.obspa_graph.consumers import (
+    order_consumers,
+    runs_within,
+    sharing,
+    stored_hessian,
+)
 from spa_opt.passes.obspa_graph.layers import Layer, consumers, key_of
 from spa_opt.passes.obspa_graph.propagate import DEFAULT_BATCH_BYTES, finite, stages_for, stream
 from spa_opt.passes.obspa_graph.records import LayerRecord, reconstruct_row, reconstruct_task
@@ -257,7 +262,7 @@ class ObspaPass(SpaPass):
             solved = dict(zip(map(id, losing), self._map(
                 context, "obspa reconstruct", "layer", solve_reconstruct, losing,
                 [r.layer.width for r in losing],
-                lambda r: reconstruct_task(r, _hessian(store, r), plan.selection), keep),
+                lambda r: reconstruct_task(r, stored_hessian(store, r), plan.selection), keep),
                 strict=True))
             table = [solved[id(record)] if id(record) in solved
                      else reconstruct_row(record, plan.selection, None)[0] for record in listed]
@@ -433,7 +438,7 @@ class ObspaPass(SpaPass):
             if not group.prunable or group.id in unscored:
                 continue
             mine = [r for r in records.values() if group.id in r.blocks]
-            parts = _parts(mine, part_budget, group.id)
+            parts = runs_within(mine, part_budget, group.id)
             split += len(parts) > 1
             norm = "none" if len(parts) > 1 else self.options.norm
             specs.extend((group, part, norm) for part in parts)
@@ -448,8 +453,8 @@ class ObspaPass(SpaPass):
         if self.options.norm == "relative":
             for group in groups:
                 mine = [r for r in records.values() if group.id in r.blocks]
-                if group.id in scores and len(_parts(mine, part_budget, group.id)) > 1:
-                    scale = sum(energy(r.layer.matrix(r.with_bias), _hessian(store, r))
+                if group.id in scores and len(runs_within(mine, part_budget, group.id)) > 1:
+                    scale = sum(energy(r.layer.matrix(r.with_bias), stored_hessian(store, r))
                                 for r in mine)
                     scores[group.id] = scores[group.id] / scale if scale > 0 else \
                         scores[group.id]
@@ -461,8 +466,8 @@ class ObspaPass(SpaPass):
 
     def _task(self, group: Group, part: list[LayerRecord], store: SpillStore,
               norm: Literal["none", "relative"]) -> OrderTask:
-        consumers_ = [c for same in _sharing(part)
-                      for c in _consumer(group.id, same, store, self.options.precision)]
+        consumers_ = [c for same in sharing(part)
+                      for c in order_consumers(group.id, same, store, self.options.precision)]
         return OrderTask(group.id, group.units, np.flatnonzero(~group.pinned), consumers_,
                          self.options.order, self.options.rounds, norm,
                          self.options.precision)
@@ -479,7 +484,7 @@ class ObspaPass(SpaPass):
         with progress(context.show_progress, total, "obspa sequential", "stage",
                       since=self._started) as advance:
             return sequential(model, layers, infos, groups, selection, calibration,
-                              store, lambda r: _hessian(store, r),
+                              store, lambda r: stored_hessian(store, r),
                               max_positions=self.options.positions,
                               seed=context.targets.seed, damp=self.options.damp,
                               jobs=self.options.jobs, batch_bytes=DEFAULT_BATCH_BYTES,
@@ -505,10 +510,6 @@ def _held(store: SpillStore, name: str, weight: np.ndarray) -> np.ndarray:
     return store.get(("weight", name))
 
 
-def _hessian(store: SpillStore, record: LayerRecord) -> np.ndarray | None:
-    return store.get(record.key) if record.key in store else None
-
-
 def _shares(made: dict[tuple, LayerRecord], record: LayerRecord) -> bool:
     """Whether ``record``'s Hessian was made already (for a layer reading the same input).
 
@@ -520,104 +521,6 @@ def _shares(made: dict[tuple, LayerRecord], record: LayerRecord) -> bool:
         return False
     record.source, record.hessian_bytes = first.source, first.hessian_bytes
     return True
-
-
-def _sharing(records: list[LayerRecord]) -> list[list[LayerRecord]]:
-    """``records`` in stage order, those with one Hessian (:func:`_shares`) together."""
-    found: dict[tuple, list[LayerRecord]] = {}
-    for record in sorted(records, key=lambda r: r.stage):
-        found.setdefault(record.key, []).append(record)
-    return list(found.values())
-
-
-def _parts(records: list[LayerRecord], budget: int, group_id: str
-           ) -> list[list[LayerRecord]]:
-    """A group's consumers in stage order, in runs that fit ``budget``.
-
-    A run holds its Hessians and their inverses at once (layers sharing a Hessian always
-    go in the same run, one inverse per column pattern of theirs, :func:`_by_blocks`);
-    one run when they all fit.
-    """
-    shared = _sharing(records)
-
-    def cost(same: list[LayerRecord]) -> int:
-        return 2 * same[0].hessian_bytes * len(_by_blocks(same, group_id))
-
-    if sum(cost(same) for same in shared) <= budget:
-        return [[r for same in shared for r in same]]
-    parts: list[list[LayerRecord]] = [[]]
-    held = 0
-    for same in shared:
-        cost_ = cost(same)
-        if parts[-1] and held + cost_ > budget:
-            parts.append([])
-            held = 0
-        parts[-1].extend(same)
-        held += cost_
-    return parts
-
-
-def _by_blocks(same: list[LayerRecord], group_id: str) -> list[list[LayerRecord]]:
-    """Layers sharing a Hessian, by the columns the group's units take in them."""
-    found: dict[bytes, list[LayerRecord]] = {}
-    for record in same:
-        blocks = record.blocks[group_id]
-        found.setdefault(repr(blocks.shape).encode() + blocks.tobytes(), []).append(record)
-    return list(found.values())
-
-
-ROOT_ROWS = 2
-"""Rows per column from which the ordering gets ``W``'s Gram root instead of ``W``: its
-QR (``2 rows d²`` flops) costs more than the downdates it makes cheaper, so only where
-the memory saved is most of the copy."""
-
-
-def _consumer(group_id: str, same: list[LayerRecord], store: SpillStore, precision: str
-              ) -> list[Consumer]:
-    """The ordering's consumers of layers sharing one Hessian: their rows stacked.
-
-    Their costs add (``Σ_rows w_M S⁻¹ w_Mᵀ`` over both row sets) and their downdates of
-    ``H⁻¹`` are the same, so one inverse serves them all: a decoder block's q, k and v
-    cost one Cholesky and one downdate per round instead of three. Layers whose units
-    sit in other columns of the shared input stay apart.
-
-    The weights come in Fortran order (the ordering's) and, for a float32 ordering of
-    weights (and biases, when they join) stored in 32 bits or fewer, as float32: exact,
-    and half the memory of a float64 copy (a third less beside the ordering's float32
-    working copy). A consumer of at least :data:`ROOT_ROWS` times as many rows as
-    columns comes as its :func:`~spa_opt.obs.linalg.gram_root` ``R`` (``Rᵀ R = Wᵀ W``,
-    the same costs and scores): on the 1.1B decoder the residual stream's stacked gate
-    and up projections then take 16 MB in float32 instead of 92, its lm_head 16 MB
-    instead of 262, twice each (the task's copy and the ordering's working one).
-    """
-    hessian = _hessian(store, same[0])
-    out: list[Consumer] = []
-    for members in _by_blocks(same, group_id):
-        narrow = precision == "float32" and all(
-            _narrow(r.layer.weight) and (not r.with_bias or r.layer.bias is None
-                                         or _narrow(r.layer.bias)) for r in members)
-        dtype = np.float32 if narrow else np.float64
-        if len(members) == 1:
-            weight = members[0].layer.matrix(members[0].with_bias, "F", dtype)
-        else:
-            width = members[0].layer.width + members[0].with_bias
-            weight = np.empty((sum(r.layer.rows for r in members), width), dtype, order="F")
-            start = 0
-            for record in members:
-                matrix = record.layer.matrix(record.with_bias, "F", dtype)
-                weight[start:start + matrix.shape[0]] = matrix
-                start += matrix.shape[0]
-                del matrix
-        if weight.shape[0] >= ROOT_ROWS * weight.shape[1]:
-            weight = gram_root(weight, overwrite=True)  # the same costs on d rows
-        out.append(Consumer("+".join(r.layer.name for r in members), weight, hessian,
-                            members[0].blocks[group_id]))
-    return out
-
-
-def _narrow(value: ir.Value) -> bool:
-    """Whether ``value``'s dtype fits float32 exactly (32 bits or fewer)."""
-    return value.dtype is not None and value.dtype.itemsize <= 4
 
 
 def layers_of(groups: Iterable[Group]) -> Iterator[Layer]:
