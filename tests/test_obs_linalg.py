@@ -300,17 +300,35 @@ def test_take_block_equals_fancy_indexing_in_either_order() -> None:
         assert taken.dtype == np.float32 and taken.flags.c_contiguous
 
 
+@pytest.mark.parametrize("dead", [False, True])
+@pytest.mark.parametrize("layout", ["C", "F"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_gram_root_orders_like_the_weight_it_stands_for(dtype: type) -> None:
-    """``R`` with ``Rᵀ R = Wᵀ W`` (d rows for a tall W, dead columns included): the same
-    scores, for single columns and blocks, in either precision."""
-    from spa_opt.obs.linalg import gram_root
+def test_the_gram_root_orders_like_the_weight_it_stands_for(dtype: type, layout: str,
+                                                             dead: bool) -> None:
+    """``R`` with ``Rᵀ R = Wᵀ W`` (d rows for a tall W): the same scores, for single
+    columns and blocks, in either precision and layout; by Cholesky of the Gram matrix,
+    and by Householder QR where a dead column makes it singular."""
+    from spa_opt.obs import linalg
     from spa_opt.obs.order import Consumer, OrderTask, solve_order
 
     w, _, h = _layer(rows=50, d=12, n=300, seed=21)
-    w[:, 4] = 0.0  # a dead column: rank-deficient W, a singular Gram matrix
-    root = gram_root(w.astype(dtype))
+    if dead:
+        w[:, 4] = 0.0  # rank-deficient W, a singular Gram matrix
+    given = np.array(w, dtype=dtype, order=layout)
+    calls: list[bool] = []
+    fallback = linalg._householder_root
+
+    def householder(weight: np.ndarray, overwrite: bool) -> np.ndarray:
+        calls.append(overwrite)
+        return fallback(weight, overwrite)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(linalg, "_householder_root", householder)
+        root = linalg.gram_root(given)
+    assert bool(calls) == dead  # the QR only when the Cholesky of WᵀW breaks down
+    np.testing.assert_array_equal(given, w.astype(dtype))  # W itself untouched
     assert root.shape == (12, 12) and root.dtype == dtype and root.flags.f_contiguous
+    np.testing.assert_array_equal(root, np.triu(root))
     np.testing.assert_allclose(root.T.astype(np.float64) @ root, w.T @ w,
                                rtol=0, atol=1e-4 if dtype is np.float32 else 1e-10)
     for blocks in (np.arange(12)[:, None], np.arange(12).reshape(6, 2)):
@@ -321,4 +339,4 @@ def test_the_gram_root_orders_like_the_weight_it_stands_for(dtype: type) -> None
         np.testing.assert_allclose(scores(root.astype(np.float64)), scores(w),
                                    rtol=1e-4 if dtype is np.float32 else 1e-9)
     with pytest.raises(ValueError, match="more rows"):
-        gram_root(w[:5])
+        linalg.gram_root(w[:5])

@@ -102,16 +102,37 @@ def gram_root(weight: np.ndarray, overwrite: bool = False) -> np.ndarray:
     The ordering sees a consumer's ``W`` only through ``Wᵀ W``: a unit's cost
     ``Σ_rows w_M S⁻¹ w_Mᵀ = tr(S⁻¹ (WᵀW)_MM)``, and the round's update ``W (I - E)``
     maps ``R`` to ``R (I - E)`` with the same Gram matrix, so ``R`` can stand for ``W``
-    with ``d`` rows instead of ``rows``. A Householder QR (LAPACK ``geqrf``, on the
-    array itself with ``overwrite``): backward stable and fine with rank-deficient
-    ``W`` (dead columns), where a Cholesky of ``Wᵀ W`` would fail or square the
-    condition number. Worth it when ``rows`` is a few times ``d``: a decoder's stacked
-    gate and up projections (11264 x 2048, 0.84 s on 2 cores) or its lm_head (32000 x
+    with ``d`` rows instead of ``rows``. Worth it when ``rows`` is a few times ``d``: a
+    decoder's stacked gate and up projections (11264 x 2048) or its lm_head (32000 x
     2048) then hold 16 MB in the ordering instead of 92 and 262.
+
+    ``R`` is the Cholesky factor of ``WᵀW`` from one ``syrk``: ``rows·d² + d³/3`` flops,
+    a third of a Householder QR's ``2·rows·d²`` (0.44 s instead of 1.18 s for the
+    stacked projections above, in float32). Cholesky is backward stable, so ``RᵀR``
+    reproduces the Gram matrix to its own rounding, which is all the scores read.
+    Where the factorization breaks down (a dead column or collinear columns: a
+    singular Gram matrix whose rounding leaves a pivot at or below zero), a Householder
+    QR of ``W`` (LAPACK ``geqrf``, on the array itself with ``overwrite``) gives ``R``
+    instead: fine with rank-deficient ``W``.
     """
     rows, d = weight.shape
     if rows <= d:
         raise ValueError("gram_root needs more rows than columns")
+    # WᵀW in the upper triangle; the Fortran view of a C-ordered W is Wᵀ, so no copy
+    fortran = weight.flags.f_contiguous
+    syrk = scipy.linalg.blas.get_blas_funcs("syrk", (weight,))
+    gram = syrk(1.0, weight if fortran else weight.T, trans=1 if fortran else 0, lower=0)
+    potrf = scipy.linalg.lapack.get_lapack_funcs("potrf", (gram,))
+    factor, info = potrf(gram, lower=0, clean=1, overwrite_a=1)
+    if info == 0 and np.isfinite(np.diagonal(factor)).all():
+        return factor if factor.flags.f_contiguous else np.asfortranarray(factor)
+    del gram, factor
+    return _householder_root(weight, overwrite)
+
+
+def _householder_root(weight: np.ndarray, overwrite: bool) -> np.ndarray:
+    """:func:`gram_root` by a Householder QR of ``W``: for a singular Gram matrix."""
+    rows, d = weight.shape
     a = weight if overwrite and weight.flags.f_contiguous and weight.flags.writeable \
         else np.array(weight, order="F")
     geqrf, geqrf_lwork = scipy.linalg.lapack.get_lapack_funcs(("geqrf", "geqrf_lwork"), (a,))

@@ -36,8 +36,11 @@ from spa_opt.passes.obspa_graph.stages import Stage, plan_stages
 from spa_opt.passes.obspa_graph.store import SpillStore
 from spa_opt.passes.obspa_graph.subgraph import stage_model, stage_session
 
-DEFAULT_BATCH_BYTES = 256 << 20
-"""Rough budget of one batch's stage inputs and outputs."""
+DEFAULT_BATCH_BYTES = 64 << 20
+"""Rough budget of one batch's stage inputs and outputs. A decoder MLP stage's
+intermediates are a few times that (its gate, up and product are 5632 wide): 256 MB
+made the Hessian phase hold 370 MB more on the TinyLlama-width decoder, at the same
+speed (docs/benchmarks.md)."""
 
 
 @dataclasses.dataclass

@@ -128,6 +128,9 @@ def stage_session(model: ir.Model, stage: Stage,
     proto, handed = stage_model(model, stage, overrides)
     options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no arena: a stage runs a few large batches, and an arena would keep the largest
+    # batch's intermediates allocated while the accumulators sum its activations
+    options.enable_cpu_mem_arena = False
     values = [ort.OrtValue.ortvalue_from_numpy(array) for _, array in handed]
     if handed:
         options.add_external_initializers([name for name, _ in handed], values)
