@@ -5,10 +5,15 @@
 - two shards merged equal one accumulator fed both (Hessians are sums), also with
   batches summed in groups when the shards start on group bounds;
 - ``hessian(copy=False)`` gives the same matrix without keeping the sum;
-- ``mirror_upper`` fills the lower triangle exactly, across block edges.
+- ``mirror_upper`` fills the lower triangle exactly, across block edges;
+- a convolution's columns are its im2col columns, written out loop by loop in the test,
+  for strides, dilations, explicit and ``SAME`` padding, one to three spatial axes, and a
+  sampled subset is those columns at the sampled positions.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -121,3 +126,48 @@ def test_columns_held_past_the_flush_budget_go_through_ssyrk_within_the_group(
         grouped.add(batch)
     np.testing.assert_allclose(grouped.hessian(True), reference.hessian(True), rtol=1e-5,
                                atol=1e-6)
+
+
+def _naive_im2col(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...],
+                  pads: list[tuple[int, int]], dilations: tuple[int, ...]) -> np.ndarray:
+    """Every column, one window at a time: (c·k..., positions) in (n, out...) order."""
+    padded = np.pad(x, [(0, 0), (0, 0), *pads])
+    out = [(p - (k - 1) * d - 1) // s + 1 for p, k, s, d in
+           zip(padded.shape[2:], kernel, strides, dilations, strict=True)]
+    columns = []
+    for n in range(x.shape[0]):
+        for position in itertools.product(*(range(o) for o in out)):
+            window = [padded[(n, c, *(p * s + k * d for p, s, k, d in
+                                       zip(position, strides, offset, dilations, strict=True)))]
+                      for c in range(x.shape[1])
+                      for offset in itertools.product(*(range(k) for k in kernel))]
+            columns.append(window)
+    return np.array(columns, dtype=np.float32).T
+
+
+@pytest.mark.parametrize(("shape", "geo", "pads"), [
+    ((2, 3, 7, 6), Geometry.conv((3, 3), pads=(1, 1, 1, 1)), [(1, 1), (1, 1)]),
+    ((1, 4, 9, 8), Geometry.conv((3, 2), strides=(2, 1), pads=(0, 1, 2, 0),
+                                 dilations=(1, 2)), [(0, 2), (1, 0)]),
+    ((2, 2, 11), Geometry.conv((5,), strides=(3,), dilations=(2,)), [(0, 0)]),
+    ((1, 2, 4, 5, 3), Geometry.conv((2, 3, 1), pads=(1, 0, 0, 0, 1, 0)),
+     [(1, 0), (0, 1), (0, 0)]),
+    ((1, 3, 7, 7), Geometry.conv((3, 3), strides=(2, 2), auto_pad="SAME_UPPER"),
+     [(1, 1), (1, 1)]),
+    ((1, 3, 6, 6), Geometry.conv((2, 2), auto_pad="SAME_LOWER"), [(1, 0), (1, 0)]),
+    # unpadded, few positions read: the sampled half is gathered from the input as it is
+    ((1, 3, 12, 12), Geometry.conv((1, 1), strides=(2, 2)), [(0, 0), (0, 0)]),
+])
+def test_conv_columns_are_the_im2col_columns(shape: tuple[int, ...], geo: Geometry,
+                                             pads: list[tuple[int, int]]) -> None:
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    expected = _naive_im2col(x, geo.kernel, geo.strides, pads, geo.dilations)
+    found = features(x, geo, 10**9, np.random.default_rng(0))
+    np.testing.assert_array_equal(found[:-1], expected)
+    np.testing.assert_array_equal(found[-1], 1.0)
+    assert found.flags.f_contiguous
+    # a sample of the positions: the same draw picks the same columns, in order
+    keep = expected.shape[1] // 2
+    sampled = features(x, geo, keep, np.random.default_rng(5))
+    picked = np.sort(np.random.default_rng(5).choice(expected.shape[1], keep, replace=False))
+    np.testing.assert_array_equal(sampled[:-1], expected[:, picked])

@@ -383,12 +383,17 @@ class ObspaPass(SpaPass):
             for done in stream(model, layers, calibration, store, max_positions=o.positions,
                                seed=context.targets.seed, jobs=o.jobs,
                                executor=self._executor):
+                wanted = []
                 for layer in done.layers:
                     record = by_weight[id(layer.weight)]
                     record.stage = done.stage.index
-                    if _shares(made, record):
-                        continue
-                    hessian = done.accumulators[key_of(layer)].hessian(record.with_bias)
+                    if not _shares(made, record):
+                        wanted.append((record, key_of(layer)))
+                # an accumulator's last Hessian is made in its own sum (no d x d copy)
+                last = {key: index for index, (_, key) in enumerate(wanted)}
+                for index, (record, key) in enumerate(wanted):
+                    hessian = done.accumulators[key].hessian(record.with_bias,
+                                                             copy=last[key] != index)
                     record.source = mode
                     if not finite(hessian):  # activations overflowed float32
                         hessian = identity_hessian(hessian.shape[0])

@@ -8,8 +8,9 @@ feed the stage's :class:`~spa_opt.obs.hessian.Accumulator` and are dropped with 
 batch, and the values later stages read, which go into the store. Once every batch
 has passed, the stage's accumulators are handed to the caller and the stored values
 no later stage reads are freed. So memory holds the model's memory-mapped weights,
-the values crossing one cut for the calibration set, one batch's activations and one
-stage's accumulators; nothing is computed twice (each node runs once per sample).
+the values crossing one cut for the calibration set, two batches' activations (the
+next batch's stage run overlaps this one's accumulation) and one stage's
+accumulators; nothing is computed twice (each node runs once per sample).
 
 Every layer sees the original network's activations, not those of a network already
 pruned upstream; :mod:`.sequential` does the other (``propagate=pruned``).
@@ -18,9 +19,11 @@ pruned upstream; :mod:`.sequential` does the other (``propagate=pruned``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import onnx_ir as ir
@@ -34,7 +37,7 @@ from spa_opt.obs.threads import run_tasks
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
 from spa_opt.passes.obspa_graph.stages import Stage, plan_stages
 from spa_opt.passes.obspa_graph.store import SpillStore
-from spa_opt.passes.obspa_graph.subgraph import stage_model, stage_session
+from spa_opt.passes.obspa_graph.subgraph import StageSession, stage_model, stage_session
 
 DEFAULT_BATCH_BYTES = 64 << 20
 """Rough budget of one batch's stage inputs and outputs. A decoder MLP stage's
@@ -148,23 +151,50 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
         session = stage_session(model, stage) if names else None
         keys = list(accumulators)
         widths = [accumulators[k].width for k in keys]
-        for batch, feed in enumerate(calibration.batches(model, size)):
-            inputs = {v.name: feed[v.name] for v in stage.graph_inputs}
-            inputs.update({v.name: store.get((v.name, batch)) for v in stage.inputs})
-            outputs = dict(zip(names, session.run(names, inputs), strict=True)) \
-                if session is not None else {}
-            for value in stage.carried:
-                store.put((value.name, batch), outputs[value.name])
-            available = {**inputs, **outputs}
-            run_tasks(lambda key, got=available, acc=accumulators, at=reads:
-                      acc[key].add(got[at[key]]), keys, widths, jobs)
-            if progress is not None and position == 0:
-                progress(len(next(iter(feed.values()))) if feed else 1)
-            del outputs, available, inputs
+
+        # double-buffered: batch b + 1's stage run (onnxruntime, the store's reads and
+        # writes) overlaps batch b's accumulation, whose im2col gathers and float64
+        # additions run on one core; at most two batches' values are alive
+        run_batch = functools.partial(_run_batch, stage, names, session, store)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-stage") as runner:
+            feeds = enumerate(calibration.batches(model, size))
+            pending = _submit(runner, run_batch, feeds)
+            while pending is not None:
+                fed, available = pending[0], pending[1].result()
+                pending = _submit(runner, run_batch, feeds)
+                run_tasks(lambda key, got=available, acc=accumulators, at=reads:
+                          acc[key].add(got[at[key]]), keys, widths, jobs)
+                if progress is not None and position == 0:
+                    progress(len(next(iter(fed.values()))) if fed else 1)
+                del available
         if session is not None:
             session.close()
         _release(store, stage, position, last)
         yield StageDone(stage, accumulators, stage_layers, time.perf_counter() - started)
+
+
+def _run_batch(stage: Stage, names: list[str], session: StageSession | None,
+               store: SpillStore, batch: int, feed: dict[str, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    """One batch through the stage: its inputs and outputs by name, the carried stored."""
+    inputs = {v.name: feed[v.name] for v in stage.graph_inputs}
+    inputs.update({v.name: store.get((v.name, batch)) for v in stage.inputs})
+    outputs = dict(zip(names, session.run(names, inputs), strict=True)) \
+        if session is not None else {}
+    for value in stage.carried:
+        store.put((value.name, batch), outputs[value.name])
+    return {**inputs, **outputs}
+
+
+def _submit(runner: ThreadPoolExecutor, run_batch: Callable[..., dict[str, np.ndarray]],
+            feeds: Iterator[tuple[int, dict[str, np.ndarray]]]
+            ) -> tuple[dict[str, np.ndarray], Future] | None:
+    """The next batch's feed and its stage run, started on ``runner``; None past the last."""
+    found = next(feeds, None)
+    if found is None:
+        return None
+    batch, feed = found
+    return feed, runner.submit(run_batch, batch, feed)
 
 
 def _sharded(model: ir.Model, stage: Stage, accumulators: dict[tuple, Accumulator],

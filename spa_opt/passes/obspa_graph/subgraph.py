@@ -106,6 +106,8 @@ class StageSession:
         """Drop the session and release the memory-mapped weights it read."""
         self._session = None
         self._keep = ([], [])
+        if not self._external:  # nothing mapped to release (a collection costs 70 ms)
+            return
         gc.collect()  # onnxruntime's OrtValues hold views of the mappings until collected
         for tensor in self._external:
             with contextlib.suppress(BufferError):  # a view is alive elsewhere: keep it
