@@ -24,8 +24,8 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -87,6 +87,33 @@ def run_tasks(function: Callable[[T], R], items: Sequence[T], sizes: Sequence[in
                 done()
     return results
 
+
+def pipelined(produce: Callable[[T], R], items: Iterable[T],
+              consume: Callable[[T, R], Any]) -> None:
+    """``consume(item, produce(item))`` for each item in order, double-buffered.
+
+    The next item's ``produce`` runs on a thread of its own while this item's
+    ``consume`` runs, so at most two products are alive. Items are drawn from ``items``
+    on the calling thread. What either raises stops the loop and is raised here (once
+    the product in flight, if any, is done). The streaming Hessian passes produce a
+    batch's stage activations in onnxruntime and consume them in the accumulators, whose
+    im2col gathers and float64 additions keep only one core busy.
+    """
+    iterator = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-produce") as runner:
+        def start() -> tuple[T, Future[R]] | None:
+            item = next(iterator, _END)
+            return None if item is _END else (item, runner.submit(produce, item))
+
+        pending = start()
+        while pending is not None:
+            item, product = pending[0], pending[1].result()
+            pending = start()
+            consume(item, product)
+            del product
+
+
+_END: Any = object()
 
 _local = threading.local()
 

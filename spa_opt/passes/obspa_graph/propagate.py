@@ -23,7 +23,6 @@ import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import onnx_ir as ir
@@ -33,7 +32,7 @@ from spa_opt.errors import InputError
 from spa_opt.obs.executor import Executor, ThreadExecutor
 from spa_opt.obs.hessian import Accumulator, flush_every
 from spa_opt.obs.shard import ShardTask, StageProgram, accumulate_shard
-from spa_opt.obs.threads import run_tasks
+from spa_opt.obs.threads import pipelined, run_tasks
 from spa_opt.passes.obspa_graph.layers import Layer, key_of
 from spa_opt.passes.obspa_graph.stages import Stage, plan_stages
 from spa_opt.passes.obspa_graph.store import SpillStore
@@ -149,24 +148,12 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
             yield StageDone(stage, accumulators, stage_layers, time.perf_counter() - started)
             continue
         session = stage_session(model, stage) if names else None
-        keys = list(accumulators)
-        widths = [accumulators[k].width for k in keys]
-
-        # double-buffered: batch b + 1's stage run (onnxruntime, the store's reads and
-        # writes) overlaps batch b's accumulation, whose im2col gathers and float64
-        # additions run on one core; at most two batches' values are alive
-        run_batch = functools.partial(_run_batch, stage, names, session, store)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-stage") as runner:
-            feeds = enumerate(calibration.batches(model, size))
-            pending = _submit(runner, run_batch, feeds)
-            while pending is not None:
-                fed, available = pending[0], pending[1].result()
-                pending = _submit(runner, run_batch, feeds)
-                run_tasks(lambda key, got=available, acc=accumulators, at=reads:
-                          acc[key].add(got[at[key]]), keys, widths, jobs)
-                if progress is not None and position == 0:
-                    progress(len(next(iter(fed.values()))) if fed else 1)
-                del available
+        # batch b + 1's stage run (onnxruntime, the store's reads and writes) overlaps
+        # batch b's accumulation; at most two batches' values are alive
+        pipelined(functools.partial(_run_batch, stage, names, session, store),
+                  enumerate(calibration.batches(model, size)),
+                  functools.partial(_accumulate, accumulators, reads, jobs,
+                                    progress if position == 0 else None))
         if session is not None:
             session.close()
         _release(store, stage, position, last)
@@ -174,9 +161,10 @@ def stream(model: ir.Model, layers: list[Layer], calibration: Calibration, store
 
 
 def _run_batch(stage: Stage, names: list[str], session: StageSession | None,
-               store: SpillStore, batch: int, feed: dict[str, np.ndarray]
+               store: SpillStore, item: tuple[int, dict[str, np.ndarray]]
                ) -> dict[str, np.ndarray]:
     """One batch through the stage: its inputs and outputs by name, the carried stored."""
+    batch, feed = item
     inputs = {v.name: feed[v.name] for v in stage.graph_inputs}
     inputs.update({v.name: store.get((v.name, batch)) for v in stage.inputs})
     outputs = dict(zip(names, session.run(names, inputs), strict=True)) \
@@ -186,15 +174,17 @@ def _run_batch(stage: Stage, names: list[str], session: StageSession | None,
     return {**inputs, **outputs}
 
 
-def _submit(runner: ThreadPoolExecutor, run_batch: Callable[..., dict[str, np.ndarray]],
-            feeds: Iterator[tuple[int, dict[str, np.ndarray]]]
-            ) -> tuple[dict[str, np.ndarray], Future] | None:
-    """The next batch's feed and its stage run, started on ``runner``; None past the last."""
-    found = next(feeds, None)
-    if found is None:
-        return None
-    batch, feed = found
-    return feed, runner.submit(run_batch, batch, feed)
+def _accumulate(accumulators: dict[tuple, Accumulator], reads: dict[tuple, str], jobs: int,
+                progress: Callable[[int], None] | None,
+                item: tuple[int, dict[str, np.ndarray]], available: dict[str, np.ndarray]
+                ) -> None:
+    """One batch's activations into the stage's accumulators (in parallel across them)."""
+    keys = list(accumulators)
+    run_tasks(lambda key: accumulators[key].add(available[reads[key]]), keys,
+              [accumulators[k].width for k in keys], jobs)
+    if progress is not None:
+        feed = item[1]
+        progress(len(next(iter(feed.values()))) if feed else 1)
 
 
 def _sharded(model: ir.Model, stage: Stage, accumulators: dict[tuple, Accumulator],
