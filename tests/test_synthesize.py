@@ -6,10 +6,13 @@
 - the context's calibration has the model's input names, dtype and shape, and labels;
   a seed reproduces it;
 - ``--save-calib`` writes what obspa used, loadable by ``load_calibration``;
-- errors are one line with exit code 2: integer inputs, bad options, the missing extra
+- errors are one line with exit code 2: integer inputs, bad options, a run its first
+  steps say would take longer than ``max-seconds``, the missing extra
   (simulated in a subprocess by an import hook that refuses torch; ``sys.modules["torch"]
   = None`` would break scipy, which looks torch up there), where the data-free obspa
-  default falls back to noise without importing torch.
+  default falls back to noise without importing torch;
+- the data-free obspa default gives synthesis a time limit and falls back to noise past
+  it, saying why; ``hessian=synth`` asked for explicitly has none.
 
 Few samples and steps throughout: these check the mechanics, bench/synthesize.py the
 quality.
@@ -137,6 +140,9 @@ def token_model(path: Path) -> None:
     ("synthesize", "integer ids"),
     ("synthesize<samples=0>", "samples"),
     ("synthesize<method=bn>", "no BatchNormalization"),
+    ("synthesize<max-seconds=-1>", "max-seconds >= 0"),
+    # the first steps' pace says 100 steps take longer than a microsecond
+    ("synthesize<max-seconds=0.000001>", "over max-seconds=1e-06"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path: Path, pipeline, message) -> None:
     source = tmp_path / "tokens.onnx" if message == "integer ids" else DIGITS / "resnet.onnx"
@@ -179,3 +185,23 @@ def test_without_the_extra_synthesize_exits_2_and_obspa_falls_back_to_noise(tmp_
     assert result.returncode == 0, result.stderr
     hessian = json.loads((tmp_path / "r.json").read_text())["obspa"]["hessian"]
     assert hessian["mode"] == "noise"
+
+
+def test_the_data_free_default_falls_back_to_noise_when_synthesis_would_be_too_slow(
+        capsys, tmp_path: Path, monkeypatch) -> None:
+    import spa_opt.passes.obspa_graph.sources as sources
+
+    monkeypatch.setattr(sources, "DEFAULT_SYNTH_SECONDS", 1e-6)
+    code, _, err = run_cli_in(capsys, tmp_path, [
+        "-p", f"couple,group,obspa<{FAST_OBSPA}>,prune", "--target-flops", "0.5",
+        "--report", "r.json", str(DIGITS / "resnet.onnx"), "out.onnx"])
+    assert code == 0, err
+    hessian = json.loads((tmp_path / "r.json").read_text())["obspa"]["hessian"]
+    assert hessian["mode"] == "noise"
+    assert "noise used" in hessian["fallback"] and "max-seconds" in hessian["fallback"]
+    # asked for by name, synthesis runs whatever the default's limit
+    code, _, err = run_cli_in(capsys, tmp_path, [
+        "-p", f"couple,group,obspa<hessian=synth;{FAST_OBSPA}>,prune", "--target-flops",
+        "0.5", "--report", "s.json", str(DIGITS / "resnet.onnx"), "out2.onnx"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "s.json").read_text())["obspa"]["hessian"]["mode"] == "synth"
