@@ -172,7 +172,9 @@ def blas_threads(limit: int) -> Iterator[None]:
     every ctypes call gives up the GIL, and taking it back behind the busy worker threads
     made even the reads cost 0.25 ms each, 1.4 s of ResNet-50's Hessian phase. A count
     already right is left alone. BLAS thread counts are process-wide, so these contexts
-    are entered from one thread at a time (the caller of :func:`run_tasks`).
+    are entered from one thread at a time (the caller of :func:`run_tasks`). A count
+    changed behind this module's back after its first use (threadpoolctl in an API
+    caller's code) is not seen: the context restores the count it remembers.
     """
     libraries = _blas_libraries()
     before = [_counts.setdefault(id(lib), lib.get_num_threads()) for lib in libraries]
